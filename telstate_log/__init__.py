@@ -1,0 +1,71 @@
+"""telstate-log: telescope state as an event-sourced, append-only log.
+
+Speaks katsdptelstate's API (so code can switch imports) and adds what a log
+makes possible: durable history, crash recovery, replay, time travel, audit.
+The synchronous API is here; the asynchronous one is :mod:`telstate_log.aio`;
+backends are in :mod:`telstate_log.backends`.
+"""
+
+from ._encoding import (
+    ALLOWED_ENCODINGS,
+    ENCODING_DEFAULT,
+    ENCODING_MSGPACK,
+    ENCODING_PICKLE,
+    PICKLE_PROTOCOL,
+    decode_value,
+    encode_value,
+    equal_encoded_values,
+    set_allow_pickle,
+)
+from ._errors import (
+    CancelledError,
+    ConnectionError,
+    DecodeError,
+    EncodeError,
+    HistoryUnavailableError,
+    ImmutableKeyError,
+    InvalidKeyError,
+    InvalidTimestampError,
+    LogCorruptError,
+    LogError,
+    LogFailedError,
+    LogLockedError,
+    RdbParseError,
+    ReadOnlyError,
+    TelstateError,
+    TimeoutError,
+)
+from ._telescope_state import TelescopeState
+from ._types import KeyType
+from ._version import __version__
+
+__all__ = [
+    "ALLOWED_ENCODINGS",
+    "ENCODING_DEFAULT",
+    "ENCODING_MSGPACK",
+    "ENCODING_PICKLE",
+    "PICKLE_PROTOCOL",
+    "CancelledError",
+    "ConnectionError",
+    "DecodeError",
+    "EncodeError",
+    "HistoryUnavailableError",
+    "ImmutableKeyError",
+    "InvalidKeyError",
+    "InvalidTimestampError",
+    "KeyType",
+    "LogCorruptError",
+    "LogError",
+    "LogFailedError",
+    "LogLockedError",
+    "RdbParseError",
+    "ReadOnlyError",
+    "TelescopeState",
+    "TelstateError",
+    "TimeoutError",
+    "__version__",
+    "decode_value",
+    "encode_value",
+    "equal_encoded_values",
+    "set_allow_pickle",
+]

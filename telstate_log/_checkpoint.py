@@ -1,0 +1,297 @@
+"""Checkpoints: the materialised state at a position, saved atomically.
+
+Theory of operation
+-------------------
+Reopening a large log replays only the events after the newest valid
+checkpoint.  A checkpoint file ``checkpoints/<position>.ckpt`` is::
+
+    0   8   magic b"TSLOGCKP"
+    8   1   format version (1)
+    9   7   reserved (0)
+    16  8   position (u64): the state after this event
+    24  16  log id
+    40  8   created (f64, wall clock)
+    48  8   manifest offset within the body (u64)
+    56  8   manifest length (u64)
+    64  8   body length (u64)
+    72  4   CRC-32 of the body
+    76  4   CRC-32 of bytes 0..76
+    80  ... body: array blobs (8-byte aligned), then the msgpack manifest
+
+The manifest lists every key (type, creation position, values; sensors as
+references to blobs: timestamps, position offsets, values), the graveyard
+(deleted entries kept for time travel), the log's key/session tables, and
+the resume point (segment, byte offset, running CRC) where replay continues.
+
+Writing streams the blobs from a snapshot taken under the backend's lock
+(column prefixes never change in place, so no copy is needed) to
+``<name>.tmp``, then fsyncs it, renames it into place and fsyncs the
+directory.  The log is made durable up to the checkpoint's position first,
+so a checkpoint is never ahead of the log.  Loading memory-maps the file,
+checks both CRCs and adopts the arrays without copying; any damage makes the
+checkpoint ignored (a full replay happens instead), never trusted.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import msgpack
+import numpy as np
+
+from ._recovery import Resume
+from ._replayer import Tables
+from ._sensor import SensorColumn
+from ._state import Immutable, Indexed, State
+
+__all__ = ["CheckpointInfo", "list_checkpoints", "load_checkpoint", "write_checkpoint"]
+
+MAGIC = b"TSLOGCKP"
+VERSION = 1
+_HEAD = struct.Struct("<8sB7xQ16sdQQQI")
+HEAD_SIZE = _HEAD.size + 4
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    position: int
+
+
+def checkpoint_name(position: int) -> str:
+    return f"{position:020d}.ckpt"
+
+
+def list_checkpoints(path: str) -> list[CheckpointInfo]:
+    """Checkpoints of the log at `path`, newest first."""
+    cdir = os.path.join(path, CHECKPOINT_DIR)
+    try:
+        names = os.listdir(cdir)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        if name.endswith(".ckpt") and name[:-5].isdigit():
+            out.append(CheckpointInfo(os.path.join(cdir, name), int(name[:-5])))
+    out.sort(key=lambda c: c.position, reverse=True)
+    return out
+
+
+# ------------------------------------------------------------------ writing
+class _BlobWriter:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.offset = 0
+        self.crc = 0
+
+    def write(self, data: Any) -> None:
+        mv = memoryview(data).cast("B")
+        self.f.write(mv)
+        self.crc = zlib.crc32(mv, self.crc)
+        self.offset += len(mv)
+
+    def blob(self, arr: np.ndarray) -> list[Any]:
+        pad = -self.offset % 8
+        if pad:
+            self.write(b"\0" * pad)
+        ref = [self.offset, int(arr.nbytes), arr.dtype.str, len(arr)]
+        if arr.nbytes:
+            self.write(np.ascontiguousarray(arr).view(np.uint8))
+        return ref
+
+
+def snapshot_state(state: State, tables: Tables) -> dict[str, Any]:
+    """Everything a checkpoint needs, taken under the owner's lock (cheap)."""
+    def entry(e: Any) -> Any:
+        if type(e) is Immutable:
+            return ("i", e.created, e.value)
+        if type(e) is Indexed:
+            return ("x", e.created, [(s, v, e.positions[s]) for s, v in e.values.items()])
+        return ("m", e.snapshot())
+
+    return {
+        "position": state.position,
+        "entries": [(k, entry(e)) for k, e in state.items()],
+        "graveyard": [(k, [(entry(e), d) for e, d in lst]) for k, lst in state.graveyard.items()],
+        "keys": sorted(tables.keys.items()),
+        "sessions": sorted(tables.sessions.items()),
+        "last_recorded": tables.last_recorded,
+        "time_pos": np.array(tables.time_pos, np.int64),
+        "time_rec": np.array(tables.time_rec, np.float64),
+    }
+
+
+def _entry_manifest(w: _BlobWriter, e: Any) -> list[Any]:
+    if e[0] != "m":
+        return list(e)
+    snap = e[1]
+    out: list[Any] = ["m", snap["created"], snap["pos_base"], w.blob(snap["ts"]),
+                      w.blob(snap["pos"])]
+    if "vals" in snap:
+        vals = snap["vals"]
+        out.append(["f", snap["prefix"], vals.dtype.itemsize, w.blob(vals.view(np.uint8))])
+    else:
+        values = snap["list"]
+        lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
+        data = b"".join(values)
+        out.append(["v", w.blob(lengths), w.blob(np.frombuffer(data, np.uint8))])
+    return out
+
+
+def write_checkpoint(path: str, snap: dict[str, Any], resume: Resume, log_id: bytes,
+                     sync: bool = True) -> str:
+    """Write a checkpoint of `snap` crash-safely; returns its path."""
+    cdir = os.path.join(path, CHECKPOINT_DIR)
+    os.makedirs(cdir, exist_ok=True)
+    final = os.path.join(cdir, checkpoint_name(snap["position"]))
+    tmp = final + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(b"\0" * HEAD_SIZE)
+        w = _BlobWriter(f)
+        manifest = {
+            "position": snap["position"],
+            "resume": [resume.segment_first, resume.offset, resume.crc],
+            "entries": [[k, _entry_manifest(w, e)] for k, e in snap["entries"]],
+            "graveyard": [[k, [[_entry_manifest(w, e), d] for e, d in lst]]
+                          for k, lst in snap["graveyard"]],
+            "keys": snap["keys"],
+            "sessions": snap["sessions"],
+            "last_recorded": snap["last_recorded"],
+            "time_pos": w.blob(snap["time_pos"]),
+            "time_rec": w.blob(snap["time_rec"]),
+        }
+        packed = msgpack.packb(manifest, use_bin_type=True)
+        moff = w.offset
+        w.write(packed)
+        head = _HEAD.pack(MAGIC, VERSION, snap["position"], log_id, time.time(), moff,
+                          len(packed), w.offset, w.crc)
+        f.seek(0)
+        f.write(head + struct.pack("<I", zlib.crc32(head)))
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+    os.replace(tmp, final)
+    if sync:
+        fd = os.open(cdir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return final
+
+
+# ------------------------------------------------------------------ loading
+class CheckpointError(Exception):
+    """The checkpoint is damaged or does not belong to this log."""
+
+
+def _array(mm: Any, base: int, ref: list[Any]) -> np.ndarray:
+    offset, nbytes, dtype, count = ref
+    dt = np.dtype(dtype)
+    if nbytes != dt.itemsize * count or offset + nbytes > len(mm) - base:
+        raise CheckpointError("array reference out of bounds")
+    return np.frombuffer(mm, dt, count, base + offset)
+
+
+def _entry(mm: Any, base: int, m: list[Any]) -> Any:
+    tag = m[0]
+    if tag == "i":
+        return Immutable(bytes(m[2]), int(m[1]))
+    if tag == "x":
+        ent = Indexed(int(m[1]))
+        for sub, value, pos in m[2]:
+            ent.values[bytes(sub)] = bytes(value)
+            ent.positions[bytes(sub)] = int(pos)
+        return ent
+    if tag != "m":
+        raise CheckpointError(f"unknown entry tag {tag!r}")
+    _, created, pos_base, ts_ref, pos_ref, vals = m
+    snap: dict[str, Any] = {"created": created, "pos_base": pos_base,
+                            "ts": _array(mm, base, ts_ref), "pos": _array(mm, base, pos_ref)}
+    n = len(snap["ts"])
+    if vals[0] == "f":
+        raw = _array(mm, base, vals[3])
+        width = int(vals[2])
+        if width <= 0 or len(raw) != width * n:
+            raise CheckpointError("fixed values do not match the sample count")
+        snap["prefix"] = bytes(vals[1])
+        snap["vals"] = raw.view(f"V{width}")
+    else:
+        lengths = _array(mm, base, vals[1])
+        data = _array(mm, base, vals[2]).tobytes()
+        if len(lengths) != n or int(lengths.sum()) != len(data) or (lengths < 0).any():
+            raise CheckpointError("var values do not match the sample count")
+        ends = np.cumsum(lengths).tolist()
+        starts = [0, *ends[:-1]]
+        snap["list"] = [data[a:b] for a, b in zip(starts, ends)]
+    if len(snap["pos"]) != n:
+        raise CheckpointError("position column does not match the sample count")
+    return SensorColumn.from_snapshot(snap)
+
+
+def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, Resume]:
+    """Load and verify a checkpoint; raises CheckpointError if it cannot be trusted."""
+    with open(cp_path, "rb") as f:
+        try:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as exc:  # empty file
+            raise CheckpointError(str(exc)) from None
+    body = memoryview(b"")
+    try:
+        if len(mm) < HEAD_SIZE:
+            raise CheckpointError("file too short")
+        head = mm[:_HEAD.size]
+        if zlib.crc32(head) != struct.unpack_from("<I", mm, _HEAD.size)[0]:
+            raise CheckpointError("header checksum mismatch")
+        magic, version, position, cp_log_id, _created, moff, mlen, blen, bcrc = \
+            _HEAD.unpack(head)
+        if magic != MAGIC or version != VERSION:
+            raise CheckpointError("not a version-1 checkpoint")
+        if log_id is not None and cp_log_id != log_id:
+            raise CheckpointError("checkpoint belongs to another log")
+        if HEAD_SIZE + blen != len(mm) or moff + mlen != blen:
+            raise CheckpointError("length fields do not match the file")
+        body = memoryview(mm)[HEAD_SIZE:]
+        if zlib.crc32(body) != bcrc:
+            raise CheckpointError("body checksum mismatch")
+        try:
+            man = msgpack.unpackb(body[moff:moff + mlen], raw=False, strict_map_key=False,
+                                  max_bin_len=mlen, max_str_len=mlen, max_array_len=mlen,
+                                  max_map_len=mlen)
+            if man["position"] != position:
+                raise CheckpointError("manifest position differs from the header")
+            state = State(keep_history=True)
+            state.position = position
+            for key, m in man["entries"]:
+                state._keys[bytes(key)] = _entry(mm, HEAD_SIZE, m)
+            for key, lst in man["graveyard"]:
+                state.graveyard[bytes(key)] = [(_entry(mm, HEAD_SIZE, m), int(d)) for m, d in lst]
+            tables = Tables()
+            for kid, key in man["keys"]:
+                tables.keys[int(kid)] = bytes(key)
+                tables.key_ids[bytes(key)] = int(kid)
+            tables.sessions = {int(s): dict(meta) for s, meta in man["sessions"]}
+            tables.last_recorded = float(man["last_recorded"])
+            tables.time_pos = _array(mm, HEAD_SIZE, man["time_pos"]).tolist()
+            tables.time_rec = _array(mm, HEAD_SIZE, man["time_rec"]).tolist()
+            seg, off, crc = man["resume"]
+            resume = Resume(int(seg), int(off), int(crc))
+        except CheckpointError:
+            raise
+        except Exception as exc:  # malformed manifest
+            raise CheckpointError(f"malformed manifest: {exc}") from None
+        return state, tables, resume
+    except BaseException:
+        del body
+        try:
+            mm.close()
+        except BufferError:  # arrays already adopted keep the map alive
+            pass
+        raise

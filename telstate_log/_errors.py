@@ -1,0 +1,219 @@
+"""Errors raised by telstate_log.
+
+Theory of operation
+-------------------
+The public names match katsdptelstate's so that code can switch imports.
+Errors are few and named for the decision the caller has to make:
+
+* :exc:`ImmutableKeyError`, :exc:`InvalidTimestampError`, :exc:`EncodeError`:
+  the caller asked for something the data model forbids; fix the call.
+* :exc:`DecodeError`, :exc:`RdbParseError`, :exc:`LogCorruptError`: stored
+  bytes are not what they should be; nothing was changed, decide whether to
+  repair or to give up.
+* :exc:`LogLockedError`: another writer owns the log; open it read-only or
+  wait.
+* :exc:`LogWriteError`: one write failed (disk full) and was rolled back;
+  free space and retry.
+* :exc:`LogFailedError`: the log can no longer guarantee durability (an
+  fsync or a rollback failed); reopen the log to recover a consistent prefix.
+* :exc:`ReadOnlyError`, :exc:`HistoryUnavailableError`: the object cannot do
+  this at all (a read-only view, or a backend that keeps no history).
+* :exc:`TimeoutError`, :exc:`CancelledError`, :exc:`ConnectionError`: the
+  same as katsdptelstate's.
+
+Interoperability with katsdptelstate
+------------------------------------
+telstate_log backends can be driven by katsdptelstate's own front ends, which
+catch *katsdptelstate's* exception classes.  Exception matching in Python uses
+real subclassing (ABC registration does not count), so when
+``katsdptelstate.errors`` has been imported, constructing one of our errors
+returns an instance of a class derived from both ours and katsdptelstate's
+error of the same name.  ``except telstate_log.ImmutableKeyError`` and
+``except katsdptelstate.ImmutableKeyError`` then both catch it.  Nothing is
+imported on our side: if katsdptelstate is not loaded, our classes are used
+as they are.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = [
+    "TelstateError",
+    "ConnectionError",
+    "RdbParseError",
+    "InvalidKeyError",
+    "InvalidTimestampError",
+    "ImmutableKeyError",
+    "TimeoutError",
+    "CancelledError",
+    "DecodeError",
+    "EncodeError",
+    "LogError",
+    "LogCorruptError",
+    "LogLockedError",
+    "LogFailedError",
+    "LogWriteError",
+    "ReadOnlyError",
+    "HistoryUnavailableError",
+]
+
+_mixed: dict[type, type] = {}
+
+
+def _interop_class(cls: type) -> type:
+    """Return `cls`, or a subclass of it that is also katsdptelstate's namesake."""
+    theirs_module = sys.modules.get("katsdptelstate.errors")
+    if theirs_module is None:
+        return cls
+    mixed = _mixed.get(cls)
+    if mixed is not None:
+        return mixed
+    theirs = getattr(theirs_module, cls.__name__, None)
+    if not isinstance(theirs, type) or issubclass(cls, theirs):
+        return cls
+    try:
+        mixed = type(cls)(cls.__name__, (cls, theirs), {"__module__": cls.__module__,
+                                                        "__doc__": cls.__doc__,
+                                                        "_interop_mixed": True})
+    except TypeError:  # incompatible layouts: keep ours
+        mixed = cls
+    _mixed[cls] = mixed
+    return mixed
+
+
+class _ErrorMeta(type):
+    """Metaclass that mints katsdptelstate-compatible instances (see module doc)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        target = cls if cls.__dict__.get("_interop_mixed") else _interop_class(cls)
+        return type.__call__(target, *args, **kwargs)
+
+
+class TelstateError(RuntimeError, metaclass=_ErrorMeta):
+    """Base class for errors from this package."""
+
+
+class ConnectionError(TelstateError):  # noqa: A001 - katsdptelstate's public name
+    """The connection to the Redis server failed."""
+
+
+class RdbParseError(TelstateError):
+    """An RDB file (or DUMP payload) is malformed.
+
+    Attributes
+    ----------
+    filename
+        The file being parsed, if known.
+    offset
+        Byte offset of the problem within the file, if known.
+    reason
+        What was wrong.
+    """
+
+    def __init__(self, filename: Any = None, reason: str = "", offset: int | None = None) -> None:
+        Exception.__init__(self, filename, reason, offset)
+        self.filename = filename
+        self.reason = reason
+        self.offset = offset
+
+    def __str__(self) -> str:
+        name = repr(self.filename) if self.filename else "object"
+        text = f"Invalid RDB file {name}"
+        if self.offset is not None:
+            text += f" at byte {self.offset}"
+        if self.reason:
+            text += f": {self.reason}"
+        return text
+
+
+class InvalidKeyError(TelstateError):
+    """Kept for compatibility with katsdptelstate; never raised."""
+
+
+class InvalidTimestampError(TelstateError):
+    """A timestamp is negative, NaN or infinite."""
+
+
+class ImmutableKeyError(TelstateError):
+    """An immutable key (or indexed sub-key) would change, or a key has the wrong type."""
+
+
+class TimeoutError(TelstateError):  # noqa: A001 - katsdptelstate's public name
+    """A wait for a key timed out."""
+
+
+class CancelledError(TelstateError):
+    """A wait for a key was cancelled."""
+
+
+class DecodeError(ValueError, TelstateError):
+    """An encoded value could not be decoded."""
+
+
+class EncodeError(ValueError, TelstateError):
+    """A value could not be encoded."""
+
+
+class LogError(TelstateError):
+    """Base class for errors concerning the on-disk log."""
+
+
+class LogCorruptError(LogError):
+    """The log holds damaged data that is not a torn tail.
+
+    Nothing was modified.  ``path`` and ``offset`` name the first damaged
+    byte; :func:`telstate_log.repair_log` salvages the good prefix.
+    """
+
+    def __init__(self, message: str, path: Any = None, offset: int | None = None) -> None:
+        Exception.__init__(self, message, path, offset)
+        self.message = message
+        self.path = path
+        self.offset = offset
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f" in {self.path}"
+            if self.offset is not None:
+                where += f" at byte {self.offset}"
+        return f"{self.message}{where}"
+
+
+class LogLockedError(LogError):
+    """Another process (or object) holds the write lock on this log."""
+
+
+class LogFailedError(LogError):
+    """A write or fsync failed; the log refuses further writes.
+
+    After a failed fsync the kernel may have dropped the dirty pages, so the
+    writer cannot know what is on disk.  Close the backend and reopen the log:
+    recovery yields a consistent prefix of the acknowledged writes.
+    """
+
+
+class LogWriteError(LogError):
+    """Writing an event failed (disk full, I/O error); nothing was recorded.
+
+    The partial write was rolled back, so the log is unchanged and still
+    usable: free space (``errno`` is ENOSPC for a full disk) and retry.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        Exception.__init__(self, message, errno)
+        self.message = message
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ReadOnlyError(TelstateError):
+    """A write was attempted on a read-only backend or view."""
+
+
+class HistoryUnavailableError(TelstateError):
+    """The requested history is not kept (memory backend) or was pruned."""

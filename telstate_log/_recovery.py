@@ -1,0 +1,164 @@
+"""Reading a log directory back into a State: replay, torn tails, corruption.
+
+Theory of operation
+-------------------
+:func:`replay_segments` reads the segments in position order (from a
+checkpoint's resume point if there is one), verifies each with its chained
+CRC, and hands the frames to the :class:`~telstate_log._replayer.Replayer`.
+Recovery fails closed:
+
+* In the newest segment, bytes after the last good frame that look like a
+  crash's leftovers -- a frame cut short, or a zero-filled remainder (pages
+  the file system allocated but never wrote) -- are a *torn tail*.  A writer
+  truncates it (logging how many bytes it dropped); a reader stops before it.
+* Anything else -- a bad checksum or a malformed frame followed by intact
+  data, damage in an older segment, a gap between segments, a frame that is
+  not a valid event here -- raises :exc:`LogCorruptError` with the file and
+  byte offset.  Nothing is modified; :func:`telstate_log.repair_log` is the
+  explicit salvage path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import _format as fmt
+from ._errors import LogCorruptError
+from ._fileio import FileSystem
+from ._replayer import Replayer, ReplayError
+
+__all__ = ["Resume", "Tail", "classify_tail", "list_segments", "replay_segments"]
+
+logger = logging.getLogger("telstate_log")
+_SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
+
+
+@dataclass
+class Resume:
+    """Where replay continues after a checkpoint."""
+
+    segment_first: int  # first position of the segment holding the next event
+    offset: int  # byte offset of the next frame in that segment
+    crc: int  # running CRC of the segment's bytes before `offset`
+
+
+@dataclass
+class Tail:
+    """Where the log ends (for a writer to append or a follower to poll)."""
+
+    segment_first: int | None  # None: the log has no segments
+    offset: int
+    crc: int
+    log_id: bytes | None
+    segments: int
+    created: float = 0.0
+
+
+def list_segments(fs: FileSystem, path: str) -> list[tuple[int, str]]:
+    """``(first position, file name)`` of every segment, in order."""
+    out = []
+    for name in fs.listdir(path):
+        m = _SEGMENT_RE.match(name)
+        if m:
+            out.append((int(m.group(1)), name))
+    out.sort()
+    return out
+
+
+def classify_tail(data: bytes, scan: fmt.Scan) -> bool:
+    """Whether the damage `scan` stopped at is a torn tail (else corruption)."""
+    x = scan.problem_offset
+    end = len(data)
+    mv = memoryview(data)
+    if fmt.find_valid_frame(mv, x + 1, end) is not None:
+        return False  # intact frames follow: this is damage, not a crash's tail
+    if scan.problem == "incomplete frame":
+        return True
+    rest = data[x:]
+    if not rest.strip(b"\0"):
+        return True  # zero-filled: allocated but never written
+    if scan.problem == "frame checksum mismatch":
+        # A frame whose trailing pages were never written reads as zeros
+        # from a sector boundary to the end of the file.
+        last = len(rest.rstrip(b"\0"))
+        zero_from = x + last
+        boundary = -(-zero_from // 512) * 512
+        return boundary < end and boundary >= x + 8
+    return False
+
+
+def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
+                    resume: Resume | None = None, mode: str = "write",
+                    on_segment: Callable[[int, str, fmt.SegmentHeader], None] | None = None
+                    ) -> Tail:
+    """Replay the log at `path` into `replayer`.
+
+    `mode` is ``"write"`` (truncate a torn tail), ``"read"`` (stop before
+    it, leave files alone) or ``"strict"`` (a torn tail is an error too).
+    """
+    segments = list_segments(fs, path)
+    if resume is not None:
+        segments = [s for s in segments if s[0] >= resume.segment_first]
+        if not segments or segments[0][0] != resume.segment_first:
+            raise LogCorruptError(f"segment {fmt.segment_name(resume.segment_first)} named by "
+                                  "the checkpoint is missing", path)
+    tail = Tail(None, 0, 0, None, len(segments))
+    state = replayer.state
+    for idx, (first, name) in enumerate(segments):
+        seg_path = os.path.join(path, name)
+        newest = idx == len(segments) - 1
+        data = fs.read(seg_path)
+        header = fmt.parse_header(data)
+        if isinstance(header, str):
+            raise LogCorruptError(header, seg_path, 0)
+        if header.first_position != first:
+            raise LogCorruptError(f"segment header says it starts at position "
+                                  f"{header.first_position}", seg_path, 16)
+        if tail.log_id is not None and header.log_id != tail.log_id:
+            raise LogCorruptError("segment belongs to another log (log id differs)", seg_path, 32)
+        tail.log_id = header.log_id
+        if on_segment is not None:
+            on_segment(first, seg_path, header)
+        if resume is not None and idx == 0:
+            offset, crc = resume.offset, resume.crc
+            if offset > len(data):
+                raise LogCorruptError("segment is shorter than the checkpoint says", seg_path,
+                                      len(data))
+        else:
+            if first != state.position + 1:
+                raise LogCorruptError(f"segment starts at position {first} but the log so far "
+                                      f"ends at {state.position}", seg_path, 16)
+            offset, crc = fmt.HEADER_SIZE, zlib.crc32(memoryview(data)[:fmt.HEADER_SIZE])
+        mv = memoryview(data)
+        scan = fmt.scan_frames(mv, offset, len(data), crc)
+        end = len(data)
+        if scan.problem is not None:
+            if not newest or mode == "strict" or not classify_tail(data, scan):
+                raise LogCorruptError(scan.problem, seg_path, scan.problem_offset)
+            end = scan.end
+            if mode == "write":
+                dropped = len(data) - end
+                logger.warning("%s: dropped a torn tail of %d bytes at offset %d (%s)",
+                               seg_path, dropped, end, scan.problem)
+                _truncate(fs, seg_path, end)
+        try:
+            replayer.apply(mv, scan)
+        except ReplayError as exc:
+            raise LogCorruptError(exc.reason, seg_path, exc.offset) from None
+        tail = Tail(first, end if scan.problem is None else scan.end, scan.crc, tail.log_id,
+                    len(segments), header.created)
+    return tail
+
+
+def _truncate(fs: FileSystem, seg_path: str, size: int) -> None:
+    fd = fs.open_append(seg_path)
+    try:
+        fs.truncate(fd, size)
+        fs.sync(fd)
+    finally:
+        fs.close(fd)

@@ -1,0 +1,254 @@
+"""Apply decoded log frames to the materialised state, in bulk.
+
+Theory of operation
+-------------------
+Replay must run at hundreds of thousands of events per second, so it does
+not apply events one at a time.  A scanned segment (see
+:mod:`telstate_log._format`) is split into *runs* at every DELETE and CLEAR.
+Inside a run no key changes type and every event commutes with events of
+other keys, so the run is applied as: meta records (key and session
+definitions) in order, then SET and SET_INDEXED events in order, then the
+ADD events grouped by key -- one vectorised batch per sensor (numpy gathers
+of timestamps, positions and fixed-width values).  The DELETE or CLEAR
+closing the run is applied last.  The result is the state that applying the
+events one by one produces.
+
+Everything a valid log guarantees is checked, and a violation raises
+:exc:`ReplayError` naming the frame: unknown kinds, short bodies,
+positions that are not consecutive, undefined key or session ids,
+conflicting definitions, recorded times that go backwards, bad sample
+timestamps, and events that contradict the state (a sample for an immutable
+key, say).  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from . import _format as fmt
+from ._errors import ImmutableKeyError, InvalidTimestampError
+from ._state import State
+
+__all__ = ["ReplayError", "Replayer", "Tables"]
+
+
+class ReplayError(Exception):
+    """A frame that is well-formed but not a valid event in this log."""
+
+    def __init__(self, reason: str, offset: int) -> None:
+        super().__init__(reason, offset)
+        self.reason = reason
+        self.offset = offset
+
+
+@dataclass
+class Tables:
+    """Per-log dictionaries learned from meta records (and kept in checkpoints)."""
+
+    keys: dict[int, bytes] = field(default_factory=dict)
+    key_ids: dict[bytes, int] = field(default_factory=dict)
+    sessions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    last_recorded: float = 0.0
+    #: sparse index position -> recorded time: (position, recorded) every
+    #: TIME_STRIDE events and at run ends
+    time_pos: list[int] = field(default_factory=list)
+    time_rec: list[float] = field(default_factory=list)
+
+    TIME_STRIDE = 1024
+
+    def note_times(self, pos: np.ndarray, rec: np.ndarray) -> None:
+        if len(pos):
+            pick = (pos - 1) % self.TIME_STRIDE == 0
+            if not self.time_pos:
+                pick[0] = True
+            self.time_pos.extend(pos[pick].tolist())
+            self.time_rec.extend(rec[pick].tolist())
+            self.last_recorded = float(rec[-1])
+
+
+class Replayer:
+    """Applies scanned frames to a :class:`State` (see module docstring)."""
+
+    def __init__(self, state: State, tables: Tables) -> None:
+        self.state = state
+        self.tables = tables
+
+    # -------------------------------------------------------------- meta
+    def _meta(self, buf: memoryview, kind: int, off: int, length: int) -> None:
+        if length < 4:
+            raise ReplayError("meta record too short", off)
+        ident, payload = fmt.meta_fields(buf, off, length)
+        t = self.tables
+        if kind == fmt.KEY:
+            known = t.keys.get(ident)
+            if known is not None and known != payload:
+                raise ReplayError(f"key id {ident} redefined", off)
+            other = t.key_ids.get(payload)
+            if other is not None and other != ident:
+                raise ReplayError(f"key {payload!r} given a second id {ident}", off)
+            t.keys[ident] = payload
+            t.key_ids[payload] = ident
+        else:
+            try:
+                meta = msgpack.unpackb(payload, raw=False, max_str_len=len(payload),
+                                       max_bin_len=len(payload), max_array_len=len(payload),
+                                       max_map_len=len(payload))
+            except Exception as exc:
+                raise ReplayError(f"unreadable session record: {exc}", off) from None
+            if not isinstance(meta, dict):
+                raise ReplayError("session record is not a map", off)
+            known_s = t.sessions.get(ident)
+            if known_s is not None and known_s != meta:
+                raise ReplayError(f"session id {ident} redefined", off)
+            t.sessions[ident] = meta
+
+    # ------------------------------------------------------------ events
+    def apply(self, buf: memoryview, scan: fmt.Scan) -> fmt.Decoded:
+        """Apply every frame of `scan`; returns the decoded frames."""
+        dec = fmt.decode_frames(buf, scan)
+        kinds = dec.kinds
+        n = len(kinds)
+        if n == 0:
+            return dec
+        known = np.isin(kinds, list(fmt.EVENT_KINDS | fmt.META_KINDS))
+        if not known.all():
+            i = int(np.argmin(known))
+            raise ReplayError(f"unknown record kind {int(kinds[i])}", int(dec.offsets[i]))
+        is_event = np.isin(kinds, list(fmt.EVENT_KINDS))
+        minimum = np.where(kinds == fmt.ADD, fmt.EVENT_PREFIX + 8,
+                           np.where(kinds == fmt.INDEXED, fmt.EVENT_PREFIX + 4,
+                                    fmt.EVENT_PREFIX))
+        short = is_event & (dec.lengths < minimum)
+        if short.any():
+            i = int(np.argmax(short))
+            raise ReplayError("event body too short", int(dec.offsets[i]))
+        ev_idx = np.nonzero(is_event)[0]
+        pos = dec.event["pos"][ev_idx].astype(np.int64)
+        first = self.state.position + 1
+        if len(pos):
+            expect = np.arange(first, first + len(pos), dtype=np.int64)
+            gap = pos != expect
+            if gap.any():
+                i = int(np.argmax(gap))
+                raise ReplayError(f"event position {int(pos[i])} where {int(expect[i])} was "
+                                  "expected", int(dec.offsets[ev_idx[i]]))
+            rec = dec.event["rec"][ev_idx]
+            back = np.diff(np.concatenate(([self.tables.last_recorded], rec))) < 0
+            if back.any() or not np.isfinite(rec).all():
+                i = int(np.argmax(back)) if back.any() else int(np.argmin(np.isfinite(rec)))
+                raise ReplayError("recorded time goes backwards", int(dec.offsets[ev_idx[i]]))
+        barrier = np.nonzero((kinds == fmt.DELETE) | (kinds == fmt.CLEAR))[0].tolist()
+        start = 0
+        for b in [*barrier, n]:
+            self._run(buf, dec, start, b)
+            if b < n:
+                self._single(buf, dec, b, in_sequence=True)
+            start = b + 1
+        if len(pos):
+            self.tables.note_times(pos, dec.event["rec"][ev_idx])
+        return dec
+
+    def _key(self, dec: fmt.Decoded, i: int) -> bytes:
+        kid = int(dec.event["key"][i])
+        key = self.tables.keys.get(kid)
+        if key is None:
+            raise ReplayError(f"undefined key id {kid}", int(dec.offsets[i]))
+        return key
+
+    def _check_session(self, dec: fmt.Decoded, idx: np.ndarray) -> None:
+        sess = np.unique(dec.event["sess"][idx])
+        for s in sess.tolist():
+            if s not in self.tables.sessions:
+                i = int(idx[int(np.argmax(dec.event["sess"][idx] == s))])
+                raise ReplayError(f"undefined session id {s}", int(dec.offsets[i]))
+
+    def _single(self, buf: memoryview, dec: fmt.Decoded, i: int, in_sequence: bool) -> None:
+        kind = int(dec.kinds[i])
+        off = int(dec.offsets[i])
+        length = int(dec.lengths[i])
+        pos = int(dec.event["pos"][i])
+        self._check_session(dec, np.array([i]))
+        sub = value = b""
+        ts = 0.0
+        key = b""
+        if kind != fmt.CLEAR:
+            key = self._key(dec, i)
+        if kind == fmt.INDEXED:
+            fields = fmt.indexed_fields(buf, off, length)
+            if fields is None:
+                raise ReplayError("malformed SET_INDEXED body", off)
+            sub, value = fields
+        elif kind in (fmt.IMMUTABLE, fmt.ADD):
+            s, e = fmt.value_span(kind, off, length)
+            value = bytes(buf[s:e])
+            ts = float(dec.ts[i])
+        try:
+            self.state.apply(kind, pos, key, sub, value, ts, in_sequence=in_sequence)
+        except (ImmutableKeyError, InvalidTimestampError, ValueError) as exc:
+            raise ReplayError(f"event {pos} is invalid here: {exc}", off) from None
+
+    def _run(self, buf: memoryview, dec: fmt.Decoded, a: int, b: int) -> None:
+        """Apply frames [a, b), which contain no DELETE or CLEAR."""
+        if a >= b:
+            return
+        kinds = dec.kinds[a:b]
+        for i in (np.nonzero(np.isin(kinds, list(fmt.META_KINDS)))[0] + a).tolist():
+            self._meta(buf, int(dec.kinds[i]), int(dec.offsets[i]), int(dec.lengths[i]))
+        last_pos = self.state.position
+        for i in (np.nonzero((kinds == fmt.IMMUTABLE) | (kinds == fmt.INDEXED))[0] + a).tolist():
+            self._single(buf, dec, i, in_sequence=False)
+        adds = np.nonzero(kinds == fmt.ADD)[0] + a
+        if len(adds):
+            self._check_session(dec, adds)
+            self._adds(buf, dec, adds)
+        events = np.nonzero(np.isin(kinds, list(fmt.EVENT_KINDS)))[0]
+        if len(events):
+            last_pos = max(last_pos, int(dec.event["pos"][a + int(events[-1])]))
+        self.state.position = last_pos
+
+    def _adds(self, buf: memoryview, dec: fmt.Decoded, idx: np.ndarray) -> None:
+        kid = dec.event["key"][idx]
+        order = np.argsort(kid, kind="stable")
+        idx = idx[order]
+        kid = kid[order]
+        cuts = np.nonzero(np.diff(kid))[0] + 1
+        arr = np.frombuffer(buf, np.uint8, int(dec.offsets[-1] + 12 + dec.lengths[-1]))
+        for group in np.split(idx, cuts):
+            i0 = int(group[0])
+            key = self._key(dec, i0)
+            ts = dec.ts[group]
+            pos = dec.event["pos"][group].astype(np.int64)
+            starts = dec.offsets[group] + 8 + fmt.EVENT_PREFIX + 8
+            vlen = dec.lengths[group] - (fmt.EVENT_PREFIX + 8)
+            values, prefix = _gather_values(buf, arr, starts, vlen)
+            try:
+                self.state.apply_sensor_batch(key, ts, values, pos, prefix)
+            except (ImmutableKeyError, InvalidTimestampError, ValueError) as exc:
+                raise ReplayError(f"samples of {key!r} are invalid here: {exc}",
+                                  int(dec.offsets[i0])) from None
+
+
+_GATHER_CHUNK = 1 << 15
+
+
+def _gather_values(buf: memoryview, arr: np.ndarray, starts: np.ndarray,
+                   lengths: np.ndarray) -> tuple[Any, bytes]:
+    """Values at `starts` as a V-array plus common prefix, or a list of bytes."""
+    w = int(lengths[0]) if len(lengths) else 0
+    if w >= 2 and bool((lengths == w).all()):
+        mat = np.empty((len(starts), w), np.uint8)
+        cols = np.arange(w)
+        for c0 in range(0, len(starts), _GATHER_CHUNK):
+            c1 = min(len(starts), c0 + _GATHER_CHUNK)
+            mat[c0:c1] = arr[starts[c0:c1, None] + cols]
+        plen = 2 if w > 2 else 1
+        head = mat[:, :plen]
+        if bool((head == head[0]).all()):
+            prefix = head[0].tobytes()
+            return np.ascontiguousarray(mat[:, plen:]).view(f"V{w - plen}").reshape(-1), prefix
+        return mat.view(f"V{w}").reshape(-1), b""
+    return [bytes(buf[s:s + n]) for s, n in zip(starts.tolist(), lengths.tolist())], b""

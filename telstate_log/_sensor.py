@@ -1,0 +1,492 @@
+"""Column store for the samples of one mutable key (a sensor).
+
+Theory of operation
+-------------------
+A sensor is a sequence of samples ``(timestamp, encoded value, position)``
+kept sorted by ``(timestamp, value bytes)`` -- the order katsdptelstate's
+lex-packed Redis zsets give -- with exact duplicates stored once.  Instead of
+a Python object per sample the samples live in numpy columns:
+
+* ``_ts``: float64 timestamps;
+* ``_pos``: the log position of the event that added the sample, stored as a
+  uint32 offset from ``_pos_base`` (widened to uint64 only if a sensor spans
+  more than 2**32 events);
+* values, in one of two layouts:
+
+  - *fixed*: every value has the same length and starts with the same bytes
+    (the common case: a msgpack float64 is ``ff cb`` + 8 bytes).  The shared
+    prefix is stored once and the rest in a numpy ``V<width>`` column, so a
+    float sample costs 8 + 8 + 4 = 20 bytes plus growth slack.
+  - *var*: a Python list of ``bytes``; repeated values (status strings,
+    small ints) are interned so they share one object.
+
+  A value that does not fit the fixed layout shortens the prefix or converts
+  the column to the var layout (once; it never converts back).
+
+Appending in time order is O(1) amortised (columns grow by 25%).  A sample
+older than the newest goes to a small pending buffer that is merged into the
+columns in one vectorised pass when it grows past a fraction of the column or
+when the column is read, so out-of-order writes stay O(log n) each and reads
+always see a sorted column.
+
+Invariant relied on by checkpoints: the first ``_n`` entries of a column
+array are never modified in place.  Appends write beyond ``_n``; growing,
+merging and re-layout allocate new arrays.  A snapshot can therefore keep
+slices ``[:n]`` of the arrays and read them later without a lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SensorColumn", "SensorRange"]
+
+_INTERN_LIMIT = 4096  # distinct values interned per var column
+_MIN_CAPACITY = 16
+_FLOAT_PREFIX = b"\xff\xcb"
+_U32_MAX = 0xFFFFFFFF
+
+
+class SensorColumn:
+    """The sorted samples of one mutable key (see module docstring)."""
+
+    __slots__ = (
+        "_cap",
+        "_intern",
+        "_last_ts",
+        "_last_val",
+        "_list",
+        "_n",
+        "_pend",
+        "_pend_set",
+        "_pos",
+        "_pos_base",
+        "_prefix",
+        "_ts",
+        "_vals",
+        "_vlen",
+        "created",
+    )
+
+    def __init__(self, created: int, first_value: bytes, capacity: int = _MIN_CAPACITY) -> None:
+        #: Position of the event that created the key (its first sample).
+        self.created = created
+        self._n = 0
+        self._cap = max(capacity, _MIN_CAPACITY)
+        self._ts = np.empty(self._cap, np.float64)
+        self._pos = np.empty(self._cap, np.uint32)
+        self._pos_base = created
+        self._last_ts = -np.inf
+        self._last_val = b""
+        self._pend: list[tuple[float, bytes, int]] = []
+        self._pend_set: set[tuple[float, bytes]] = set()
+        self._list: list[bytes] | None = None
+        self._intern: dict[bytes, bytes] | None = None
+        vlen = len(first_value)
+        if vlen >= 2:
+            plen = 2 if vlen > 2 else 1
+            self._prefix = first_value[:plen]
+            self._vlen = vlen
+            self._vals: np.ndarray | None = np.empty(self._cap, f"V{vlen - plen}")
+        else:
+            self._to_var()
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def is_fixed(self) -> bool:
+        return self._vals is not None
+
+    def _to_var(self) -> None:
+        """Convert to the var layout (values as a list of bytes)."""
+        values = self._fixed_values(0, self._n) if self._vals is not None else []
+        intern: dict[bytes, bytes] = {}
+        out = []
+        for v in values:
+            out.append(intern.setdefault(v, v) if len(intern) < _INTERN_LIMIT else v)
+        self._list = out
+        self._intern = intern
+        self._vals = None
+        self._prefix = b""
+        self._vlen = -1
+
+    def _fit(self, value: bytes) -> None:
+        """Make the fixed layout able to hold `value` (or switch to var)."""
+        if len(value) != self._vlen:
+            self._to_var()
+            return
+        prefix = self._prefix
+        plen = 0
+        while plen < len(prefix) and prefix[plen] == value[plen]:
+            plen += 1
+        # Re-layout with a shorter prefix: the dropped bytes move into the column.
+        assert self._vals is not None
+        dropped = prefix[plen:]
+        old_w = self._vlen - len(prefix)
+        new_w = self._vlen - plen
+        new = np.empty((self._cap, new_w), np.uint8)
+        new[:, : len(dropped)] = np.frombuffer(dropped, np.uint8)
+        new[:, len(dropped):] = self._vals.view(np.uint8).reshape(self._cap, old_w)
+        self._vals = new.view(f"V{new_w}").reshape(self._cap)
+        self._prefix = prefix[:plen]
+
+    def _fits(self, value: bytes) -> bool:
+        return len(value) == self._vlen and value.startswith(self._prefix)
+
+    # --------------------------------------------------------------- mutation
+    def contains(self, ts: float, value: bytes) -> bool:
+        """Whether the exact sample ``(ts, value)`` is already stored."""
+        last = self._last_ts
+        if ts > last:
+            return False
+        if ts == last and value >= self._last_val:
+            return value == self._last_val
+        if (ts, value) in self._pend_set:
+            return True
+        n = self._n
+        tsa = self._ts[:n]
+        lo = int(np.searchsorted(tsa, ts, "left"))
+        hi = int(np.searchsorted(tsa, ts, "right"))
+        return any(self.value_at(i) == value for i in range(lo, hi))
+
+    def add(self, ts: float, value: bytes, pos: int) -> None:
+        """Add a sample that :meth:`contains` said is new."""
+        last = self._last_ts
+        if ts > last or (ts == last and value > self._last_val):
+            self._append(ts, value, pos)
+            self._last_ts = ts
+            self._last_val = value
+        else:
+            self._pend.append((ts, value, pos))
+            self._pend_set.add((ts, value))
+            if len(self._pend) > max(64, self._n >> 6):
+                self._merge()
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, self._cap + (self._cap >> 2) + _MIN_CAPACITY)
+        n = self._n
+        ts = np.empty(cap, np.float64)
+        ts[:n] = self._ts[:n]
+        pos = np.empty(cap, self._pos.dtype)
+        pos[:n] = self._pos[:n]
+        if self._vals is not None:
+            vals = np.empty(cap, self._vals.dtype)
+            vals[:n] = self._vals[:n]
+            self._vals = vals
+        self._ts, self._pos, self._cap = ts, pos, cap
+
+    def _set_pos(self, i: int, pos: int) -> None:
+        rel = pos - self._pos_base
+        if rel > _U32_MAX and self._pos.dtype != np.uint64:
+            self._pos = self._pos.astype(np.uint64)
+        if rel < 0:
+            raise ValueError(f"position {pos} precedes the key's first position {self._pos_base}")
+        self._pos[i] = rel
+
+    def _append(self, ts: float, value: bytes, pos: int) -> None:
+        n = self._n
+        if n == self._cap:
+            self._grow(n + 1)
+        vals = self._vals
+        if vals is not None:
+            if not (len(value) == self._vlen and value.startswith(self._prefix)):
+                self._fit(value)
+                vals = self._vals
+        if vals is not None:
+            vals[n] = value[len(self._prefix):]
+        else:
+            assert self._list is not None
+            self._list.append(self._interned(value))
+        self._ts[n] = ts
+        self._set_pos(n, pos)
+        self._n = n + 1
+
+    def extend_sorted(self, ts: np.ndarray, values: Sequence[bytes] | np.ndarray,
+                      pos: np.ndarray, prefix: bytes = b"") -> bool:
+        """Append a batch known to sort strictly after every stored sample.
+
+        `ts` must be strictly increasing with ``ts[0]`` greater than the last
+        stored timestamp.  `values` is a list of bytes, or (for the fixed
+        layout) a ``V<width>`` array of values with `prefix` removed.  Returns
+        False (and changes nothing) if the batch does not qualify, in which
+        case the caller adds the samples one at a time.
+        """
+        k = len(ts)
+        if k == 0:
+            return True
+        if not (ts[0] > self._last_ts) or (k > 1 and not bool(np.all(ts[1:] > ts[:-1]))):
+            return False
+        rel = pos.astype(np.int64) - self._pos_base
+        if rel.min() < 0:
+            return False
+        n = self._n
+        if n + k > self._cap:
+            self._grow(n + k + (n >> 2))
+        if int(rel.max()) > _U32_MAX and self._pos.dtype != np.uint64:
+            self._pos = self._pos.astype(np.uint64)
+        if isinstance(values, np.ndarray):
+            width = values.dtype.itemsize
+            if self._vals is not None and prefix == self._prefix \
+                    and self._vals.dtype.itemsize == width:
+                self._vals[n:n + k] = values
+            else:
+                raw = values.tobytes()
+                self._extend_values([prefix + raw[i:i + width] for i in range(0, len(raw), width)])
+        else:
+            self._extend_values(values)
+        self._ts[n:n + k] = ts
+        self._pos[n:n + k] = rel
+        self._n = n + k
+        self._last_ts = float(ts[-1])
+        self._last_val = self.value_at(n + k - 1)
+        return True
+
+    def _extend_values(self, values: Sequence[bytes]) -> None:
+        """Store `values` at ``[_n, _n + len(values))`` (capacity already ensured)."""
+        if self._vals is not None:
+            for v in values:  # make the layout fit every value first
+                if not self._fits(v):
+                    self._fit(v)
+                    if self._vals is None:
+                        break
+        n = self._n
+        if self._vals is not None:
+            plen = len(self._prefix)
+            self._vals[n:n + len(values)] = np.array([v[plen:] for v in values],
+                                                      dtype=self._vals.dtype)
+        else:
+            assert self._list is not None
+            self._list.extend(self._interned(v) for v in values)
+
+    def _interned(self, value: bytes) -> bytes:
+        intern = self._intern
+        assert intern is not None
+        if len(intern) < _INTERN_LIMIT:
+            return intern.setdefault(value, value)
+        return intern.get(value, value)
+
+    def _merge(self) -> None:
+        """Merge the pending out-of-order samples into the sorted columns."""
+        pend = sorted(self._pend, key=lambda s: (s[0], s[1]))
+        self._pend = []
+        self._pend_set = set()
+        n = self._n
+        if self._vals is not None:
+            for _, v, _ in pend:
+                if not self._fits(v):
+                    self._fit(v)
+                    if self._vals is None:
+                        break
+        tsa = self._ts[:n]
+        pts = np.fromiter((s[0] for s in pend), np.float64, len(pend))
+        idx = np.searchsorted(tsa, pts, "left")
+        # Equal timestamps: place by value bytes (rare, so plain Python).
+        hi = np.searchsorted(tsa, pts, "right")
+        for j in np.nonzero(hi > idx)[0].tolist():
+            lo, up = int(idx[j]), int(hi[j])
+            vals = [self.value_at(i) for i in range(lo, up)]
+            idx[j] = lo + bisect.bisect_left(vals, pend[j][1])
+        rel = np.fromiter((s[2] for s in pend), np.int64, len(pend)) - self._pos_base
+        if rel.min() < 0:
+            raise ValueError("pending sample precedes the key's first position")
+        if rel.max() > _U32_MAX and self._pos.dtype != np.uint64:
+            self._pos = self._pos.astype(np.uint64)
+        new_ts = np.insert(tsa, idx, pts)
+        new_pos = np.insert(self._pos[:n], idx, rel.astype(self._pos.dtype))
+        if self._vals is not None:
+            plen = len(self._prefix)
+            pv = np.array([s[1][plen:] for s in pend], dtype=self._vals.dtype)
+            self._vals = np.insert(self._vals[:n], idx, pv)
+        else:
+            assert self._list is not None
+            old = self._list
+            out: list[bytes] = []
+            prev = 0
+            for j, i in enumerate(idx.tolist()):
+                out.extend(old[prev:i])
+                out.append(self._interned(pend[j][1]))
+                prev = i
+            out.extend(old[prev:])
+            self._list = out
+        self._ts = new_ts
+        self._pos = new_pos
+        self._n = self._cap = len(new_ts)
+
+    def settle(self) -> None:
+        """Merge pending samples so the columns hold everything, sorted."""
+        if self._pend:
+            self._merge()
+
+    # ------------------------------------------------------------------ reads
+    def __len__(self) -> int:
+        return self._n + len(self._pend)
+
+    @property
+    def last(self) -> tuple[bytes, float]:
+        """The newest sample ``(value, timestamp)``."""
+        return self._last_val, float(self._last_ts)
+
+    def value_at(self, i: int) -> bytes:
+        if self._vals is not None:
+            return self._prefix + self._vals[i].tobytes()
+        assert self._list is not None
+        return self._list[i]
+
+    def _fixed_values(self, i0: int, i1: int) -> list[bytes]:
+        assert self._vals is not None
+        raw = self._vals[i0:i1].tobytes()
+        w = self._vals.dtype.itemsize
+        p = self._prefix
+        if p:
+            return [p + raw[j:j + w] for j in range(0, len(raw), w)]
+        return [raw[j:j + w] for j in range(0, len(raw), w)]
+
+    def values(self, i0: int, i1: int) -> list[bytes]:
+        """Encoded values of samples ``[i0, i1)`` (call :meth:`settle` first)."""
+        if self._vals is not None:
+            return self._fixed_values(i0, i1)
+        assert self._list is not None
+        return self._list[i0:i1]
+
+    def timestamps(self, i0: int = 0, i1: int | None = None) -> np.ndarray:
+        return self._ts[i0:self._n if i1 is None else i1]
+
+    def positions(self, i0: int = 0, i1: int | None = None) -> np.ndarray:
+        """Log positions of samples ``[i0, i1)`` as int64."""
+        rel = self._pos[i0:self._n if i1 is None else i1]
+        return rel.astype(np.int64) + self._pos_base
+
+    def float_values(self, i0: int, i1: int) -> np.ndarray | None:
+        """Values ``[i0, i1)`` as a float64 array if they are all msgpack doubles."""
+        if self._vals is not None and self._vlen == 10:
+            p = self._prefix
+            if p == _FLOAT_PREFIX:
+                return self._vals[i0:i1].view(">f8")
+            if _FLOAT_PREFIX.startswith(p):
+                raw = self._vals[i0:i1].view(np.uint8).reshape(-1, 10 - len(p))
+                head = raw[:, : 2 - len(p)]
+                if bool(np.all(head == np.frombuffer(_FLOAT_PREFIX[len(p):], np.uint8))):
+                    return np.ascontiguousarray(raw[:, 2 - len(p):]).view(">f8").reshape(-1)
+        return None
+
+    def index_range(self, st: float, et: float, include_previous: bool,
+                    include_end: bool) -> tuple[int, int]:
+        """Sample index range for katsdptelstate's get_range semantics.
+
+        st is inclusive; et exclusive, or inclusive if `include_end`;
+        `include_previous` adds the last sample before st.  Matches the
+        byte-wise ZRANGEBYLEX bounds katsdptelstate builds (the column must
+        be settled).
+        """
+        tsa = self._ts[:self._n]
+        start = int(np.searchsorted(tsa, st, "left"))
+        if et == np.inf:
+            end = self._n
+        else:
+            end = int(np.searchsorted(tsa, et, "right" if include_end else "left"))
+        if include_previous and start > 0:
+            start -= 1
+        return start, max(start, end)
+
+    def nbytes(self) -> int:
+        """Approximate memory held by the column."""
+        total = self._ts.nbytes + self._pos.nbytes
+        if self._vals is not None:
+            total += self._vals.nbytes
+        else:
+            assert self._list is not None and self._intern is not None
+            total += 8 * len(self._list) + sum(33 + len(v) for v in self._intern)
+        return total
+
+    # -------------------------------------------------------------- snapshots
+    def snapshot(self) -> dict[str, Any]:
+        """Immutable description of the (settled) column for checkpoints."""
+        self.settle()
+        n = self._n
+        snap: dict[str, Any] = {
+            "created": self.created,
+            "pos_base": self._pos_base,
+            "ts": self._ts[:n],
+            "pos": self._pos[:n],
+        }
+        if self._vals is not None:
+            snap["prefix"] = self._prefix
+            snap["vals"] = self._vals[:n]
+        else:
+            assert self._list is not None
+            snap["list"] = self._list[:n]
+        return snap
+
+    @classmethod
+    def from_snapshot(cls, snap: dict[str, Any]) -> SensorColumn:
+        """Rebuild a column from :meth:`snapshot` output (arrays are adopted)."""
+        col = cls.__new__(cls)
+        col.created = int(snap["created"])
+        ts = np.asarray(snap["ts"], np.float64)
+        n = len(ts)
+        col._n = col._cap = n
+        col._ts = ts
+        col._pos = np.asarray(snap["pos"])
+        col._pos_base = int(snap["pos_base"])
+        col._pend = []
+        col._pend_set = set()
+        if "vals" in snap:
+            col._vals = np.asarray(snap["vals"])
+            col._prefix = bytes(snap["prefix"])
+            col._vlen = len(col._prefix) + col._vals.dtype.itemsize
+            col._list = col._intern = None
+        else:
+            col._vals = None
+            col._prefix = b""
+            col._vlen = -1
+            intern: dict[bytes, bytes] = {}
+            lst = []
+            for v in snap["list"]:
+                lst.append(intern.setdefault(v, v) if len(intern) < _INTERN_LIMIT else v)
+            col._list = lst
+            col._intern = intern
+        if n:
+            col._last_ts = float(ts[-1])
+            col._last_val = col.value_at(n - 1)
+        else:
+            col._last_ts = -np.inf
+            col._last_val = b""
+        return col
+
+
+class SensorRange:
+    """Samples ``[i0, i1)`` of a column, safe to read without the owner's lock.
+
+    Holds views of the column's immutable prefix (see the module invariant)
+    or copies, never live mutable state.
+    """
+
+    __slots__ = ("_float", "_prefix", "_vals", "_values", "timestamps")
+
+    def __init__(self, col: SensorColumn, i0: int, i1: int) -> None:
+        #: float64 timestamps of the samples
+        self.timestamps: np.ndarray = col._ts[i0:i1]
+        self._vals = col._vals[i0:i1] if col._vals is not None else None
+        self._prefix = col._prefix
+        self._values: list[bytes] | None = None if col._vals is not None else col.values(i0, i1)
+        self._float = col.float_values(i0, i1)
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def encoded(self) -> list[bytes]:
+        """The encoded values."""
+        if self._values is not None:
+            return self._values
+        assert self._vals is not None
+        raw = self._vals.tobytes()
+        w = self._vals.dtype.itemsize
+        p = self._prefix
+        return [p + raw[j:j + w] for j in range(0, len(raw), w)]
+
+    def floats(self) -> np.ndarray | None:
+        """The values as float64 if every one is a msgpack double, else None."""
+        return self._float

@@ -1,0 +1,338 @@
+"""The materialised telescope state: apply events, answer queries.
+
+Theory of operation
+-------------------
+:class:`State` is the pure core shared by every in-process backend.  It
+touches no files, clocks, locks or sockets.  It holds the current value of
+every key, in the representation each key type needs:
+
+* immutable: :class:`Immutable` (the encoded value and its position);
+* indexed: :class:`Indexed` (sub-key -> encoded value, sub-key -> position);
+* mutable: :class:`~telstate_log._sensor.SensorColumn` (numpy columns).
+
+Every change is an *event* with a position: 1, 2, 3, ... without gaps.
+Writers call the mutating methods with a ``commit`` hook.  The state first
+decides whether the write changes anything (a duplicate sample, an equal
+immutable or an equal indexed value changes nothing and yields no event) or
+conflicts with the key's type (:exc:`ImmutableKeyError`); only then does it
+call ``commit(kind, position, key, sub_key, value, timestamp)`` -- where the
+log backend makes the event durable -- and only if that returns does the
+state change.  A failed commit therefore leaves the state untouched.
+
+Replaying a log calls :meth:`State.apply` (one event) or
+:meth:`State.apply_sensor_batch` (a run of samples for one key) with the
+recorded positions; an event that contradicts the state raises
+:exc:`ImmutableKeyError`, which the log reports as corruption.
+
+Deleted entries are kept in a graveyard (with the position that deleted
+them) when ``keep_history`` is set, so time-travel views can show keys as
+they were before a delete or clear.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Union
+
+import numpy as np
+
+from ._errors import ImmutableKeyError, InvalidTimestampError
+from ._pattern import compile_pattern
+from ._sensor import SensorColumn
+from ._types import KeyType
+
+__all__ = [
+    "ADD",
+    "CLEAR",
+    "DELETE",
+    "EVENT_NAMES",
+    "IMMUTABLE",
+    "INDEXED",
+    "Commit",
+    "Immutable",
+    "Indexed",
+    "State",
+]
+
+# Event kinds (also the record kinds of the on-disk format).
+IMMUTABLE = 1
+ADD = 2
+INDEXED = 3
+DELETE = 4
+CLEAR = 5
+EVENT_NAMES = {IMMUTABLE: "set", ADD: "add", INDEXED: "set_indexed", DELETE: "delete",
+               CLEAR: "clear"}
+
+#: commit(kind, position, key, sub_key, value, timestamp)
+Commit = Callable[[int, int, bytes, bytes, bytes, float], None]
+
+
+class Immutable:
+    """An immutable key: one encoded value."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self, value: bytes, created: int) -> None:
+        self.value = value
+        self.created = created
+
+
+class Indexed:
+    """An indexed key: a dict of immutable sub-keys."""
+
+    __slots__ = ("created", "positions", "values")
+
+    def __init__(self, created: int) -> None:
+        self.created = created
+        self.values: dict[bytes, bytes] = {}
+        self.positions: dict[bytes, int] = {}
+
+
+Entry = Union[Immutable, Indexed, SensorColumn]
+_TYPES: dict[type, KeyType] = {Immutable: KeyType.IMMUTABLE, Indexed: KeyType.INDEXED,
+                               SensorColumn: KeyType.MUTABLE}
+
+
+def _type_error(key: bytes, entry: Entry, wanted: str) -> ImmutableKeyError:
+    have = _TYPES[type(entry)].name.lower()
+    return ImmutableKeyError(f"key {key!r} is {have}, not {wanted}")
+
+
+def check_timestamp(ts: float) -> float:
+    """Validate a sample timestamp; returns it with -0.0 normalised to 0.0."""
+    if not (ts >= 0.0 and ts != math.inf):
+        if math.isnan(ts) or math.isinf(ts):
+            raise InvalidTimestampError(f"Non-finite timestamps ({ts}) are not supported")
+        raise InvalidTimestampError(f"Negative timestamps ({ts}) are not supported")
+    return ts + 0.0
+
+
+class State:
+    """Materialised telescope state (see module docstring)."""
+
+    def __init__(self, keep_history: bool = False) -> None:
+        #: Position of the last event applied (0 for an empty log).
+        self.position = 0
+        self.keep_history = keep_history
+        self._keys: dict[bytes, Entry] = {}
+        #: key -> [(entry, position of the delete/clear event)], oldest first
+        self.graveyard: dict[bytes, list[tuple[Entry, int]]] = {}
+
+    # ------------------------------------------------------------ write path
+    def set_immutable(self, key: bytes, value: bytes, commit: Commit | None = None) -> bytes | None:
+        """Set an immutable; returns the existing value (and changes nothing) if set."""
+        entry = self._keys.get(key)
+        if entry is not None:
+            if type(entry) is Immutable:
+                return entry.value
+            raise _type_error(key, entry, "immutable")
+        pos = self.position + 1
+        if commit is not None:
+            commit(IMMUTABLE, pos, key, b"", value, 0.0)
+        self._keys[key] = Immutable(value, pos)
+        self.position = pos
+        return None
+
+    def add_mutable(self, key: bytes, value: bytes, ts: float,
+                    commit: Commit | None = None) -> bool:
+        """Add a sample; returns False (no event) if it is already stored."""
+        ts = check_timestamp(ts)
+        entry = self._keys.get(key)
+        pos = self.position + 1
+        if entry is None:
+            if commit is not None:
+                commit(ADD, pos, key, b"", value, ts)
+            col = SensorColumn(pos, value)
+            col.add(ts, value, pos)
+            self._keys[key] = col
+        elif type(entry) is SensorColumn:
+            if entry.contains(ts, value):
+                return False
+            if commit is not None:
+                commit(ADD, pos, key, b"", value, ts)
+            entry.add(ts, value, pos)
+        else:
+            raise _type_error(key, entry, "mutable")
+        self.position = pos
+        return True
+
+    def set_indexed(self, key: bytes, sub_key: bytes, value: bytes,
+                    commit: Commit | None = None) -> bytes | None:
+        """Set a sub-key; returns the existing value (and changes nothing) if set."""
+        entry = self._keys.get(key)
+        if entry is None:
+            new = True
+        elif type(entry) is Indexed:
+            old = entry.values.get(sub_key)
+            if old is not None:
+                return old
+            new = False
+        else:
+            raise _type_error(key, entry, "indexed")
+        pos = self.position + 1
+        if commit is not None:
+            commit(INDEXED, pos, key, sub_key, value, 0.0)
+        if new:
+            entry = self._keys[key] = Indexed(pos)
+        assert type(entry) is Indexed
+        entry.values[sub_key] = value
+        entry.positions[sub_key] = pos
+        self.position = pos
+        return None
+
+    def delete(self, key: bytes, commit: Commit | None = None) -> bool:
+        """Delete a key; returns False (no event) if it does not exist."""
+        if key not in self._keys:
+            return False
+        pos = self.position + 1
+        if commit is not None:
+            commit(DELETE, pos, key, b"", b"", 0.0)
+        self._bury(key, self._keys.pop(key), pos)
+        self.position = pos
+        return True
+
+    def clear(self, commit: Commit | None = None) -> list[bytes]:
+        """Delete every key; returns the keys removed (none: no event)."""
+        if not self._keys:
+            return []
+        pos = self.position + 1
+        if commit is not None:
+            commit(CLEAR, pos, b"", b"", b"", 0.0)
+        removed = list(self._keys)
+        for key, entry in self._keys.items():
+            self._bury(key, entry, pos)
+        self._keys = {}
+        self.position = pos
+        return removed
+
+    def _bury(self, key: bytes, entry: Entry, pos: int) -> None:
+        if self.keep_history:
+            if type(entry) is SensorColumn:
+                entry.settle()
+            self.graveyard.setdefault(key, []).append((entry, pos))
+
+    # ---------------------------------------------------------------- replay
+    def apply(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
+              ts: float, in_sequence: bool = True) -> bool:
+        """Apply a recorded event at position `pos`.
+
+        With `in_sequence` the event must be the next one (``position + 1``);
+        without it (replaying a verified run whose events commute) any
+        position is accepted and :attr:`position` becomes the larger of the
+        two.  Returns whether the event changed the state: a recorded event
+        that changes nothing (never written by telstate_log) is tolerated, one
+        that contradicts the state raises :exc:`ImmutableKeyError` or
+        :exc:`InvalidTimestampError`.
+        """
+        before = self.position
+        if in_sequence and pos != before + 1:
+            raise ValueError(f"event position {pos} does not follow {before}")
+        self.position = pos - 1
+        try:
+            if kind == ADD:
+                changed = self.add_mutable(key, value, ts)
+            elif kind == IMMUTABLE:
+                changed = self.set_immutable(key, value) is None
+            elif kind == INDEXED:
+                changed = self.set_indexed(key, sub_key, value) is None
+            elif kind == DELETE:
+                changed = self.delete(key)
+            elif kind == CLEAR:
+                changed = bool(self.clear())
+            else:
+                raise ValueError(f"unknown event kind {kind}")
+        finally:
+            self.position = max(before, pos)
+        return changed
+
+    def apply_sensor_batch(self, key: bytes, ts: np.ndarray, values: Sequence[bytes] | np.ndarray,
+                           pos: np.ndarray, prefix: bytes = b"") -> None:
+        """Apply recorded samples of one key (no delete/clear in between).
+
+        Positions need not be contiguous (other keys' events interleave);
+        the caller sets :attr:`position` when the whole run is applied.
+        `values` is a list of encoded values, or a ``V<width>`` array of
+        values with the common `prefix` removed.
+        """
+        entry = self._keys.get(key)
+        if entry is None:
+            first = values[0] if not isinstance(values, np.ndarray) else \
+                prefix + values[0].tobytes()
+            entry = self._keys[key] = SensorColumn(int(pos[0]), first, capacity=len(ts))
+        elif type(entry) is not SensorColumn:
+            raise _type_error(key, entry, "mutable")
+        if len(ts) and float(ts.min()) < 0 or not bool(np.all(np.isfinite(ts))):
+            raise InvalidTimestampError(f"recorded sample of {key!r} has a bad timestamp")
+        ts = ts + 0.0  # -0.0 -> 0.0
+        if not entry.extend_sorted(ts, values, pos, prefix):
+            if isinstance(values, np.ndarray):
+                raw = values.tobytes()
+                w = values.dtype.itemsize
+                values = [prefix + raw[i:i + w] for i in range(0, len(raw), w)]
+            for t, v, p in zip(ts.tolist(), values, pos.tolist()):
+                if not entry.contains(t, v):
+                    entry.add(t, v, p)
+
+    # ------------------------------------------------------------------ reads
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def entry(self, key: bytes) -> Entry | None:
+        return self._keys.get(key)
+
+    def items(self) -> Iterator[tuple[bytes, Entry]]:
+        return iter(self._keys.items())
+
+    def keys(self, pattern: bytes = b"*") -> list[bytes]:
+        if pattern == b"*":
+            return list(self._keys)
+        match = compile_pattern(pattern)
+        return [k for k in self._keys if match(k)]
+
+    def key_type(self, key: bytes) -> KeyType | None:
+        entry = self._keys.get(key)
+        return None if entry is None else _TYPES[type(entry)]
+
+    def get(self, key: bytes) -> tuple[Any, float | None]:
+        """katsdptelstate Backend.get: (value, None) / (latest, ts) / (dict, None)."""
+        entry = self._keys.get(key)
+        if entry is None:
+            return None, None
+        t = type(entry)
+        if t is SensorColumn:
+            return entry.last  # type: ignore[union-attr]
+        if t is Immutable:
+            return entry.value, None  # type: ignore[union-attr]
+        return dict(entry.values), None  # type: ignore[union-attr]
+
+    def get_indexed(self, key: bytes, sub_key: bytes) -> bytes | None:
+        entry = self._keys[key]
+        if type(entry) is not Indexed:
+            raise _type_error(key, entry, "indexed")
+        return entry.values.get(sub_key)
+
+    def sensor(self, key: bytes) -> SensorColumn | None:
+        """The settled column of a mutable key, None if absent."""
+        entry = self._keys.get(key)
+        if entry is None:
+            return None
+        if type(entry) is not SensorColumn:
+            raise _type_error(key, entry, "mutable")
+        entry.settle()
+        return entry
+
+    def get_range(self, key: bytes, st: float, et: float, include_previous: bool,
+                  include_end: bool) -> list[tuple[bytes, float]] | None:
+        col = self.sensor(key)
+        if col is None:
+            return None
+        i0, i1 = col.index_range(st, et, include_previous, include_end)
+        return list(zip(col.values(i0, i1), col.timestamps(i0, i1).tolist()))
+
+    def nbytes(self) -> int:
+        """Approximate memory held by sensor columns."""
+        return sum(e.nbytes() for e in self._keys.values() if type(e) is SensorColumn)

@@ -1,0 +1,213 @@
+"""Appending events to the newest segment: framing, rotation, rollback.
+
+Theory of operation
+-------------------
+:class:`LogWriter` owns the newest segment's file descriptor.  Its
+:meth:`~LogWriter.commit` is the State's commit hook: it frames the event
+(with the KEY and SESSION definitions the segment still lacks), computes the
+chained CRCs, and hands everything to the OS in one ``write``.  Only when
+that succeeds does the State apply the event, so memory never runs ahead of
+the file.
+
+* If the frame would take the segment past ``segment_bytes``, the writer
+  first *rotates*: it syncs the full segment (unless ``fsync="never"``),
+  creates the next one as ``<name>.tmp`` with its header, syncs it, renames
+  it into place and syncs the directory.  A crash at any point leaves either
+  no new segment or a complete empty one.
+* If ``write`` fails (disk full, I/O error) the file is truncated back to
+  the last frame boundary and :exc:`LogWriteError` is raised: nothing was
+  recorded and the log stays usable.  If even that fails the writer is
+  *failed* and refuses further writes (:exc:`LogFailedError`).
+"""
+
+from __future__ import annotations
+
+import errno
+import getpass
+import os
+import socket
+import struct
+import threading
+import time
+import zlib
+
+import msgpack
+
+from . import _format as fmt
+from ._errors import LogFailedError, LogWriteError
+from ._fileio import FileSystem, write_all
+from ._replayer import Tables
+from ._version import __version__
+
+__all__ = ["LogWriter", "create_segment", "session_info"]
+
+_U32 = struct.Struct("<I")
+
+
+def session_info(source: str | None) -> dict[str, object]:
+    """Who is writing: recorded once per session and segment."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name available (containers)
+        user = ""
+    return {"source": source or "", "host": socket.gethostname(), "pid": os.getpid(),
+            "user": user, "started": time.time(), "version": __version__}
+
+
+def create_segment(fs: FileSystem, path: str, first: int, log_id: bytes, *,
+                   sync: bool = True) -> tuple[int, int, int]:
+    """Create segment `first` crash-safely; returns (fd, size, running CRC)."""
+    name = os.path.join(path, fmt.segment_name(first))
+    tmp = name + ".tmp"
+    if fs.exists(tmp):
+        fs.remove(tmp)
+    header = fmt.encode_header(first, time.time(), log_id)
+    fd = fs.create(tmp)
+    try:
+        write_all(fs, fd, header)
+        if sync:
+            fs.sync(fd)
+    finally:
+        fs.close(fd)
+    fs.rename(tmp, name)
+    if sync:
+        fs.sync_dir(path)
+    return fs.open_append(name), len(header), zlib.crc32(header)
+
+
+class LogWriter:
+    """Appends framed events to the newest segment (see module docstring)."""
+
+    def __init__(self, fs: FileSystem, path: str, log_id: bytes, tables: Tables, *,
+                 segment_first: int, fd: int, offset: int, crc: int, segment_bytes: int,
+                 sync_on_rotate: bool, session: dict[str, object]) -> None:
+        self._fs = fs
+        self._path = path
+        self._log_id = log_id
+        self._tables = tables
+        self.segment_first = segment_first
+        self._fd = fd
+        self.offset = offset
+        self._crc = crc
+        self._segment_bytes = segment_bytes
+        self._sync_on_rotate = sync_on_rotate
+        self._seg_keys: set[int] = set()
+        self._seg_session = False
+        self._seg_events = 0
+        self.session_id = max(tables.sessions, default=-1) + 1
+        self._session_payload = msgpack.packb(session, use_bin_type=True)
+        self._last_rec = tables.last_recorded
+        self.failed: BaseException | None = None
+        #: guards the descriptor against a concurrent fsync while rotating
+        self.fd_lock = threading.Lock()
+        self.on_rotate: list[object] = []
+
+    # ------------------------------------------------------------------ hook
+    def commit(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
+               ts: float) -> None:
+        """State commit hook: make event `pos` part of the log (written to the OS)."""
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
+        rec = time.time()
+        if rec < self._last_rec:
+            rec = self._last_rec
+        tables = self._tables
+        kid = fmt.NO_KEY if kind == fmt.CLEAR else tables.key_ids.get(key)
+        new_key = kid is None
+        if new_key:
+            kid = max(tables.keys, default=-1) + 1
+        assert kid is not None
+        frame = fmt.encode_event(kind, pos, rec, self.session_id, kid, sub_key, value, ts)
+        size = len(frame) + 4
+        if kind != fmt.CLEAR and kid not in self._seg_keys:
+            size += 16 + len(key)
+        if not self._seg_session:
+            size += 16 + len(self._session_payload)
+        if self.offset + size > self._segment_bytes and self._seg_events:
+            self._rotate(pos)
+        pieces = []
+        if not self._seg_session:
+            pieces.append(fmt.encode_meta(fmt.SESSION, self.session_id, self._session_payload))
+        if kind != fmt.CLEAR and kid not in self._seg_keys:
+            pieces.append(fmt.encode_meta(fmt.KEY, kid, key))
+        pieces.append(frame)
+        crc = self._crc
+        out = []
+        for piece in pieces:
+            c = zlib.crc32(piece, crc)
+            cb = _U32.pack(c)
+            crc = zlib.crc32(cb, c)
+            out.append(piece)
+            out.append(cb)
+        data = b"".join(out)
+        self._write(data)
+        self.offset += len(data)
+        self._crc = crc
+        self._seg_events += 1
+        self._seg_session = True
+        self._last_rec = rec
+        tables.last_recorded = rec
+        if kind != fmt.CLEAR:
+            self._seg_keys.add(kid)
+            if new_key:
+                tables.keys[kid] = key
+                tables.key_ids[key] = kid
+        if self.session_id not in tables.sessions:
+            tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
+        if (pos - 1) % tables.TIME_STRIDE == 0 or not tables.time_pos:
+            tables.time_pos.append(pos)
+            tables.time_rec.append(rec)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            write_all(self._fs, self._fd, data)
+        except OSError as exc:
+            try:
+                self._fs.truncate(self._fd, self.offset)
+            except OSError as exc2:
+                self.failed = exc2
+                raise LogFailedError(f"write failed ({exc}) and could not be rolled back "
+                                     f"({exc2}); reopen the log to recover") from exc
+            what = "disk full" if exc.errno == errno.ENOSPC else os.strerror(exc.errno or 0)
+            raise LogWriteError(f"could not write to the log ({what}); nothing was recorded",
+                                exc.errno) from exc
+
+    # -------------------------------------------------------------- segments
+    def _rotate(self, next_first: int) -> None:
+        fs = self._fs
+        with self.fd_lock:
+            try:
+                if self._sync_on_rotate:
+                    fs.sync(self._fd)
+                fd, size, crc = create_segment(fs, self._path, next_first, self._log_id,
+                                               sync=self._sync_on_rotate)
+            except OSError as exc:
+                self.failed = exc
+                raise LogFailedError(f"could not start a new segment: {exc}") from exc
+            fs.close(self._fd)
+            self._fd = fd
+        self.segment_first = next_first
+        self.offset = size
+        self._crc = crc
+        self._seg_keys = set()
+        self._seg_session = False
+        self._seg_events = 0
+
+    def sync(self) -> None:
+        """fdatasync the current segment (earlier ones were synced on rotation)."""
+        with self.fd_lock:
+            self._fs.sync(self._fd)
+
+    @property
+    def segment_path(self) -> str:
+        return os.path.join(self._path, fmt.segment_name(self.segment_first))
+
+    @property
+    def running_crc(self) -> int:
+        return self._crc
+
+    def close(self) -> None:
+        with self.fd_lock:
+            if self._fd >= 0:
+                self._fs.close(self._fd)
+                self._fd = -1

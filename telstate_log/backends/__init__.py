@@ -1,0 +1,23 @@
+"""Synchronous backends: the byte-level storage under a TelescopeState."""
+
+from .._types import (
+    ImmutableKeyUpdate,
+    IndexedKeyUpdate,
+    KeyUpdate,
+    KeyUpdateBase,
+    MutableKeyUpdate,
+)
+from ._base import Backend
+from ._log import LogBackend
+from ._memory import MemoryBackend
+
+__all__ = [
+    "Backend",
+    "ImmutableKeyUpdate",
+    "IndexedKeyUpdate",
+    "KeyUpdate",
+    "KeyUpdateBase",
+    "LogBackend",
+    "MemoryBackend",
+    "MutableKeyUpdate",
+]

@@ -1,0 +1,433 @@
+"""LogBackend: telescope state in an append-only segment log on disk.
+
+Theory of operation
+-------------------
+Every successful write becomes an event in the log (format:
+:mod:`telstate_log._format`); the materialised
+:class:`~telstate_log._state.State` serves all reads.  Opening a log loads
+the newest valid checkpoint and replays the segments after it
+(:mod:`telstate_log._recovery`), truncating a torn tail and refusing any
+other damage.
+
+Durability contract -- what is on disk when a write call returns:
+
+``fsync="always"``
+    The event is on stable storage (fdatasync'ed; a new segment and its
+    directory entry are synced before it is used).  Concurrent writers share
+    fsyncs (group commit).  Nothing acknowledged is lost on power failure.
+``fsync="interval"`` (default)
+    The event has been handed to the OS (``write`` returned), so a crash of
+    the process (kill -9) loses nothing.  A timer fsyncs at least every
+    ``fsync_interval`` seconds, so a power failure or OS crash loses at most
+    the events of the last ``fsync_interval`` seconds (plus one fsync's
+    duration).  Segment rotations and close() also sync.
+``fsync="never"``
+    As "interval" for process crashes; the OS decides when data reaches the
+    disk (rotations and close() do not sync either).  :meth:`sync` still
+    forces it.
+
+Whatever the policy, recovery yields exactly the state after some prefix of
+the writes, never a reordering or a mix.
+
+A writer holds an exclusive lock on ``LOCK``; a second writer gets
+:exc:`LogLockedError`.  ``readonly=True`` opens without the lock and
+*follows* the log as its writer appends (see :mod:`telstate_log._follower`):
+indexes stay current and monitors fire on the writer's events.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import zlib
+from typing import Any
+
+from .. import _format as fmt
+from .._checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    snapshot_state,
+    write_checkpoint,
+)
+from .._durability import Durability
+from .._errors import LogCorruptError, LogError, LogLockedError
+from .._fileio import FileSystem, OsFileSystem
+from .._follower import Follower
+from .._recovery import Resume, Tail, classify_tail, replay_segments
+from .._replayer import Replayer, ReplayError, Tables
+from .._state import State
+from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
+from .._writer import LogWriter, create_segment, session_info
+from ._state_backend import StateBackend
+
+__all__ = ["FSYNC_POLICIES", "LogBackend"]
+
+logger = logging.getLogger("telstate_log")
+FSYNC_POLICIES = ("always", "interval", "never")
+DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_CHECKPOINT_BYTES = 256 << 20
+KEEP_CHECKPOINTS = 2
+
+
+class LogBackend(StateBackend):
+    """Telescope state backend stored as an append-only log (sync).
+
+    Parameters
+    ----------
+    path
+        Log directory; created if missing (unless `readonly`).
+    fsync
+        ``"always"``, ``"interval"`` or ``"never"``: see the module docstring
+        for exactly what is on disk when a write returns.
+    fsync_interval
+        Seconds between background fsyncs with ``fsync="interval"``.
+    segment_bytes
+        Size at which a new segment file is started.
+    readonly
+        Open without taking the write lock and follow the log as another
+        process writes it.
+    source
+        Label recorded with every event (e.g. the writing program's name).
+    checkpoint_bytes
+        Write a checkpoint in the background after this many bytes of log
+        (None: only on :meth:`checkpoint` and, for a large tail, on close).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: str = "interval",
+                 fsync_interval: float = 1.0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 readonly: bool = False, source: str | None = None,
+                 checkpoint_bytes: int | None = DEFAULT_CHECKPOINT_BYTES,
+                 use_checkpoints: bool = True, fs: FileSystem | None = None,
+                 follow: bool = True) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
+        if segment_bytes < 4096:
+            raise ValueError("segment_bytes must be at least 4096")
+        if fsync_interval <= 0:
+            raise ValueError("fsync_interval must be positive")
+        self.path = os.fspath(path)
+        self.fsync = fsync
+        self.readonly = readonly
+        self.source = source
+        self._fs = fs if fs is not None else OsFileSystem()
+        self._segment_bytes = segment_bytes
+        self._checkpoint_bytes = checkpoint_bytes
+        self._lock_fd = -1
+        self._writer: LogWriter | None = None
+        self._durability: Durability | None = None
+        self._follower: Follower | None = None
+        self._closed = False
+        self._checkpointing = threading.Lock()
+        self._ckpt_thread: threading.Thread | None = None
+        self._bytes_since_checkpoint = 0
+        self._readonly = readonly
+        if not readonly:
+            self._fs.makedirs(self.path)
+            self._take_lock()
+        elif not os.path.isdir(self.path):
+            raise LogError(f"log directory {self.path!r} does not exist")
+        try:
+            state, tables, tail = self._recover(use_checkpoints)
+            super().__init__(state)
+            self._tables = tables
+            self._tail = tail
+            self.log_id = tail.log_id
+            if not readonly:
+                self._open_writer(tail, fsync_interval)
+            elif follow:
+                self._follower = Follower(self.path, self._follow_step)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    # ------------------------------------------------------------- opening
+    def _take_lock(self) -> None:
+        lock_path = os.path.join(self.path, "LOCK")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            except OSError:
+                holder = ""
+            os.close(fd)
+            raise LogLockedError(f"log {self.path!r} is locked by another writer"
+                                 + (f" (pid {holder})" if holder else "")
+                                 + "; open it with readonly=True to follow it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = -1
+
+    def _recover(self, use_checkpoints: bool) -> tuple[State, Tables, Tail]:
+        mode = "read" if self.readonly else "write"
+        if not self.readonly:
+            for name in self._fs.listdir(self.path):
+                if name.endswith(".seg.tmp"):  # an interrupted segment creation
+                    self._fs.remove(os.path.join(self.path, name))
+        if use_checkpoints:
+            log_id = self._first_log_id()
+            for cp in list_checkpoints(self.path):
+                try:
+                    state, tables, resume = load_checkpoint(cp.path, log_id)
+                    replayer = Replayer(state, tables)
+                    tail = replay_segments(self._fs, self.path, replayer, resume=resume,
+                                           mode=mode)
+                    if tail.segment_first is None:
+                        raise CheckpointError("log has no segments")
+                    return state, tables, tail
+                except (CheckpointError, LogCorruptError) as exc:
+                    logger.warning("ignoring checkpoint %s: %s", cp.path, exc)
+        state = State(keep_history=True)
+        tables = Tables()
+        tail = replay_segments(self._fs, self.path, Replayer(state, tables), mode=mode)
+        return state, tables, tail
+
+    def _first_log_id(self) -> bytes | None:
+        from .._recovery import list_segments
+
+        segs = list_segments(self._fs, self.path)
+        if not segs:
+            return None
+        header = fmt.parse_header(self._fs.read(os.path.join(self.path, segs[0][1]), 0,
+                                                fmt.HEADER_SIZE))
+        return None if isinstance(header, str) else header.log_id
+
+    def _open_writer(self, tail: Tail, fsync_interval: float) -> None:
+        fs = self._fs
+        sync = self.fsync != "never"
+        if tail.segment_first is None:
+            self.log_id = os.urandom(16)
+            fd, offset, crc = create_segment(fs, self.path, 1, self.log_id, sync=sync)
+            first = 1
+        else:
+            assert self.log_id is not None
+            first, offset, crc = tail.segment_first, tail.offset, tail.crc
+            fd = fs.open_append(os.path.join(self.path, fmt.segment_name(first)))
+        self._writer = LogWriter(fs, self.path, self.log_id, self._tables, segment_first=first,
+                                 fd=fd, offset=offset, crc=crc,
+                                 segment_bytes=self._segment_bytes, sync_on_rotate=sync,
+                                 session=session_info(self.source))
+        self._durability = Durability(self._writer.sync, durable=self._state.position,
+                                      interval=fsync_interval if self.fsync == "interval"
+                                      else None)
+        writer, durability = self._writer, self._durability
+
+        def commit(kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
+                   ts: float) -> None:
+            before = writer.offset
+            writer.commit(kind, pos, key, sub_key, value, ts)
+            durability.note_written(pos)
+            self._bytes_since_checkpoint += writer.offset - before \
+                if writer.offset > before else writer.offset
+
+        self._commit = commit
+
+    # ------------------------------------------------------------- writes
+    def _after_write(self, position: int) -> None:
+        if self.fsync == "always":
+            assert self._durability is not None
+            self._durability.wait(position)
+        if self._checkpoint_bytes is not None and \
+                self._bytes_since_checkpoint >= self._checkpoint_bytes:
+            self._start_background_checkpoint()
+
+    async def _after_write_async(self, position: int) -> None:
+        if self.fsync == "always":
+            assert self._durability is not None
+            await self._durability.wait_async(position)
+        if self._checkpoint_bytes is not None and \
+                self._bytes_since_checkpoint >= self._checkpoint_bytes:
+            self._start_background_checkpoint()
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise LogError("the log backend is closed")
+        super()._check_writable()
+
+    def sync(self) -> int:
+        """Make every write so far durable; returns the durable position."""
+        if self._durability is None:
+            return self.position
+        return self._durability.sync()
+
+    @property
+    def durable_position(self) -> int:
+        """Position up to which events are known to be on stable storage."""
+        return self._durability.durable if self._durability is not None else self.position
+
+    # -------------------------------------------------------- checkpoints
+    def checkpoint(self) -> str | None:
+        """Write a checkpoint of the current state; returns its path (None if read-only)."""
+        if self._writer is None:
+            return None
+        with self._checkpointing:
+            return self._write_checkpoint()
+
+    def _write_checkpoint(self) -> str:
+        assert self._writer is not None and self._durability is not None
+        with self._lock:
+            snap = snapshot_state(self._state, self._tables)
+            resume = Resume(self._writer.segment_first, self._writer.offset,
+                            self._writer.running_crc)
+            self._bytes_since_checkpoint = 0
+        # Never let a checkpoint get ahead of the durable log.
+        self._durability.wait(snap["position"])
+        assert self.log_id is not None
+        path = write_checkpoint(self.path, snap, resume, self.log_id)
+        for old in list_checkpoints(self.path)[KEEP_CHECKPOINTS:]:
+            try:
+                os.remove(old.path)
+            except OSError:
+                pass
+        return path
+
+    def _start_background_checkpoint(self) -> None:
+        if not self._checkpointing.acquire(blocking=False):
+            return
+        self._bytes_since_checkpoint = 0
+
+        def run() -> None:
+            try:
+                self._write_checkpoint()
+            except Exception as exc:  # a failed checkpoint only costs replay time
+                logger.warning("background checkpoint failed: %s", exc)
+            finally:
+                self._checkpointing.release()
+
+        self._ckpt_thread = threading.Thread(target=run, name="telstate-log-checkpoint",
+                                             daemon=True)
+        self._ckpt_thread.start()
+
+    # ----------------------------------------------------------- following
+    def _follow_step(self) -> bool:
+        """Apply whatever the writer appended since the last step."""
+        fs = self._fs
+        tail = self._tail
+        if tail.segment_first is None:
+            first_name = os.path.join(self.path, fmt.segment_name(1))
+            if not fs.exists(first_name):
+                return False
+            with self._lock:
+                state, tables = self._state, self._tables
+                self._tail = replay_segments(fs, self.path, Replayer(state, tables),
+                                             mode="read")
+                self.log_id = self._tail.log_id
+            return self._tail.segment_first is not None
+        seg_path = os.path.join(self.path, fmt.segment_name(tail.segment_first))
+        size = fs.size(seg_path)
+        if size > tail.offset:
+            data = fs.read(seg_path, tail.offset - 4, size - tail.offset + 4)
+            mv = memoryview(data)
+            scan = fmt.scan_frames(mv, 4, len(data), tail.crc)
+            if scan.problem is not None and scan.end == 4 and not classify_tail(data, scan):
+                raise LogCorruptError(scan.problem, seg_path,
+                                      tail.offset - 4 + scan.problem_offset)
+            if len(scan.offsets):
+                self._apply_followed(mv, scan, seg_path, tail.offset - 4)
+                self._tail = Tail(tail.segment_first, tail.offset - 4 + scan.end, scan.crc,
+                                  tail.log_id, tail.segments)
+                return True
+            if scan.problem is not None:
+                return False  # the writer is mid-write: wait for the rest
+        # Finished this segment?  Move on when the next one exists.
+        next_path = os.path.join(self.path, fmt.segment_name(self._state.position + 1))
+        if self._state.position + 1 != tail.segment_first and fs.exists(next_path):
+            data = fs.read(next_path, 0, fmt.HEADER_SIZE)
+            header = fmt.parse_header(data)
+            if isinstance(header, str):
+                raise LogCorruptError(header, next_path, 0)
+            if header.log_id != self.log_id:
+                raise LogCorruptError("segment belongs to another log", next_path, 32)
+            self._tail = Tail(header.first_position, fmt.HEADER_SIZE, zlib.crc32(data),
+                              tail.log_id, tail.segments + 1)
+            return True
+        return False
+
+    def _apply_followed(self, mv: memoryview, scan: fmt.Scan, seg_path: str,
+                        base: int) -> None:
+        with self._lock:
+            try:
+                dec = Replayer(self._state, self._tables).apply(mv, scan)
+            except ReplayError as exc:
+                raise LogCorruptError(exc.reason, seg_path, base + exc.offset) from None
+            if self._hub.active:
+                self._publish_followed(mv, dec)
+
+    def _publish_followed(self, mv: memoryview, dec: fmt.Decoded) -> None:
+        hub = self._hub
+        keys = self._tables.keys
+        for i in range(len(dec.kinds)):
+            kind = int(dec.kinds[i])
+            if kind == fmt.CLEAR:
+                hub.publish_all(KeyUpdateBase())
+                continue
+            if kind not in fmt.EVENT_KINDS:
+                continue
+            key = keys[int(dec.event["key"][i])]
+            if not hub.watched(key):
+                continue
+            off, length = int(dec.offsets[i]), int(dec.lengths[i])
+            if kind == fmt.ADD:
+                s, e = fmt.value_span(kind, off, length)
+                hub.publish(key, lambda k=key, v=bytes(mv[s:e]), t=float(dec.ts[i]):
+                            MutableKeyUpdate(k, v, t))
+            elif kind == fmt.IMMUTABLE:
+                s, e = fmt.value_span(kind, off, length)
+                hub.publish(key, lambda k=key, v=bytes(mv[s:e]): ImmutableKeyUpdate(k, v))
+            elif kind == fmt.INDEXED:
+                fields = fmt.indexed_fields(mv, off, length)
+                assert fields is not None
+                hub.publish(key, lambda k=key, f=fields: IndexedKeyUpdate(k, f[0], f[1]))
+            else:
+                hub.publish(key, KeyUpdateBase)
+
+    @property
+    def follow_error(self) -> BaseException | None:
+        """Why following stopped, if it did (a read-only backend only)."""
+        return None if self._follower is None else self._follower.error
+
+    # --------------------------------------------------------------- close
+    def close(self) -> None:
+        """Flush, sync (unless ``fsync="never"``), checkpoint a long tail, release."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._follower is not None:
+            self._follower.stop()
+        if self._ckpt_thread is not None:
+            self._ckpt_thread.join()
+        try:
+            if self._writer is not None and self._durability is not None:
+                if self._durability.failed is None and self._writer.failed is None:
+                    if self.fsync != "never":
+                        self._durability.sync()
+                    if self._checkpoint_bytes is not None and \
+                            self._bytes_since_checkpoint >= min(self._checkpoint_bytes,
+                                                                16 << 20):
+                        self.checkpoint()
+                self._durability.close()
+                self._writer.close()
+        finally:
+            self._release_lock()
+
+    def __enter__(self) -> LogBackend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock_fd", -1) >= 0 and not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:  # interpreter shutdown: best effort
+                pass

@@ -1,0 +1,226 @@
+"""Synchronous driver around the materialised :class:`~telstate_log._state.State`.
+
+Theory of operation
+-------------------
+:class:`StateBackend` adds what the pure state leaves out: a lock (backends
+are shared by threads), key-update notifications, and two hooks for
+subclasses:
+
+* ``_commit`` -- passed to the state's write methods; called with each new
+  event before the state changes (the log backend writes the record here;
+  the memory backend has none).
+* ``_after_write(position)`` -- called after the lock is released for a write
+  that produced an event (the log backend waits for durability here, so that
+  concurrent writers share fsyncs).
+
+Reads return copies or views of immutable column prefixes, never live
+mutable structures, so they stay valid after the lock is released.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator, Iterable
+from typing import Any, BinaryIO
+
+from .._errors import ReadOnlyError
+from .._notify import Hub, ThreadSubscription
+from .._sensor import SensorRange
+from .._state import Commit, State
+from .._types import (
+    ImmutableKeyUpdate,
+    IndexedKeyUpdate,
+    KeyType,
+    KeyUpdateBase,
+    MutableKeyUpdate,
+)
+from ._base import Backend, GetResult, PathType
+
+__all__ = ["StateBackend"]
+
+
+class StateBackend(Backend):
+    """A :class:`Backend` serving reads and writes from an in-memory State."""
+
+    _commit: Commit | None = None
+    _readonly = False
+
+    def __init__(self, state: State | None = None) -> None:
+        self._state = state if state is not None else State()
+        self._lock = threading.RLock()
+        self._hub = Hub()
+
+    # ----------------------------------------------------------- subclass hooks
+    def _after_write(self, position: int) -> None:
+        """Called (without the lock) after a write produced event `position`."""
+
+    def _check_writable(self) -> None:
+        if self._readonly:
+            raise ReadOnlyError(f"{type(self).__name__} is read-only")
+
+    # ------------------------------------------------------------------ reads
+    def __contains__(self, key: bytes) -> bool:
+        with self._lock:
+            return key in self._state
+
+    def keys(self, filter: bytes) -> list[bytes]:
+        with self._lock:
+            return self._state.keys(filter)
+
+    def key_type(self, key: bytes) -> KeyType | None:
+        with self._lock:
+            return self._state.key_type(key)
+
+    def get(self, key: bytes) -> GetResult:
+        with self._lock:
+            return self._state.get(key)
+
+    def get_indexed(self, key: bytes, sub_key: bytes) -> bytes | None:
+        with self._lock:
+            return self._state.get_indexed(key, sub_key)
+
+    def get_range(self, key: bytes, start_time: float, end_time: float,
+                  include_previous: bool,
+                  include_end: bool) -> list[tuple[bytes, float]] | None:
+        with self._lock:
+            return self._state.get_range(key, start_time, end_time, include_previous,
+                                         include_end)
+
+    def get_range_arrays(self, key: bytes, start_time: float, end_time: float,
+                         include_previous: bool, include_end: bool) -> SensorRange | None:
+        """Like :meth:`get_range` but returns the samples as columns."""
+        with self._lock:
+            col = self._state.sensor(key)
+            if col is None:
+                return None
+            i0, i1 = col.index_range(start_time, end_time, include_previous, include_end)
+            return SensorRange(col, i0, i1)
+
+    def dump(self, key: bytes) -> bytes | None:
+        from ..replay._dump_state import dump_entry
+
+        with self._lock:
+            entry = self._state.entry(key)
+            if entry is None:
+                return None
+            return dump_entry(entry)
+
+    @property
+    def position(self) -> int:
+        """Position of the last event applied."""
+        with self._lock:
+            return self._state.position
+
+    # ----------------------------------------------------------------- writes
+    # Each write is split into the locked part (_w_*: returns the result and
+    # the new event's position, or 0 if nothing changed) and _after_write,
+    # so the async driver can await durability instead of blocking.
+    def _w_set_immutable(self, key: bytes, value: bytes) -> tuple[bytes | None, int]:
+        with self._lock:
+            self._check_writable()
+            state = self._state
+            old = state.set_immutable(key, value, self._commit)
+            if old is not None:
+                return old, 0
+            self._hub.publish(key, lambda: ImmutableKeyUpdate(key, value))
+            return None, state.position
+
+    def _w_add_mutable(self, key: bytes, value: bytes, timestamp: float) -> int:
+        with self._lock:
+            self._check_writable()
+            state = self._state
+            if not state.add_mutable(key, value, timestamp, self._commit):
+                return 0
+            hub = self._hub
+            if hub.watched(key):
+                ts = float(timestamp) + 0.0
+                hub.publish(key, lambda: MutableKeyUpdate(key, value, ts))
+            return state.position
+
+    def _w_set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> tuple[bytes | None, int]:
+        with self._lock:
+            self._check_writable()
+            state = self._state
+            old = state.set_indexed(key, sub_key, value, self._commit)
+            if old is not None:
+                return old, 0
+            self._hub.publish(key, lambda: IndexedKeyUpdate(key, sub_key, value))
+            return None, state.position
+
+    def _w_delete(self, key: bytes) -> int:
+        with self._lock:
+            self._check_writable()
+            if not self._state.delete(key, self._commit):
+                return 0
+            self._hub.publish(key, KeyUpdateBase)
+            return self._state.position
+
+    def _w_clear(self) -> int:
+        with self._lock:
+            self._check_writable()
+            if not self._state.clear(self._commit):
+                return 0
+            self._hub.publish_all(KeyUpdateBase())
+            return self._state.position
+
+    async def _after_write_async(self, position: int) -> None:
+        """Async counterpart of :meth:`_after_write` (must not block the loop)."""
+
+    def set_immutable(self, key: bytes, value: bytes) -> bytes | None:
+        old, pos = self._w_set_immutable(key, value)
+        if pos:
+            self._after_write(pos)
+        return old
+
+    def add_mutable(self, key: bytes, value: bytes, timestamp: float) -> None:
+        pos = self._w_add_mutable(key, value, timestamp)
+        if pos:
+            self._after_write(pos)
+
+    def set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> bytes | None:
+        old, pos = self._w_set_indexed(key, sub_key, value)
+        if pos:
+            self._after_write(pos)
+        return old
+
+    def delete(self, key: bytes) -> None:
+        pos = self._w_delete(key)
+        if pos:
+            self._after_write(pos)
+
+    def clear(self) -> None:
+        pos = self._w_clear()
+        if pos:
+            self._after_write(pos)
+
+    def load_from_file(self, file: PathType | BinaryIO) -> int:
+        """Load an RDB file's keys as events (see :mod:`telstate_log.replay`)."""
+        from ..replay._rdb_load import load_rdb_into
+
+        return load_rdb_into(self, file)
+
+    # --------------------------------------------------------------- monitor
+    def monitor_keys(self, keys: Iterable[bytes]) \
+            -> Generator[KeyUpdateBase | None, float | None, None]:
+        sub = ThreadSubscription(keys)
+        self._hub.subscribe(sub)
+        try:
+            # The condition may already hold: tell the caller to check now.
+            timeout = yield KeyUpdateBase()
+            while True:
+                timeout = yield sub.get(timeout)
+        finally:
+            self._hub.unsubscribe(sub)
+
+    # ------------------------------------------------------------ internals
+    def _locked_state(self) -> tuple[threading.RLock, State]:
+        """The lock and state, for the async wrapper and replay tools."""
+        return self._lock, self._state
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} position={self._state.position} keys={len(self._state)}>"
+
+    def _stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"position": self._state.position, "keys": len(self._state),
+                    "sensor_bytes": self._state.nbytes()}

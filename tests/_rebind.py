@@ -1,0 +1,52 @@
+"""Re-run katsdptelstate's own test classes against telstate_log.
+
+``rebind(cls, names)`` returns a copy of a test class whose methods see
+telstate_log's objects where katsdptelstate's module globals named them, so
+the unmodified test bodies exercise our front end, backends and errors.
+``mock.patch`` decorators that target katsdptelstate's pickle switches are
+re-targeted at ours.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from typing import Any
+from unittest import mock
+
+_PATCH_TARGETS = {
+    "katsdptelstate.encoding._allow_pickle": "telstate_log._encoding._allow_pickle",
+    "katsdptelstate.encoding._warn_on_pickle": "telstate_log._encoding._warn_on_pickle",
+}
+
+
+def _rebind_function(func: types.FunctionType, glb: dict[str, Any]) -> Any:
+    patchings = getattr(func, "patchings", None)
+    if patchings is not None:
+        inner = _rebind_function(func.__wrapped__, glb)  # type: ignore[attr-defined]
+        for p in reversed(patchings):
+            target = f"{p.getter().__name__}.{p.attribute}"
+            target = _PATCH_TARGETS.get(target, target)
+            inner = mock.patch(target, p.new)(inner)
+        return inner
+    new = types.FunctionType(func.__code__, glb, func.__name__, func.__defaults__,
+                             func.__closure__)
+    new.__kwdefaults__ = func.__kwdefaults__
+    new.__qualname__ = func.__qualname__
+    new.__dict__.update(func.__dict__)
+    return functools.update_wrapper(new, func, assigned=("__doc__", "__module__"), updated=())
+
+
+def rebind(cls: type, replacements: dict[str, Any], name: str) -> type:
+    """Copy of test class `cls` (and its bases' tests) with module globals replaced."""
+    namespace: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or klass.__module__.startswith("unittest"):
+            continue
+        glb = dict(vars(__import__(klass.__module__, fromlist=["_"])))
+        glb.update(replacements)
+        for attr, value in vars(klass).items():
+            if isinstance(value, types.FunctionType):
+                namespace[attr] = _rebind_function(value, glb)
+    bases = tuple(b for b in cls.__bases__ if b.__module__.startswith("unittest")) or (object,)
+    return type(name, bases, namespace)
