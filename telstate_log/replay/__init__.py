@@ -1,0 +1,1 @@
+"""Export and import of telescope state as Redis RDB files and DUMP payloads."""

@@ -1,0 +1,399 @@
+"""Strict streaming reader for Redis RDB files holding telescope state.
+
+Theory of operation
+-------------------
+Accepted is what katsdptelstate (RDB version 6) and redis-server up to 7.4
+(versions 10-12) write for telescope state; anything else is refused:
+
+* value types: string (0) -> immutable; hash (4, ziplist 13, listpack 16) ->
+  indexed; zset (3 text scores, 5 binary scores, ziplist 12, listpack 17) ->
+  mutable, with all scores 0 and members checked by
+  :func:`._rdb_format.member_problem`.  Lists, sets, streams, modules and
+  zipmaps are errors naming the key.  Any string (including the blob holding
+  a ziplist or listpack) may be plain, integer-encoded or LZF-compressed.
+* opcodes: AUX (kept in :attr:`RdbReader.aux`); SELECTDB; RESIZEDB,
+  SLOT_INFO and FUNCTION2 (skipped); expiry, IDLE and FREQ before a key
+  (checked, ignored: telescope state never expires); MODULE_AUX and the
+  pre-release FUNCTION are refused.  EOF must be followed by exactly the
+  CRC-64 (version >= 5).  A non-zero CRC is verified over the whole file
+  before the first entry is returned; zero means "not computed", as for Redis.
+
+Everything is untrusted: lengths are checked against the bytes left before
+anything is sliced or allocated, counts against the smallest possible record
+size, LZF output is bounded, ziplist/listpack totals, back-links and
+terminators must be exact, and keys, zset members and hash fields must be
+unique.  Every failure is an :exc:`RdbParseError` carrying the byte offset.
+
+A path is memory-mapped, a file object read whole, bytes parsed in place.
+Values are copied out as ``bytes``; zset members are returned sorted (Redis
+stores skiplist zsets in descending order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+from collections.abc import Generator, Iterator
+from typing import IO, Any, NoReturn, TypeAlias
+
+from .._errors import RdbParseError
+from .._types import KeyType
+from . import _rdb_format as fmt
+from ._crc64 import crc64
+from ._lzf import MAX_RATIO, LzfError, lzf_decompress
+from ._rdb_format import RdbEntry, Value
+
+__all__ = ["RdbEntry", "RdbReader", "Source", "Value", "decode_value", "iter_rdb"]
+
+Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
+_Buffer: TypeAlias = "bytes | mmap.mmap"
+
+_LE64 = struct.Struct("<Q")
+_BE32 = struct.Struct(">I")
+_BE64 = struct.Struct(">Q")
+_LE_DOUBLE = struct.Struct("<d")
+_INT_SIZES = (1, 2, 4)          # string encodings 0xC0, 0xC1, 0xC2
+_ZERO_SCORE = b"\x00" * 8
+_KEY_METADATA = {fmt.OP_EXPIRETIME_MS: 8, fmt.OP_EXPIRETIME: 4, fmt.OP_FREQ: 1}  # sizes
+_SKIPPED_LENGTHS = {fmt.OP_RESIZEDB: ("database size hint", "expires size hint"),
+                    fmt.OP_SLOT_INFO: ("slot id", "slot size", "slot expires size")}
+# Errors that bounds checks should make impossible; turned into RdbParseError.
+_BACKSTOP = (IndexError, ValueError, struct.error, OverflowError)
+
+
+class _Cursor:
+    """Bounds-checked position in a buffer; every read stays below `end`."""
+
+    __slots__ = ("buf", "end", "filename", "pos")
+
+    def __init__(self, buf: _Buffer, pos: int, end: int, filename: Any) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = end
+        self.filename = filename
+
+    def fail(self, reason: str, offset: int | None = None) -> NoReturn:
+        raise RdbParseError(self.filename, reason, self.pos if offset is None else offset)
+
+    def take(self, size: int, what: str) -> int:
+        """Advance past `size` bytes, returning where they start."""
+        start = self.pos
+        if size > self.end - start:
+            self.fail(f"{what} ({size} bytes) runs past the end of the data", start)
+        self.pos = start + size
+        return start
+
+    def byte(self, what: str) -> int:
+        return self.buf[self.take(1, what)]
+
+    def length(self, what: str = "length") -> int:
+        """Read a plain length (no string encodings allowed)."""
+        start = self.take(1, what)
+        first = self.buf[start]
+        kind = first >> 6
+        if kind == 0:
+            return first
+        if kind == 1:
+            return (first & 0x3F) << 8 | self.buf[self.take(1, what)]
+        if first == 0x80:
+            return int(_BE32.unpack_from(self.buf, self.take(4, what))[0])
+        if first == 0x81:
+            return int(_BE64.unpack_from(self.buf, self.take(8, what))[0])
+        self.fail(f"invalid {what} encoding byte 0x{first:02x}", start)
+
+    def raw_string(self) -> tuple[bytes, int]:
+        """Read an RDB string: ``(data, offset of data in the buffer or -1 if decoded)``."""
+        start = self.pos
+        if start < self.end and self.buf[start] >= 0xC0:
+            self.pos += 1
+            enc = self.buf[start] & 0x3F
+            if enc < 3:
+                at = self.take(_INT_SIZES[enc], "integer-encoded string")
+                raw = self.buf[at:self.pos]
+                return b"%d" % int.from_bytes(raw, "little", signed=True), -1
+            if enc == 3:
+                return self._lzf_string(start), -1
+            self.fail(f"unknown string encoding 0x{self.buf[start]:02x}", start)
+        size = self.length("string length")
+        at = self.take(size, "string")
+        return self.buf[at:self.pos], at
+
+    def string(self) -> bytes:
+        return self.raw_string()[0]
+
+    def _lzf_string(self, start: int) -> bytes:
+        clen = self.length("compressed length")
+        ulen = self.length("uncompressed length")
+        at = self.take(clen, "compressed string")
+        if clen == 0 or ulen == 0 or ulen > MAX_RATIO * clen:
+            self.fail(f"impossible LZF lengths (compressed {clen}, uncompressed {ulen})", start)
+        try:
+            return lzf_decompress(self.buf[at:self.pos], ulen)
+        except LzfError as exc:
+            self.fail(f"bad LZF data: {exc.reason}", at + exc.offset)
+
+    def count(self, what: str, min_record: int) -> int:
+        """Read an element count, refusing zero and counts the bytes left cannot hold."""
+        start = self.pos
+        n = self.length(f"{what} size")
+        if n == 0:
+            self.fail(f"empty {what}", start)
+        if n > (self.end - self.pos) // min_record:
+            self.fail(f"{what} of {n} elements cannot fit in the bytes left", start)
+        return n
+
+
+def _read_zset(cur: _Cursor, binary: bool) -> list[bytes]:
+    """Members of a type 3 (text scores) or type 5 (binary scores) zset."""
+    n = cur.count("zset", 9 if binary else 2)
+    fast = fmt.uniform_records(cur.buf, cur.pos, cur.end, n, _ZERO_SCORE if binary else b"\x010")
+    if fast is not None:
+        cur.pos = fast[1]
+        return fast[0]
+    buf, end = cur.buf, cur.end
+    members: list[bytes] = []
+    append = members.append
+    pos = cur.pos
+    for _ in range(n):
+        first = buf[pos] if pos < end else 0xFF
+        stop = pos + 1 + first
+        if first < 0x40 and stop <= end:
+            append(buf[pos + 1:stop])
+        else:
+            cur.pos = pos
+            append(cur.string())
+            stop = cur.pos
+        if binary:
+            pos = stop + 8
+            if pos > end:
+                cur.fail("zset score runs past the end of the data", stop)
+            if buf[stop:pos] != _ZERO_SCORE and _LE_DOUBLE.unpack_from(buf, stop)[0] != 0.0:
+                cur.fail("zset score is not 0", stop)
+        elif stop + 2 <= end and buf[stop] == 1 and buf[stop + 1] == 0x30:
+            pos = stop + 2
+        else:
+            cur.pos = stop
+            size = cur.byte("zset score")                  # 253-255: NaN, +inf, -inf
+            text = buf[cur.take(size, "zset score"):cur.pos] if size < 253 else b""
+            if not fmt.is_zero_score(text):
+                cur.fail("zset score is not 0", stop)
+            pos = cur.pos
+    cur.pos = pos
+    return members
+
+
+def _read_hash(cur: _Cursor) -> dict[bytes, bytes]:
+    n = cur.count("hash", 2)
+    start = cur.pos
+    string = cur.string
+    result = {string(): string() for _ in range(n)}
+    if len(result) != n:
+        cur.fail("duplicate hash field", start)
+    return result
+
+
+def _read_packed(cur: _Cursor, rdb_type: int) -> list[bytes]:
+    """Entries of a ziplist or listpack blob, with errors mapped to file offsets."""
+    start = cur.pos
+    blob, at = cur.raw_string()
+    is_zip = rdb_type in (fmt.TYPE_ZSET_ZIPLIST, fmt.TYPE_HASH_ZIPLIST)
+    try:
+        entries = fmt.ziplist_entries(blob) if is_zip else fmt.listpack_entries(blob)
+    except fmt.PackedError as exc:
+        if at >= 0:
+            cur.fail(exc.reason, at + exc.offset)
+        cur.fail(f"{exc.reason} (at byte {exc.offset} of the decompressed data)", start)
+    if not entries or len(entries) % 2:
+        cur.fail(f"{'ziplist' if is_zip else 'listpack'} holds {len(entries)} entries, "
+                 "expected a non-zero even number", start)
+    return entries
+
+
+def _decode_value(cur: _Cursor, rdb_type: int, key: bytes | None) -> tuple[KeyType, Value]:
+    """Decode one value of `rdb_type` at the cursor."""
+    start = cur.pos
+    members: list[bytes]
+    if rdb_type == fmt.TYPE_STRING:
+        return KeyType.IMMUTABLE, cur.string()
+    if rdb_type == fmt.TYPE_HASH:
+        return KeyType.INDEXED, _read_hash(cur)
+    if rdb_type in (fmt.TYPE_ZSET, fmt.TYPE_ZSET_2):
+        members = _read_zset(cur, rdb_type == fmt.TYPE_ZSET_2)
+    elif rdb_type in (fmt.TYPE_HASH_ZIPLIST, fmt.TYPE_HASH_LISTPACK):
+        entries = _read_packed(cur, rdb_type)
+        result = dict(zip(entries[0::2], entries[1::2], strict=True))
+        if len(result) * 2 != len(entries):
+            cur.fail("duplicate hash field", start)
+        return KeyType.INDEXED, result
+    elif rdb_type in (fmt.TYPE_ZSET_ZIPLIST, fmt.TYPE_ZSET_LISTPACK):
+        entries = _read_packed(cur, rdb_type)
+        scores = entries[1::2]
+        if scores.count(b"0") != len(scores) and not all(map(fmt.is_zero_score, scores)):
+            cur.fail("zset score is not 0", start)
+        members = entries[0::2]
+    else:
+        name = fmt.TYPE_NAMES.get(rdb_type, "unknown")
+        what = f" of key {key!r}" if key is not None else ""
+        cur.fail(f"value{what} has type {rdb_type} ({name}), which telescope state never "
+                 "uses", start)
+    members.sort()
+    problem = fmt.member_problem(members)
+    if problem is not None:
+        cur.fail(problem, start)
+    return KeyType.MUTABLE, members
+
+
+def decode_value(buf: bytes, pos: int, end: int, rdb_type: int, *,
+                 filename: Any = None) -> tuple[KeyType, Value, int]:
+    """Decode the value of `rdb_type` stored in ``buf[pos:end]`` (the DUMP codec's entry).
+
+    Returns ``(kind, value, position after the value)``; raises
+    :exc:`RdbParseError` with offsets into `buf`.
+    """
+    cur = _Cursor(buf, pos, end, filename)
+    try:
+        kind, value = _decode_value(cur, rdb_type, None)
+    except _BACKSTOP as exc:
+        raise RdbParseError(filename, f"malformed data ({exc})", cur.pos) from exc
+    return kind, value, cur.pos
+
+
+def _open_buffer(source: Source) -> tuple[_Buffer, Any]:
+    """Return (buffer, default filename) for any accepted source."""
+    if isinstance(source, bytes):
+        return source, None
+    if isinstance(source, (bytearray, memoryview)):
+        return bytes(source), None
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                return b"", os.fspath(source)
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), os.fspath(source)
+    data = source.read()
+    if not isinstance(data, bytes):
+        raise TypeError("RDB file objects must be opened in binary mode")
+    return data, getattr(source, "name", None)
+
+
+class RdbReader:
+    """An RDB file opened for reading; iterate over it once for :class:`RdbEntry` items.
+
+    The header is checked and a non-zero CRC verified on construction.
+    Attributes: `version` (RDB version), `aux` (AUX fields seen so far,
+    usually all before the first key), `checksum_verified`.
+    """
+
+    def __init__(self, source: Source, *, filename: Any = None) -> None:
+        buf, default_name = _open_buffer(source)
+        self.filename = filename if filename is not None else default_name
+        self._buf: _Buffer | None = buf
+        self.aux: dict[bytes, bytes] = {}
+        self._generator: Generator[RdbEntry, None, None] | None = None
+        try:
+            self.version, end, self.checksum_verified = self._check_header(buf)
+        except BaseException:
+            self.close()
+            raise
+        self._cursor = _Cursor(buf, 9, end, self.filename)
+
+    def _check_header(self, buf: _Buffer) -> tuple[int, int, bool]:
+        size = len(buf)
+        if size < 9 or buf[:5] != fmt.MAGIC:
+            raise RdbParseError(self.filename, "not an RDB file (no REDIS header)", 0)
+        digits = buf[5:9]
+        if not digits.isdigit() or not 1 <= int(digits) <= fmt.MAX_READ_VERSION:
+            raise RdbParseError(self.filename, f"unsupported RDB version {digits!r}", 5)
+        version = int(digits)
+        if version < fmt.MIN_CHECKSUM_VERSION:
+            return version, size, False
+        if size < 18:
+            raise RdbParseError(self.filename, "file too short for EOF and checksum", size)
+        stored = _LE64.unpack_from(buf, size - 8)[0]
+        if stored:
+            with memoryview(buf) as view, view[:size - 8] as body:
+                actual = crc64(body)
+            if actual != stored:
+                raise RdbParseError(self.filename, f"checksum mismatch: file says "
+                                    f"0x{stored:016x}, data gives 0x{actual:016x}", size - 8)
+        return version, size - 8, bool(stored)
+
+    def __iter__(self) -> Iterator[RdbEntry]:
+        if self._generator is not None or self._buf is None:
+            raise RuntimeError("an RdbReader can be iterated only once, before close()")
+        self._generator = self._guarded(self._cursor)
+        return self._generator
+
+    def _guarded(self, cur: _Cursor) -> Generator[RdbEntry, None, None]:
+        try:
+            yield from self._entries(cur)
+        except _BACKSTOP as exc:
+            # Backstop: every path is bounds-checked, but never leak a bare error.
+            raise RdbParseError(self.filename, f"malformed data ({exc})", cur.pos) from exc
+
+    def _entries(self, cur: _Cursor) -> Iterator[RdbEntry]:
+        db = 0
+        seen: dict[int, set[bytes]] = {}
+        metadata_at = -1                          # offset of expiry/LRU data awaiting a key
+        while True:
+            at = cur.pos
+            op = cur.byte("opcode (file truncated before EOF?)")
+            if op < fmt.OP_SLOT_INFO:
+                key = cur.string()
+                kind, value = _decode_value(cur, op, key)
+                keys = seen.setdefault(db, set())
+                if key in keys:
+                    cur.fail(f"duplicate key {key!r} in database {db}", at)
+                keys.add(key)
+                metadata_at = -1
+                yield RdbEntry(db, key, kind, value)
+                continue
+            if metadata_at >= 0 and op not in (fmt.OP_IDLE, fmt.OP_FREQ):
+                cur.fail("expiry or LRU/LFU data not followed by a key", metadata_at)
+            if op == fmt.OP_EOF:
+                if cur.pos != cur.end:
+                    cur.fail(f"{cur.end - cur.pos} unexpected bytes after EOF", cur.pos)
+                return
+            if op == fmt.OP_SELECTDB:
+                db = cur.length("database number")
+            elif op == fmt.OP_AUX:
+                name = cur.string()
+                self.aux[name] = cur.string()
+            elif op in _SKIPPED_LENGTHS:
+                for what in _SKIPPED_LENGTHS[op]:
+                    cur.length(what)
+            elif op in _KEY_METADATA:
+                cur.take(_KEY_METADATA[op], "expiry time or LFU frequency")
+                metadata_at = at
+            elif op == fmt.OP_IDLE:
+                cur.length("LRU idle time")
+                metadata_at = at
+            elif op == fmt.OP_FUNCTION2:
+                cur.string()                      # Lua library source: not telescope state
+            else:
+                reason = {fmt.OP_MODULE_AUX: "module auxiliary data (opcode 0xF7)",
+                          fmt.OP_FUNCTION: "pre-release function data (opcode 0xF6)"}
+                cur.fail(f"{reason.get(op, f'unknown opcode 0x{op:02x}')} is not supported", at)
+
+    def close(self) -> None:
+        """Release the memory map (if any); safe to call more than once."""
+        generator, self._generator = self._generator, None
+        if generator is not None:
+            generator.close()
+        buf, self._buf = self._buf, None
+        if isinstance(buf, mmap.mmap):
+            with contextlib.suppress(BufferError):  # a caller still holds a view: GC ends it
+                buf.close()
+
+    def __enter__(self) -> RdbReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def iter_rdb(source: Source, *, filename: Any = None) -> Iterator[RdbEntry]:
+    """Yield every key of an RDB file (path, binary file object or bytes) in file order."""
+    with RdbReader(source, filename=filename) as reader:
+        yield from reader
