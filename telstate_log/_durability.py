@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-The writer records each event's position as *written* (handed to the OS).
+The writer's *written* position is the last event it committed (buffered
+or handed to the OS); the sync function flushes and fsyncs.
 A writer that needs it *durable* (``fsync="always"``, or ``sync()``) waits:
 
 * if the durable position already covers it, it returns at once;
@@ -43,11 +44,11 @@ __all__ = ["Durability"]
 class Durability:
     """Tracks written/durable positions and runs shared fsyncs."""
 
-    def __init__(self, sync_fn: Callable[[], None], durable: int = 0,
-                 interval: float | None = None) -> None:
+    def __init__(self, sync_fn: Callable[[], None], written: Callable[[], int],
+                 durable: int = 0, interval: float | None = None) -> None:
         self._sync_fn = sync_fn
+        self._written = written
         self._cv = threading.Condition(threading.Lock())
-        self.written = durable
         self.durable = durable
         self.syncing = False
         self.failed: BaseException | None = None
@@ -61,10 +62,10 @@ class Durability:
             self._timer.start()
 
     # ---------------------------------------------------------------- writers
-    def note_written(self, position: int) -> None:
-        with self._cv:
-            if position > self.written:
-                self.written = position
+    @property
+    def written(self) -> int:
+        """Last position committed by the writer (maybe not yet durable)."""
+        return self._written()
 
     def _raise_failed(self) -> None:
         raise LogFailedError(f"the log can no longer be written: fsync failed ({self.failed})")

@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("telstate_log")
+_time = time.time
 
 _B = TypeVar("_B")
 _R = TypeVar("_R")
@@ -254,7 +255,7 @@ class TelescopeStateBase(Generic[_B]):
 
     def _plan_add(self, key: Key, value: Any, ts: float | None, immutable: bool,
                   encoding: bytes) -> Plan[None]:
-        full_key = self._prefixes[0] + ensure_binary(key)
+        full_key = self._prefixes[0] + (key if type(key) is bytes else ensure_binary(key))
         str_val = encode_value(value, encoding)
         if immutable:
             try:
@@ -265,7 +266,9 @@ class TelescopeStateBase(Generic[_B]):
             if old is not None:
                 check_immutable_change(display_str(full_key), old, str_val, value)
         else:
-            ts = check_sample_timestamp(ts)
+            ts = _time() if ts is None else float(ts)
+            if not 0.0 <= ts < math.inf:
+                check_sample_timestamp(ts)  # raises the right error
             try:
                 yield ("add_mutable", full_key, str_val, ts)
             except ImmutableKeyError:

@@ -113,27 +113,28 @@ class Hub:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_key: dict[bytes, set[_Subscription]] = {}
+        #: watched key -> subscriptions (read without the lock on the hot path)
+        self.by_key: dict[bytes, set[_Subscription]] = {}
         self._all: set[_Subscription] = set()
 
     def subscribe(self, sub: _Subscription) -> None:
         with self._lock:
             self._all.add(sub)
             for key in sub.keys:
-                self._by_key.setdefault(key, set()).add(sub)
+                self.by_key.setdefault(key, set()).add(sub)
 
     def unsubscribe(self, sub: _Subscription) -> None:
         with self._lock:
             self._all.discard(sub)
             for key in sub.keys:
-                subs = self._by_key.get(key)
+                subs = self.by_key.get(key)
                 if subs is not None:
                     subs.discard(sub)
                     if not subs:
-                        del self._by_key[key]
+                        del self.by_key[key]
 
     def watched(self, key: bytes) -> bool:
-        return key in self._by_key
+        return key in self.by_key
 
     @property
     def active(self) -> bool:
@@ -141,7 +142,7 @@ class Hub:
 
     def publish(self, key: bytes, make_update: Callable[[], KeyUpdateBase]) -> None:
         """Send ``make_update()`` to the subscribers of `key`, if any."""
-        subs = self._by_key.get(key)
+        subs = self.by_key.get(key)
         if subs:
             update = make_update()
             for sub in list(subs):

@@ -57,8 +57,7 @@ class SensorColumn:
     __slots__ = (
         "_cap",
         "_intern",
-        "_last_ts",
-        "_last_val",
+                "_last_val",
         "_list",
         "_n",
         "_pend",
@@ -70,6 +69,7 @@ class SensorColumn:
         "_vals",
         "_vlen",
         "created",
+        "last_ts",
     )
 
     def __init__(self, created: int, first_value: bytes, capacity: int = _MIN_CAPACITY) -> None:
@@ -80,7 +80,7 @@ class SensorColumn:
         self._ts = np.empty(self._cap, np.float64)
         self._pos = np.empty(self._cap, np.uint32)
         self._pos_base = created
-        self._last_ts = -np.inf
+        self.last_ts = -np.inf
         self._last_val = b""
         self._pend: list[tuple[float, bytes, int]] = []
         self._pend_set: set[tuple[float, bytes]] = set()
@@ -139,7 +139,7 @@ class SensorColumn:
     # --------------------------------------------------------------- mutation
     def contains(self, ts: float, value: bytes) -> bool:
         """Whether the exact sample ``(ts, value)`` is already stored."""
-        last = self._last_ts
+        last = self.last_ts
         if ts > last:
             return False
         if ts == last and value >= self._last_val:
@@ -154,11 +154,11 @@ class SensorColumn:
 
     def add(self, ts: float, value: bytes, pos: int) -> None:
         """Add a sample that :meth:`contains` said is new."""
-        last = self._last_ts
+        last = self.last_ts
         if ts > last or (ts == last and value > self._last_val):
-            self._append(ts, value, pos)
-            self._last_ts = ts
+            self.last_ts = ts
             self._last_val = value
+            self._append(ts, value, pos)
         else:
             self._pend.append((ts, value, pos))
             self._pend_set.add((ts, value))
@@ -201,7 +201,10 @@ class SensorColumn:
             assert self._list is not None
             self._list.append(self._interned(value))
         self._ts[n] = ts
-        self._set_pos(n, pos)
+        try:
+            self._pos[n] = pos - self._pos_base
+        except OverflowError:
+            self._set_pos(n, pos)
         self._n = n + 1
 
     def extend_sorted(self, ts: np.ndarray, values: Sequence[bytes] | np.ndarray,
@@ -217,7 +220,7 @@ class SensorColumn:
         k = len(ts)
         if k == 0:
             return True
-        if not (ts[0] > self._last_ts) or (k > 1 and not bool(np.all(ts[1:] > ts[:-1]))):
+        if not (ts[0] > self.last_ts) or (k > 1 and not bool(np.all(ts[1:] > ts[:-1]))):
             return False
         rel = pos.astype(np.int64) - self._pos_base
         if rel.min() < 0:
@@ -240,7 +243,7 @@ class SensorColumn:
         self._ts[n:n + k] = ts
         self._pos[n:n + k] = rel
         self._n = n + k
-        self._last_ts = float(ts[-1])
+        self.last_ts = float(ts[-1])
         self._last_val = self.value_at(n + k - 1)
         return True
 
@@ -327,7 +330,7 @@ class SensorColumn:
     @property
     def last(self) -> tuple[bytes, float]:
         """The newest sample ``(value, timestamp)``."""
-        return self._last_val, float(self._last_ts)
+        return self._last_val, float(self.last_ts)
 
     def value_at(self, i: int) -> bytes:
         if self._vals is not None:
@@ -449,10 +452,10 @@ class SensorColumn:
             col._list = lst
             col._intern = intern
         if n:
-            col._last_ts = float(ts[-1])
+            col.last_ts = float(ts[-1])
             col._last_val = col.value_at(n - 1)
         else:
-            col._last_ts = -np.inf
+            col.last_ts = -np.inf
             col._last_val = b""
         return col
 

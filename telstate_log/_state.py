@@ -90,6 +90,7 @@ class Indexed:
 
 
 Entry = Union[Immutable, Indexed, SensorColumn]
+_INF = math.inf
 _TYPES: dict[type, KeyType] = {Immutable: KeyType.IMMUTABLE, Indexed: KeyType.INDEXED,
                                SensorColumn: KeyType.MUTABLE}
 
@@ -137,21 +138,23 @@ class State:
     def add_mutable(self, key: bytes, value: bytes, ts: float,
                     commit: Commit | None = None) -> bool:
         """Add a sample; returns False (no event) if it is already stored."""
-        ts = check_timestamp(ts)
+        if not 0.0 <= ts < _INF:
+            check_timestamp(ts)  # raises the right error
+        ts += 0.0  # -0.0 -> 0.0
         entry = self._keys.get(key)
         pos = self.position + 1
-        if entry is None:
+        if type(entry) is SensorColumn:
+            if ts <= entry.last_ts and entry.contains(ts, value):
+                return False
+            if commit is not None:
+                commit(ADD, pos, key, b"", value, ts)
+            entry.add(ts, value, pos)
+        elif entry is None:
             if commit is not None:
                 commit(ADD, pos, key, b"", value, ts)
             col = SensorColumn(pos, value)
             col.add(ts, value, pos)
             self._keys[key] = col
-        elif type(entry) is SensorColumn:
-            if entry.contains(ts, value):
-                return False
-            if commit is not None:
-                commit(ADD, pos, key, b"", value, ts)
-            entry.add(ts, value, pos)
         else:
             raise _type_error(key, entry, "mutable")
         self.position = pos

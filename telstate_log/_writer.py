@@ -42,6 +42,10 @@ from ._version import __version__
 __all__ = ["LogWriter", "create_segment", "session_info"]
 
 _U32 = struct.Struct("<I")
+_U32_PACK = _U32.pack
+_ADD_PACK = struct.Struct("<HBBIQdIId").pack
+_crc32 = zlib.crc32
+_time = time.time
 
 
 def session_info(source: str | None) -> dict[str, object]:
@@ -76,18 +80,33 @@ def create_segment(fs: FileSystem, path: str, first: int, log_id: bytes, *,
 
 
 class LogWriter:
-    """Appends framed events to the newest segment (see module docstring)."""
+    """Appends framed events to the newest segment (see module docstring).
+
+    With ``flush_interval > 0`` frames are collected in a buffer that a
+    flusher thread hands to the OS at most ``flush_interval`` seconds after
+    the first unflushed write (and whenever it exceeds ``FLUSH_BYTES``, on
+    :meth:`sync`, rotation and close).  With ``flush_interval == 0`` every
+    commit writes through.  All writes to the descriptor happen under the
+    owner's `lock`, which commits already hold, so buffer and file stay in
+    order without a second lock on the hot path.
+    """
+
+    FLUSH_BYTES = 256 << 10
 
     def __init__(self, fs: FileSystem, path: str, log_id: bytes, tables: Tables, *,
                  segment_first: int, fd: int, offset: int, crc: int, segment_bytes: int,
-                 sync_on_rotate: bool, session: dict[str, object]) -> None:
+                 sync_on_rotate: bool, session: dict[str, object],
+                 lock: threading.RLock, flush_interval: float = 0.0,
+                 position: int = 0) -> None:
         self._fs = fs
         self._path = path
         self._log_id = log_id
         self._tables = tables
+        self._key_ids = tables.key_ids
         self.segment_first = segment_first
         self._fd = fd
-        self.offset = offset
+        self.offset = offset  # logical end of the segment (including the buffer)
+        self._flushed = offset  # bytes handed to the OS
         self._crc = crc
         self._segment_bytes = segment_bytes
         self._sync_on_rotate = sync_on_rotate
@@ -98,25 +117,73 @@ class LogWriter:
         self._session_payload = msgpack.packb(session, use_bin_type=True)
         self._last_rec = tables.last_recorded
         self.failed: BaseException | None = None
+        #: last position committed (buffered or written)
+        self.position = position
+        #: bytes appended since the writer was opened (for checkpoint scheduling)
+        self.bytes_appended = 0
+        self._lock = lock
+        self._buf = bytearray()
+        self._buffered = flush_interval > 0
         #: guards the descriptor against a concurrent fsync while rotating
         self.fd_lock = threading.Lock()
-        self.on_rotate: list[object] = []
+        self._flusher: threading.Thread | None = None
+        self._kick = threading.Condition(threading.Lock())
+        self._dirty = False
+        self._closing = False
+        if self._buffered:
+            self._flusher = threading.Thread(target=self._run_flusher, args=(flush_interval,),
+                                             name="telstate-log-flush", daemon=True)
+            self._flusher.start()
 
     # ------------------------------------------------------------------ hook
     def commit(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
                ts: float) -> None:
-        """State commit hook: make event `pos` part of the log (written to the OS)."""
+        """State commit hook: make event `pos` part of the log."""
         if self.failed is not None:
             raise LogFailedError(f"the log writer has failed: {self.failed}")
-        rec = time.time()
+        rec = _time()
         if rec < self._last_rec:
             rec = self._last_rec
+        kid = self._key_ids.get(key)
+        if kind == 2 and kid is not None and self._buffered and kid in self._seg_keys:
+            # Fast path: a buffered sample of a key this segment already defines.
+            length = 32 + len(value)
+            end = self.offset + length + 12
+            if end <= self._segment_bytes:
+                frame = _ADD_PACK(0x1EA7, 2, (length ^ (length >> 8) ^ (length >> 16)
+                                              ^ (length >> 24) ^ 0x58) & 0xFF,
+                                  length, pos, rec, self.session_id, kid, ts) + value
+                c = _crc32(frame, self._crc)
+                cb = _U32_PACK(c)
+                self._crc = _crc32(cb, c)
+                buf = self._buf
+                buf += frame
+                buf += cb
+                self.bytes_appended += end - self.offset
+                self.offset = end
+                self._last_rec = rec
+                self.position = pos
+                self._seg_events += 1
+                if (pos - 1) & 1023 == 0:
+                    self._tables.time_pos.append(pos)
+                    self._tables.time_rec.append(rec)
+                if not self._dirty:
+                    self._dirty = True
+                    with self._kick:
+                        self._kick.notify()
+                elif len(buf) >= self.FLUSH_BYTES:
+                    self._flush_locked()
+                return
+        self._commit_general(kind, pos, key, sub_key, value, ts, rec, kid)
+
+    def _commit_general(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
+                        ts: float, rec: float, kid: int | None) -> None:
         tables = self._tables
-        kid = fmt.NO_KEY if kind == fmt.CLEAR else tables.key_ids.get(key)
+        if kind == fmt.CLEAR:
+            kid = fmt.NO_KEY
         new_key = kid is None
-        if new_key:
+        if kid is None:
             kid = max(tables.keys, default=-1) + 1
-        assert kid is not None
         frame = fmt.encode_event(kind, pos, rec, self.session_id, kid, sub_key, value, ts)
         size = len(frame) + 4
         if kind != fmt.CLEAR and kid not in self._seg_keys:
@@ -139,14 +206,17 @@ class LogWriter:
             crc = zlib.crc32(cb, c)
             out.append(piece)
             out.append(cb)
-        data = b"".join(out)
-        self._write(data)
-        self.offset += len(data)
+        saved_crc = self._crc
         self._crc = crc
+        try:
+            self._append(b"".join(out))
+        except BaseException:
+            self._crc = saved_crc
+            raise
         self._seg_events += 1
         self._seg_session = True
         self._last_rec = rec
-        tables.last_recorded = rec
+        self.position = pos
         if kind != fmt.CLEAR:
             self._seg_keys.add(kid)
             if new_key:
@@ -158,7 +228,20 @@ class LogWriter:
             tables.time_pos.append(pos)
             tables.time_rec.append(rec)
 
-    def _write(self, data: bytes) -> None:
+    def _append(self, data: bytes) -> None:
+        """Buffer or write `data` (the caller holds the lock)."""
+        n = len(data)
+        if self._buffered:
+            self._buf += data
+            self.offset += n
+            self.bytes_appended += n
+            if not self._dirty:
+                self._dirty = True
+                with self._kick:
+                    self._kick.notify()
+            elif len(self._buf) >= self.FLUSH_BYTES:
+                self._flush_locked()
+            return
         try:
             write_all(self._fs, self._fd, data)
         except OSError as exc:
@@ -171,10 +254,55 @@ class LogWriter:
             what = "disk full" if exc.errno == errno.ENOSPC else os.strerror(exc.errno or 0)
             raise LogWriteError(f"could not write to the log ({what}); nothing was recorded",
                                 exc.errno) from exc
+        self.offset += n
+        self._flushed = self.offset
+        self.bytes_appended += n
+
+    # -------------------------------------------------------------- flushing
+    def _flush_locked(self) -> None:
+        """Hand the buffer to the OS (the caller holds the lock)."""
+        self._dirty = False
+        if not self._buf:
+            return
+        data = bytes(self._buf)
+        self._buf.clear()
+        try:
+            write_all(self._fs, self._fd, data)
+        except OSError as exc:
+            # Buffered events were already acknowledged and applied: memory
+            # and disk now differ, so the writer cannot go on.
+            self.failed = exc
+            try:
+                self._fs.truncate(self._fd, self._flushed)
+            except OSError:
+                pass
+            raise LogFailedError(f"could not write buffered events to the log ({exc}); "
+                                 "reopen it to recover the written prefix") from exc
+        self._flushed += len(data)
+
+    def flush(self) -> None:
+        """Hand buffered events to the OS."""
+        with self._lock:
+            if self.failed is None:
+                self._flush_locked()
+
+    def _run_flusher(self, interval: float) -> None:
+        while True:
+            with self._kick:
+                while not self._dirty and not self._closing:
+                    self._kick.wait()
+                if self._closing:
+                    return
+            time.sleep(interval)
+            try:
+                self.flush()
+            except LogFailedError:
+                return
 
     # -------------------------------------------------------------- segments
     def _rotate(self, next_first: int) -> None:
         fs = self._fs
+        self._flush_locked()
         with self.fd_lock:
             try:
                 if self._sync_on_rotate:
@@ -187,14 +315,15 @@ class LogWriter:
             fs.close(self._fd)
             self._fd = fd
         self.segment_first = next_first
-        self.offset = size
+        self.offset = self._flushed = size
         self._crc = crc
         self._seg_keys = set()
         self._seg_session = False
         self._seg_events = 0
 
     def sync(self) -> None:
-        """fdatasync the current segment (earlier ones were synced on rotation)."""
+        """Flush, then fdatasync the current segment (earlier ones were synced on rotation)."""
+        self.flush()
         with self.fd_lock:
             self._fs.sync(self._fd)
 
@@ -207,7 +336,17 @@ class LogWriter:
         return self._crc
 
     def close(self) -> None:
-        with self.fd_lock:
-            if self._fd >= 0:
-                self._fs.close(self._fd)
-                self._fd = -1
+        """Flush and close (the caller syncs first if it wants durability)."""
+        with self._kick:
+            self._closing = True
+            self._kick.notify()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join()
+        try:
+            if self.failed is None:
+                self.flush()
+        finally:
+            with self.fd_lock:
+                if self._fd >= 0:
+                    self._fs.close(self._fd)
+                    self._fd = -1

@@ -100,8 +100,8 @@ class LogBackend(StateBackend):
                  fsync_interval: float = 1.0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  readonly: bool = False, source: str | None = None,
                  checkpoint_bytes: int | None = DEFAULT_CHECKPOINT_BYTES,
-                 use_checkpoints: bool = True, fs: FileSystem | None = None,
-                 follow: bool = True) -> None:
+                 flush_interval: float = 0.005, use_checkpoints: bool = True,
+                 fs: FileSystem | None = None, follow: bool = True) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
         if segment_bytes < 4096:
@@ -122,8 +122,10 @@ class LogBackend(StateBackend):
         self._closed = False
         self._checkpointing = threading.Lock()
         self._ckpt_thread: threading.Thread | None = None
-        self._bytes_since_checkpoint = 0
+        self._ckpt_mark = 0
+        self._flush_interval = flush_interval
         self._readonly = readonly
+        self._writable = not readonly
         if not readonly:
             self._fs.makedirs(self.path)
             self._take_lock()
@@ -215,21 +217,16 @@ class LogBackend(StateBackend):
         self._writer = LogWriter(fs, self.path, self.log_id, self._tables, segment_first=first,
                                  fd=fd, offset=offset, crc=crc,
                                  segment_bytes=self._segment_bytes, sync_on_rotate=sync,
-                                 session=session_info(self.source))
-        self._durability = Durability(self._writer.sync, durable=self._state.position,
+                                 session=session_info(self.source), lock=self._lock,
+                                 flush_interval=0.0 if self.fsync == "always"
+                                 else self._flush_interval,
+                                 position=self._state.position)
+        writer = self._writer
+        self._durability = Durability(writer.sync, lambda: writer.position,
+                                      durable=self._state.position,
                                       interval=fsync_interval if self.fsync == "interval"
                                       else None)
-        writer, durability = self._writer, self._durability
-
-        def commit(kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
-                   ts: float) -> None:
-            before = writer.offset
-            writer.commit(kind, pos, key, sub_key, value, ts)
-            durability.note_written(pos)
-            self._bytes_since_checkpoint += writer.offset - before \
-                if writer.offset > before else writer.offset
-
-        self._commit = commit
+        self._commit = writer.commit
 
     # ------------------------------------------------------------- writes
     def _after_write(self, position: int) -> None:
@@ -237,7 +234,7 @@ class LogBackend(StateBackend):
             assert self._durability is not None
             self._durability.wait(position)
         if self._checkpoint_bytes is not None and \
-                self._bytes_since_checkpoint >= self._checkpoint_bytes:
+                self._tail_bytes() >= self._checkpoint_bytes:
             self._start_background_checkpoint()
 
     async def _after_write_async(self, position: int) -> None:
@@ -245,8 +242,12 @@ class LogBackend(StateBackend):
             assert self._durability is not None
             await self._durability.wait_async(position)
         if self._checkpoint_bytes is not None and \
-                self._bytes_since_checkpoint >= self._checkpoint_bytes:
+                self._tail_bytes() >= self._checkpoint_bytes:
             self._start_background_checkpoint()
+
+    def _tail_bytes(self) -> int:
+        """Bytes of log appended since the last checkpoint by this writer."""
+        return 0 if self._writer is None else self._writer.bytes_appended - self._ckpt_mark
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -278,7 +279,7 @@ class LogBackend(StateBackend):
             snap = snapshot_state(self._state, self._tables)
             resume = Resume(self._writer.segment_first, self._writer.offset,
                             self._writer.running_crc)
-            self._bytes_since_checkpoint = 0
+            self._ckpt_mark = self._writer.bytes_appended
         # Never let a checkpoint get ahead of the durable log.
         self._durability.wait(snap["position"])
         assert self.log_id is not None
@@ -293,7 +294,8 @@ class LogBackend(StateBackend):
     def _start_background_checkpoint(self) -> None:
         if not self._checkpointing.acquire(blocking=False):
             return
-        self._bytes_since_checkpoint = 0
+        assert self._writer is not None
+        self._ckpt_mark = self._writer.bytes_appended
 
         def run() -> None:
             try:
@@ -401,6 +403,7 @@ class LogBackend(StateBackend):
         if self._closed:
             return
         self._closed = True
+        self._writable = False
         if self._follower is not None:
             self._follower.stop()
         if self._ckpt_thread is not None:
@@ -411,8 +414,7 @@ class LogBackend(StateBackend):
                     if self.fsync != "never":
                         self._durability.sync()
                     if self._checkpoint_bytes is not None and \
-                            self._bytes_since_checkpoint >= min(self._checkpoint_bytes,
-                                                                16 << 20):
+                            self._tail_bytes() >= min(self._checkpoint_bytes, 16 << 20):
                         self.checkpoint()
                 self._durability.close()
                 self._writer.close()

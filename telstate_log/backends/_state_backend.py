@@ -44,6 +44,8 @@ class StateBackend(Backend):
 
     _commit: Commit | None = None
     _readonly = False
+    #: False once writes must be refused (read-only, closed); checked first
+    _writable = True
 
     def __init__(self, state: State | None = None) -> None:
         self._state = state if state is not None else State()
@@ -55,6 +57,7 @@ class StateBackend(Backend):
         """Called (without the lock) after a write produced event `position`."""
 
     def _check_writable(self) -> None:
+        """Raise the reason writes are refused (called when _writable is False)."""
         if self._readonly:
             raise ReadOnlyError(f"{type(self).__name__} is read-only")
 
@@ -117,7 +120,8 @@ class StateBackend(Backend):
     # so the async driver can await durability instead of blocking.
     def _w_set_immutable(self, key: bytes, value: bytes) -> tuple[bytes | None, int]:
         with self._lock:
-            self._check_writable()
+            if not self._writable:
+                self._check_writable()
             state = self._state
             old = state.set_immutable(key, value, self._commit)
             if old is not None:
@@ -127,19 +131,21 @@ class StateBackend(Backend):
 
     def _w_add_mutable(self, key: bytes, value: bytes, timestamp: float) -> int:
         with self._lock:
-            self._check_writable()
+            if not self._writable:
+                self._check_writable()
             state = self._state
             if not state.add_mutable(key, value, timestamp, self._commit):
                 return 0
             hub = self._hub
-            if hub.watched(key):
+            if key in hub.by_key:
                 ts = float(timestamp) + 0.0
                 hub.publish(key, lambda: MutableKeyUpdate(key, value, ts))
             return state.position
 
     def _w_set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> tuple[bytes | None, int]:
         with self._lock:
-            self._check_writable()
+            if not self._writable:
+                self._check_writable()
             state = self._state
             old = state.set_indexed(key, sub_key, value, self._commit)
             if old is not None:
@@ -149,7 +155,8 @@ class StateBackend(Backend):
 
     def _w_delete(self, key: bytes) -> int:
         with self._lock:
-            self._check_writable()
+            if not self._writable:
+                self._check_writable()
             if not self._state.delete(key, self._commit):
                 return 0
             self._hub.publish(key, KeyUpdateBase)
@@ -157,7 +164,8 @@ class StateBackend(Backend):
 
     def _w_clear(self) -> int:
         with self._lock:
-            self._check_writable()
+            if not self._writable:
+                self._check_writable()
             if not self._state.clear(self._commit):
                 return 0
             self._hub.publish_all(KeyUpdateBase())
