@@ -37,7 +37,6 @@ indexes stay current and monitors fire on the writer's events.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -53,9 +52,10 @@ from .._checkpoint import (
     write_checkpoint,
 )
 from .._durability import Durability
-from .._errors import LogCorruptError, LogError, LogLockedError
+from .._errors import LogCorruptError, LogError
 from .._fileio import FileSystem, OsFileSystem
 from .._follower import Follower
+from .._lockfile import acquire_lock, release_lock
 from .._recovery import Resume, Tail, classify_tail, replay_segments
 from .._replayer import Replayer, ReplayError, Tables
 from .._state import State
@@ -147,27 +147,11 @@ class LogBackend(StateBackend):
 
     # ------------------------------------------------------------- opening
     def _take_lock(self) -> None:
-        lock_path = os.path.join(self.path, "LOCK")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            except OSError:
-                holder = ""
-            os.close(fd)
-            raise LogLockedError(f"log {self.path!r} is locked by another writer"
-                                 + (f" (pid {holder})" if holder else "")
-                                 + "; open it with readonly=True to follow it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = acquire_lock(self.path)
 
     def _release_lock(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = -1
+        release_lock(self._lock_fd)
+        self._lock_fd = -1
 
     def _recover(self, use_checkpoints: bool) -> tuple[State, Tables, Tail]:
         mode = "read" if self.readonly else "write"

@@ -1,0 +1,280 @@
+"""Verifying a log, and salvaging a damaged one.
+
+Theory of operation
+-------------------
+:func:`verify_log` reads every segment strictly -- headers, chained CRCs,
+frame structure, consecutive positions, and a full replay so that every event
+is also valid where it stands -- and checks every checkpoint against the
+replayed state at its position.  It changes nothing and reports the first
+damage with its file and byte offset.
+
+:func:`repair_log` is the explicit salvage path for what opening refuses.
+It takes the writer lock, finds the first damage the same way, keeps
+everything before it (truncating that segment at the last good frame) and
+moves the rest -- the damaged remainder of that segment, every later segment
+and every checkpoint beyond the good prefix -- into ``damaged-<time>/``
+inside the log directory, where it can be examined.  The report says exactly
+which positions were lost (the highest position still readable in the moved
+data is found by scanning it for intact frames).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import zlib
+
+from numpy import isin as np_isin
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _format as fmt
+from ._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ._errors import LogCorruptError, LogError
+from ._fileio import OsFileSystem
+from ._lockfile import acquire_lock, release_lock
+from ._recovery import list_segments, replay_segments
+from ._replayer import Replayer, Tables
+from ._state import State
+
+__all__ = ["RepairReport", "VerifyReport", "repair_log", "verify_log"]
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_log` found."""
+
+    path: str
+    ok: bool = True
+    segments: int = 0
+    bytes: int = 0
+    events: int = 0
+    checkpoints_ok: int = 0
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    torn_tail: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _state_fingerprint(state: State) -> dict[bytes, Any]:
+    out: dict[bytes, Any] = {}
+    for key, entry in state.items():
+        kind = state.key_type(key)
+        if kind is not None and kind.name == "MUTABLE":
+            col = state.sensor(key)
+            assert col is not None
+            out[key] = (kind.name, col.values(0, len(col)), col.timestamps().tolist(),
+                        col.positions().tolist())
+        else:
+            out[key] = (kind.name if kind else None, state.get(key)[0], entry.created)
+    return out
+
+
+def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
+    """Check every checksum and invariant of the log at `path` (read-only)."""
+    path = os.fspath(path)
+    fs = OsFileSystem()
+    report = VerifyReport(path)
+    if not os.path.isdir(path):
+        raise LogError(f"{path!r} is not a log directory")
+    segments = list_segments(fs, path)
+    report.segments = len(segments)
+    report.bytes = sum(os.path.getsize(os.path.join(path, name)) for _, name in segments)
+    checkpoints = {cp.position: cp for cp in list_checkpoints(path)}
+    snapshots: dict[int, dict[bytes, Any]] = {}
+    state = State(keep_history=True)
+    replayer = Replayer(state, Tables())
+    try:
+        for first, name in segments:
+            seg = os.path.join(path, name)
+            _replay_one(fs, path, seg, first, replayer, checkpoints, snapshots, report)
+    except LogCorruptError as exc:
+        report.ok = False
+        report.problems.append({"file": exc.path, "offset": exc.offset, "problem": exc.message})
+    report.events = state.position
+    for pos, cp in sorted(checkpoints.items()):
+        try:
+            cp_state, _, _ = load_checkpoint(cp.path, None)
+        except CheckpointError as exc:
+            report.problems.append({"file": cp.path, "offset": None,
+                                    "problem": f"damaged checkpoint (ignored on open): {exc}"})
+            continue
+        if pos > state.position:
+            report.problems.append({"file": cp.path, "offset": None,
+                                    "problem": "checkpoint is ahead of the log (ignored on open)"})
+        elif pos in snapshots and _state_fingerprint(cp_state) != snapshots[pos]:
+            report.ok = False
+            report.problems.append({"file": cp.path, "offset": None,
+                                    "problem": "checkpoint differs from the replayed log"})
+        else:
+            report.checkpoints_ok += 1
+    return report
+
+
+def _replay_one(fs: OsFileSystem, path: str, seg: str, first: int, replayer: Replayer,
+                checkpoints: dict[int, Any], snapshots: dict[int, dict[bytes, Any]],
+                report: VerifyReport) -> None:
+    data = fs.read(seg)
+    header = fmt.parse_header(data)
+    if isinstance(header, str):
+        raise LogCorruptError(header, seg, 0)
+    state = replayer.state
+    if header.first_position != first or first != state.position + 1:
+        raise LogCorruptError(f"segment should start at position {state.position + 1}", seg, 16)
+    mv = memoryview(data)
+    scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(data), zlib.crc32(mv[:fmt.HEADER_SIZE]))
+    if scan.problem is not None:
+        report.torn_tail = {"file": seg, "offset": scan.problem_offset, "problem": scan.problem,
+                            "bytes": len(data) - scan.problem_offset}
+        raise LogCorruptError(scan.problem, seg, scan.problem_offset)
+    # Apply in runs that end exactly at each checkpoint position, to compare states.
+    dec = fmt.decode_frames(mv, scan)
+    is_event = np_isin(dec.kinds, list(fmt.EVENT_KINDS))
+    positions = dec.event["pos"]
+    start = 0
+    for target in sorted(p for p in checkpoints if first <= p):
+        after = (is_event & (positions > target)).nonzero()[0]
+        cut = int(after[0]) if len(after) else len(scan.offsets)
+        _apply(replayer, mv, _sub_scan(scan, start, cut), seg)
+        start = cut
+        if state.position == target:
+            snapshots[target] = _state_fingerprint(state)
+    _apply(replayer, mv, _sub_scan(scan, start, len(scan.offsets)), seg)
+
+
+def _sub_scan(scan: fmt.Scan, a: int, b: int) -> fmt.Scan:
+    return fmt.Scan(scan.offsets[a:b], scan.lengths[a:b], scan.kinds[a:b], scan.end, 0, None,
+                    scan.end)
+
+
+def _apply(replayer: Replayer, mv: memoryview, scan: fmt.Scan, seg: str) -> None:
+    from ._replayer import ReplayError
+
+    try:
+        replayer.apply(mv, scan)
+    except ReplayError as exc:
+        raise LogCorruptError(exc.reason, seg, exc.offset) from None
+
+
+@dataclass
+class RepairReport:
+    """What :func:`repair_log` kept and moved aside."""
+
+    path: str
+    damaged: bool = False
+    problem: dict[str, Any] | None = None
+    kept_position: int = 0
+    lost_positions: tuple[int, int] | None = None
+    moved: list[str] = field(default_factory=list)
+    moved_to: str | None = None
+    truncated: dict[str, int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _highest_position(data: bytes) -> int:
+    """Highest event position in the intact frames of (damaged) bytes."""
+    mv = memoryview(data)
+    best = 0
+    pos = fmt.find_valid_frame(mv, 4, len(data))
+    while pos is not None:
+        kind = data[pos + 2]
+        length = int.from_bytes(data[pos + 4:pos + 8], "little")
+        if kind in fmt.EVENT_KINDS and length >= fmt.EVENT_PREFIX:
+            best = max(best, int.from_bytes(data[pos + 8:pos + 16], "little"))
+        pos = fmt.find_valid_frame(mv, pos + 12 + length, len(data))
+    return best
+
+
+def repair_log(path: str | os.PathLike[str], *, dry_run: bool = False) -> RepairReport:
+    """Keep the good prefix of a damaged log; move the damage aside (see module doc)."""
+    path = os.fspath(path)
+    report = RepairReport(path)
+    fs = OsFileSystem()
+    lock_fd = acquire_lock(path)  # refuse while a writer is active
+    try:
+        state = State(keep_history=True)
+        try:
+            replay_segments(fs, path, Replayer(state, Tables()), mode="strict")
+            report.kept_position = state.position
+            return report
+        except LogCorruptError as exc:
+            report.damaged = True
+            report.problem = {"file": exc.path, "offset": exc.offset, "problem": exc.message}
+            damaged_file, offset = str(exc.path), int(exc.offset or 0)
+        # Replay the prefix again, stopping before the damage, to learn its end.
+        good = State(keep_history=True)
+        segments = list_segments(fs, path)
+        names = [os.path.join(path, n) for _, n in segments]
+        idx = names.index(damaged_file) if damaged_file in names else len(names)
+        keep_whole = names[:idx]
+        report.kept_position = good.position
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        aside = os.path.join(path, f"damaged-{stamp}")
+        report.moved_to = aside
+        lost_hi = 0
+        plan: list[tuple[str, str]] = []
+        truncate_at: int | None = None
+        if idx < len(names):
+            data = fs.read(names[idx])
+            if offset <= fmt.HEADER_SIZE:
+                plan.append((names[idx], os.path.basename(names[idx])))
+                lost_hi = max(lost_hi, _highest_position(data))
+            else:
+                truncate_at = offset
+                lost_hi = max(lost_hi, _highest_position(data[offset - 4:]))
+            for later in names[idx + 1:]:
+                plan.append((later, os.path.basename(later)))
+                lost_hi = max(lost_hi, _highest_position(fs.read(later)))
+        # Position of the last good event: replay what is kept.
+        tables = Tables()
+        replayer = Replayer(good, tables)
+        for seg in keep_whole:
+            data = fs.read(seg)
+            mv = memoryview(data)
+            scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(data),
+                                   zlib.crc32(mv[:fmt.HEADER_SIZE]))
+            replayer.apply(mv, scan)
+        if truncate_at is not None:
+            data = fs.read(names[idx])[:truncate_at]
+            mv = memoryview(data)
+            scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(data),
+                                   zlib.crc32(mv[:fmt.HEADER_SIZE]))
+            replayer.apply(mv, scan)
+            report.truncated = {"file": names[idx], "at": truncate_at}  # type: ignore[dict-item]
+        report.kept_position = good.position
+        lost_hi = max(lost_hi, good.position + 1)
+        report.lost_positions = (good.position + 1, lost_hi)
+        for cp in list_checkpoints(path):
+            if cp.position > good.position:
+                plan.append((cp.path, "checkpoint-" + os.path.basename(cp.path)))
+        report.moved = [src for src, _ in plan]
+        if dry_run:
+            return report
+        os.makedirs(aside, exist_ok=True)
+        if truncate_at is not None:
+            seg = names[idx]
+            with open(seg, "rb") as f:
+                f.seek(truncate_at)
+                tail = f.read()
+            with open(os.path.join(aside, os.path.basename(seg) + f".from-{truncate_at}"),
+                      "wb") as out:
+                out.write(tail)
+                out.flush()
+                os.fsync(out.fileno())
+            fd = fs.open_append(seg)
+            try:
+                fs.truncate(fd, truncate_at)
+                fs.sync(fd)
+            finally:
+                fs.close(fd)
+        for src, dst in plan:
+            shutil.move(src, os.path.join(aside, dst))
+        fs.sync_dir(aside)
+        fs.sync_dir(path)
+        return report
+    finally:
+        release_lock(lock_fd)

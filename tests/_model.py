@@ -1,0 +1,115 @@
+"""A deliberately simple reference model of katsdptelstate's byte-level semantics.
+
+Sensors are sorted lists of lex-packed members (8-byte big-endian timestamp +
+value), exactly Redis's zset-by-lex representation, queried with bisect.  It
+is slow and obviously right, which is what an oracle should be.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import struct
+from typing import Any
+
+from telstate_log import ImmutableKeyError
+from telstate_log._pattern import compile_pattern
+
+
+def pack(ts: float) -> bytes:
+    return struct.pack(">d", abs(ts))
+
+
+class Model:
+    def __init__(self) -> None:
+        self.data: dict[bytes, Any] = {}
+
+    def set_immutable(self, key: bytes, value: bytes) -> bytes | None:
+        old = self.data.get(key)
+        if old is None:
+            self.data[key] = value
+            return None
+        if isinstance(old, bytes):
+            return old
+        raise ImmutableKeyError(key)
+
+    def add_mutable(self, key: bytes, value: bytes, ts: float) -> bool:
+        items = self.data.setdefault(key, [])
+        if not isinstance(items, list):
+            raise ImmutableKeyError(key)
+        member = pack(ts) + value
+        i = bisect.bisect_left(items, member)
+        if i < len(items) and items[i] == member:
+            return False
+        items.insert(i, member)
+        return True
+
+    def set_indexed(self, key: bytes, sub: bytes, value: bytes) -> bytes | None:
+        d = self.data.setdefault(key, {})
+        if not isinstance(d, dict):
+            raise ImmutableKeyError(key)
+        if sub in d:
+            return d[sub]  # type: ignore[no-any-return]
+        d[sub] = value
+        return None
+
+    def delete(self, key: bytes) -> bool:
+        return self.data.pop(key, None) is not None
+
+    def clear(self) -> bool:
+        had = bool(self.data)
+        self.data.clear()
+        return had
+
+    def get(self, key: bytes) -> tuple[Any, float | None]:
+        v = self.data.get(key)
+        if isinstance(v, list):
+            return v[-1][8:], struct.unpack(">d", v[-1][:8])[0]
+        if isinstance(v, dict):
+            return dict(v), None
+        return v, None
+
+    def keys(self, pattern: bytes = b"*") -> list[bytes]:
+        m = compile_pattern(pattern)
+        return sorted(k for k in self.data if m(k))
+
+    def key_type(self, key: bytes) -> str | None:
+        v = self.data.get(key)
+        if v is None:
+            return None
+        return {bytes: "IMMUTABLE", list: "MUTABLE", dict: "INDEXED"}[type(v)]
+
+    def get_indexed(self, key: bytes, sub: bytes) -> bytes | None:
+        d = self.data[key]
+        if not isinstance(d, dict):
+            raise ImmutableKeyError(key)
+        return d.get(sub)  # type: ignore[no-any-return]
+
+    def get_range(self, key: bytes, st: float, et: float, include_previous: bool,
+                  include_end: bool) -> list[tuple[bytes, float]] | None:
+        items = self.data.get(key)
+        if items is None:
+            return None
+        if not isinstance(items, list):
+            raise ImmutableKeyError(key)
+
+        def lo(t: float) -> int:
+            if t < 0 or t == 0:
+                return 0
+            return bisect.bisect_left(items, pack(t))
+
+        def hi(t: float) -> int:
+            if t == math.inf:
+                return len(items)
+            if t < 0 or (t == 0 and not include_end):
+                return 0
+            packed = pack(t)
+            if include_end:
+                packed = struct.pack(">Q", struct.unpack(">Q", packed)[0] + 1)
+            return bisect.bisect_left(items, packed)
+
+        start = lo(st)
+        if include_previous and start > 0:
+            start -= 1
+        end = hi(et)
+        return [(m[8:], struct.unpack(">d", m[:8])[0]) for m in items[start:end]]

@@ -1,0 +1,278 @@
+"""One byte-level contract suite, run over every backend.
+
+Each backend is compared with the reference model in ``_model.py`` (the
+semantics of katsdptelstate's lex-packed zsets): every result and every error
+of random operation sequences, then the whole final state.  The log backend
+is also closed, reopened (replay) and compared again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+from _model import Model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import telstate_log.aio
+from telstate_log import ImmutableKeyError, InvalidTimestampError, KeyType
+from telstate_log._encoding import encode_value
+from telstate_log._types import KeyUpdateBase, MutableKeyUpdate
+from telstate_log.backends import Backend, LogBackend, MemoryBackend
+from telstate_log.replay._dump import parse_dump
+
+_counter = itertools.count()
+
+
+@pytest.fixture(params=["memory", "log", "log-buffered", "log-always"])
+def make_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Callable[[], Any]]:
+    """Factory of fresh sync backends of one kind (closed after the test)."""
+    made: list[Any] = []
+
+    def make() -> Any:
+        kind = request.param
+        if kind == "memory":
+            b: Any = MemoryBackend()
+        else:
+            options = {"log": dict(fsync="never", flush_interval=0.0),
+                       "log-buffered": dict(fsync="interval"),
+                       "log-always": dict(fsync="always")}[kind]
+            b = LogBackend(tmp_path / f"log{next(_counter)}", segment_bytes=8192, **options)
+        made.append(b)
+        return b
+
+    make.kind = request.param  # type: ignore[attr-defined]
+    yield make
+    for b in made:
+        if isinstance(b, LogBackend):
+            b.close()
+
+
+def reopen(b: Any) -> Any:
+    """Close a log backend and open it again (replay); memory: unchanged."""
+    if not isinstance(b, LogBackend):
+        return b
+    b.close()
+    return LogBackend(b.path, fsync="never")
+
+
+def assert_same_state(b: Backend, model: Model) -> None:
+    assert sorted(b.keys(b"*")) == model.keys()
+    for key in model.keys():
+        kt = b.key_type(key)
+        assert kt is not None and kt.name == model.key_type(key)
+        assert b.get(key) == model.get(key)
+        if kt == KeyType.MUTABLE:
+            assert b.get_range(key, 0.0, math.inf, False, False) == \
+                model.get_range(key, 0.0, math.inf, False, False)
+
+
+# --------------------------------------------------------------- basic contract
+def test_types_and_values(make_backend: Callable[[], Any]) -> None:
+    b = make_backend()
+    assert b.key_type(b"x") is None
+    assert b.get(b"x") == (None, None)
+    assert b.get_range(b"x", 0.0, math.inf, False, False) is None
+    assert b.set_immutable(b"imm", b"\xff\x01") is None
+    assert b.set_immutable(b"imm", b"\xff\x02") == b"\xff\x01"  # first writer wins
+    b.add_mutable(b"sens", b"\xff\x05", 2.0)
+    b.add_mutable(b"sens", b"\xff\x04", 1.0)
+    assert b.set_indexed(b"idx", b"\xa1a", b"\xff\x01") is None
+    assert b.set_indexed(b"idx", b"\xa1a", b"\xff\x02") == b"\xff\x01"
+    assert b.key_type(b"imm") == KeyType.IMMUTABLE
+    assert b.key_type(b"sens") == KeyType.MUTABLE
+    assert b.key_type(b"idx") == KeyType.INDEXED
+    assert b.get(b"imm") == (b"\xff\x01", None)
+    assert b.get(b"sens") == (b"\xff\x05", 2.0)
+    assert b.get(b"idx") == ({b"\xa1a": b"\xff\x01"}, None)
+    assert b.get_indexed(b"idx", b"\xa1a") == b"\xff\x01"
+    assert b.get_indexed(b"idx", b"\xa1b") is None
+    with pytest.raises(KeyError):
+        b.get_indexed(b"nope", b"\xa1a")
+    assert b"imm" in b and b"nope" not in b
+    assert sorted(b.keys(b"*")) == [b"idx", b"imm", b"sens"]
+    assert sorted(b.keys(b"i*")) == [b"idx", b"imm"]
+
+
+def test_wrong_types(make_backend: Callable[[], Any]) -> None:
+    b = make_backend()
+    b.set_immutable(b"imm", b"\xff\x01")
+    b.add_mutable(b"sens", b"\xff\x01", 1.0)
+    b.set_indexed(b"idx", b"\xa1a", b"\xff\x01")
+    for call in (lambda: b.add_mutable(b"imm", b"\xff\x01", 1.0),
+                 lambda: b.set_indexed(b"imm", b"\xa1a", b"\xff\x01"),
+                 lambda: b.set_immutable(b"sens", b"\xff\x01"),
+                 lambda: b.set_indexed(b"sens", b"\xa1a", b"\xff\x01"),
+                 lambda: b.set_immutable(b"idx", b"\xff\x01"),
+                 lambda: b.add_mutable(b"idx", b"\xff\x01", 1.0),
+                 lambda: b.get_indexed(b"imm", b"\xa1a"),
+                 lambda: b.get_indexed(b"sens", b"\xa1a"),
+                 lambda: b.get_range(b"imm", 0.0, math.inf, False, False),
+                 lambda: b.get_range(b"idx", 0.0, math.inf, False, False)):
+        with pytest.raises(ImmutableKeyError):
+            call()
+    position = getattr(b, "position", None)
+    with pytest.raises(ImmutableKeyError):
+        b.add_mutable(b"imm", b"\xff\x02", 2.0)
+    assert getattr(b, "position", None) == position  # a refused write records nothing
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, -math.inf])
+def test_bad_timestamps(make_backend: Callable[[], Any], bad: float) -> None:
+    b = make_backend()
+    with pytest.raises(InvalidTimestampError):
+        b.add_mutable(b"sens", b"\xff\x01", bad)
+    assert b"sens" not in b
+
+
+def test_negative_zero_is_zero(make_backend: Callable[[], Any]) -> None:
+    b = make_backend()
+    b.add_mutable(b"s", b"\xff\x01", -0.0)
+    b.add_mutable(b"s", b"\xff\x01", 0.0)  # the same sample
+    assert b.get_range(b"s", 0.0, math.inf, False, False) == [(b"\xff\x01", 0.0)]
+    assert math.copysign(1.0, b.get(b"s")[1]) == 1.0
+
+
+def test_delete_and_clear(make_backend: Callable[[], Any]) -> None:
+    b = make_backend()
+    b.set_immutable(b"a", b"\xff\x01")
+    b.add_mutable(b"b", b"\xff\x01", 1.0)
+    b.delete(b"a")
+    b.delete(b"a")  # no-op
+    assert b"a" not in b
+    b.set_immutable(b"a", b"\xff\x02")  # a deleted key can be re-created with another value
+    assert b.get(b"a") == (b"\xff\x02", None)
+    b.clear()
+    assert b.keys(b"*") == []
+    b.add_mutable(b"a", b"\xff\x03", 5.0)  # and with another type
+    assert b.key_type(b"a") == KeyType.MUTABLE
+
+
+def test_dump_payloads(make_backend: Callable[[], Any]) -> None:
+    b = make_backend()
+    b.set_immutable(b"imm", encode_value("hello"))
+    b.add_mutable(b"sens", encode_value(1.5), 3.0)
+    b.add_mutable(b"sens", encode_value("x"), 1.0)
+    b.set_indexed(b"idx", encode_value("k"), encode_value([1, 2]))
+    assert b.dump(b"missing") is None
+    assert parse_dump(b.dump(b"imm")) == (KeyType.IMMUTABLE, encode_value("hello"))
+    kind, members = parse_dump(b.dump(b"sens"))
+    assert kind == KeyType.MUTABLE
+    assert members == sorted(members) and len(members) == 2
+    assert parse_dump(b.dump(b"idx")) == (KeyType.INDEXED,
+                                          {encode_value("k"): encode_value([1, 2])})
+
+
+def test_monitor_keys_protocol(make_backend: Callable[[], Any]) -> None:
+    b = make_backend()
+    monitor = b.monitor_keys([b"watched"])
+    first = monitor.send(None)
+    assert isinstance(first, KeyUpdateBase)
+    assert monitor.send(0.01) is None  # nothing happened
+    b.add_mutable(b"other", b"\xff\x01", 1.0)
+    assert monitor.send(0.01) is None  # not a watched key
+    b.add_mutable(b"watched", b"\xff\x07", 4.0)
+    update = monitor.send(1.0)
+    assert isinstance(update, MutableKeyUpdate)
+    assert (update.key, update.value, update.timestamp) == (b"watched", b"\xff\x07", 4.0)
+    b.add_mutable(b"watched", b"\xff\x07", 4.0)  # duplicate: no event, no notification
+    assert monitor.send(0.01) is None
+    monitor.close()
+
+
+# ------------------------------------------------------------ random sequences
+keys = st.sampled_from([b"a", b"b", b"c", b"ns_a"])
+values = st.sampled_from([b"\xff\x01", b"\xff\x02", b"\xff\xcb" + bytes(8),
+                          b"\xff\xcb?\xf0\x00\x00\x00\x00\x00\x00", b"\xff\xa3abc", b"\xff\xa1z"])
+times = st.sampled_from([0.0, -0.0, 1.0, 1.5, 2.0, 2.0, 3.0, 1e9, 5e-324])
+ops = st.lists(st.one_of(
+    st.tuples(st.just("set"), keys, values),
+    st.tuples(st.just("add"), keys, values, times),
+    st.tuples(st.just("add"), keys, values, times),
+    st.tuples(st.just("add"), keys, values, times),
+    st.tuples(st.just("idx"), keys, values, values),
+    st.tuples(st.just("delete"), keys),
+    st.tuples(st.just("clear")),
+    st.tuples(st.just("range"), keys, times, times, st.booleans(), st.booleans()),
+), max_size=60)
+
+
+def apply_ops(b: Any, model: Model, seq: list[tuple[Any, ...]]) -> None:
+    for op in seq:
+        name = op[0]
+        if name == "set":
+            fn: Any = (lambda m, o: m.set_immutable(o[1], o[2]))
+        elif name == "add":
+            fn = (lambda m, o: m.add_mutable(o[1], o[2], o[3]))
+        elif name == "idx":
+            fn = (lambda m, o: m.set_indexed(o[1], o[2][1:] or b"k", o[3]))
+        elif name == "delete":
+            fn = (lambda m, o: m.delete(o[1]))
+        elif name == "clear":
+            fn = (lambda m, o: m.clear())
+        else:
+            fn = (lambda m, o: m.get_range(o[1], o[2], o[3], o[4], o[5]))
+        try:
+            want: Any = fn(model, op)
+            want_exc = None
+        except ImmutableKeyError:
+            want_exc = ImmutableKeyError
+        if want_exc is not None:
+            with pytest.raises(want_exc):
+                fn(b, op)
+        else:
+            got = fn(b, op)
+            if name in ("set", "idx", "range"):
+                assert got == want, op
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seq=ops)
+def test_random_sequences(make_backend: Callable[[], Any], seq: list[tuple[Any, ...]]) -> None:
+    b = make_backend()
+    model = Model()
+    apply_ops(b, model, seq)
+    assert_same_state(b, model)
+    b2 = reopen(b)
+    try:
+        assert_same_state(b2, model)
+    finally:
+        if b2 is not b:
+            b2.close()
+
+
+# ------------------------------------------------------------------ async twins
+@pytest.mark.anyio
+async def test_async_wrappers_share_data(tmp_path: Any) -> None:
+    for ab in (telstate_log.aio.MemoryBackend(),
+               await telstate_log.aio.LogBackend.open(tmp_path / "alog", fsync="always")):
+        sync = ab.to_sync()
+        await ab.set_immutable(b"k", b"\xff\x01")
+        assert sync.get(b"k") == (b"\xff\x01", None)
+        sync.add_mutable(b"s", b"\xff\x02", 1.0)
+        assert await ab.get_range(b"s", 0.0, math.inf, False, False) == [(b"\xff\x02", 1.0)]
+        assert await ab.key_type(b"s") == KeyType.MUTABLE
+        assert await ab.exists(b"k")
+        got: list[Any] = []
+
+        async def watch() -> None:
+            monitor = ab.monitor_keys([b"s"])
+            async for update in monitor:
+                got.append(update)
+                if isinstance(update, MutableKeyUpdate):
+                    break
+            await monitor.aclose()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await anyio.sleep(0.05)
+            # A write from another thread must wake the task.
+            await anyio.to_thread.run_sync(sync.add_mutable, b"s", b"\xff\x03", 2.0)
+        assert isinstance(got[-1], MutableKeyUpdate) and got[-1].value == b"\xff\x03"
+        ab.close()
+        await ab.wait_closed()

@@ -1,0 +1,109 @@
+"""verify_log and repair_log: find damage exactly, salvage the good prefix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from telstate_log import LogCorruptError, LogLockedError
+from telstate_log._encoding import encode_value
+from telstate_log._fileio import OsFileSystem
+from telstate_log._recovery import list_segments
+from telstate_log._repair import repair_log, verify_log
+from telstate_log.backends import LogBackend
+
+
+def make_log(path: Path, n: int = 400, checkpoint_at: int | None = 150) -> None:
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(n):
+            b.add_mutable(b"s%d" % (i % 3), encode_value(float(i)), 1e9 + i)
+            if i + 1 == checkpoint_at:
+                b.checkpoint()
+
+
+def segments(path: Path) -> list[Path]:
+    return [path / name for _, name in list_segments(OsFileSystem(), str(path))]
+
+
+def test_verify_good_log(tmp_path: Path) -> None:
+    make_log(tmp_path / "log")
+    report = verify_log(tmp_path / "log")
+    assert report.ok and not report.problems
+    assert report.events == 400
+    assert report.segments == len(segments(tmp_path / "log")) > 3
+    assert report.checkpoints_ok == 1
+
+
+def test_verify_reports_file_and_offset(tmp_path: Path) -> None:
+    make_log(tmp_path / "log")
+    seg = segments(tmp_path / "log")[2]
+    data = bytearray(seg.read_bytes())
+    data[300] ^= 0x04
+    seg.write_bytes(bytes(data))
+    report = verify_log(tmp_path / "log")
+    assert not report.ok
+    problem = report.problems[0]
+    assert problem["file"] == str(seg)
+    assert problem["offset"] <= 300
+    assert seg.read_bytes() == bytes(data)  # read-only
+
+
+def test_verify_detects_checkpoint_mismatch(tmp_path: Path) -> None:
+    make_log(tmp_path / "log")
+    # A checkpoint copied from another log at the same position must not verify.
+    other = tmp_path / "other"
+    with LogBackend(other, checkpoint_bytes=None) as b:
+        for i in range(150):
+            b.add_mutable(b"x", encode_value(i), float(i))
+        cp = b.checkpoint()
+    assert cp is not None
+    target = tmp_path / "log" / "checkpoints" / os.path.basename(cp)
+    target.write_bytes(Path(cp).read_bytes())
+    report = verify_log(tmp_path / "log")
+    assert not report.ok
+    assert any("differs" in p["problem"] for p in report.problems)
+
+
+def test_repair_keeps_prefix_and_moves_damage(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    make_log(path)
+    segs = segments(path)
+    damaged = segs[3]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(LogCorruptError):
+        LogBackend(path, use_checkpoints=False)
+    report = repair_log(path, dry_run=True)
+    assert report.damaged and os.path.exists(damaged)
+    report = repair_log(path)
+    assert report.damaged
+    assert report.problem is not None and report.problem["file"] == str(damaged)
+    assert report.lost_positions is not None
+    lo, hi = report.lost_positions
+    assert lo == report.kept_position + 1 and hi == 400
+    assert report.moved_to is not None and os.path.isdir(report.moved_to)
+    moved = os.listdir(report.moved_to)
+    assert any(name.startswith(damaged.name + ".from-") for name in moved)
+    assert len(moved) == 1 + len(segs) - 4
+    assert verify_log(path).ok
+    with LogBackend(path) as b:
+        assert b.position == report.kept_position
+        b.add_mutable(b"s0", encode_value(-1.0), 5e9)
+        assert b.position == report.kept_position + 1
+
+
+def test_repair_refuses_while_a_writer_is_active(tmp_path: Path) -> None:
+    make_log(tmp_path / "log", n=10, checkpoint_at=None)
+    with LogBackend(tmp_path / "log"), pytest.raises(LogLockedError):
+        repair_log(tmp_path / "log")
+
+
+def test_repair_of_a_healthy_log_changes_nothing(tmp_path: Path) -> None:
+    make_log(tmp_path / "log", n=50, checkpoint_at=None)
+    before = {p.name: p.read_bytes() for p in segments(tmp_path / "log")}
+    report = repair_log(tmp_path / "log")
+    assert not report.damaged and report.kept_position == 50
+    assert {p.name: p.read_bytes() for p in segments(tmp_path / "log")} == before
