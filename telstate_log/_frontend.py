@@ -8,10 +8,10 @@ written once here as *plans*: generators that yield backend calls and
 receive their results::
 
     def _plan_get(self, key, ...):
-        raw, ts = yield ("get", full_key)
+        raw, ts = yield "get", (full_key,)
         return decode(raw)
 
-A call is a tuple ``(method, *args)`` naming an async-Backend method.  The sync
+A call is a pair ``(method, args)`` naming an async-Backend method.  The sync
 front end runs a plan with :func:`run_sync` (calling the sync backend
 directly, ``exists`` mapping to ``in``) and the async front end with
 ``run_async`` (awaiting the async backend).  An exception raised by the
@@ -58,7 +58,7 @@ _B = TypeVar("_B")
 _R = TypeVar("_R")
 _T = TypeVar("_T", bound="TelescopeStateBase[Any]")
 Key = bytes | str
-Call = tuple[Any, ...]
+Call = tuple[str, tuple[Any, ...]]
 Plan = Generator[Call, Any, _R]
 
 
@@ -165,17 +165,17 @@ def decode_range(rng: Any) -> list[tuple[Any, float]]:
 def run_sync(plan: Plan[_R], backend: Any) -> _R:
     """Run a plan against a sync backend."""
     try:
-        call = plan.send(None)
+        name, args = plan.send(None)
         while True:
             try:
-                if call[0] == "exists":
-                    result: Any = call[1] in backend
+                if name == "exists":
+                    result: Any = args[0] in backend
                 else:
-                    result = getattr(backend, call[0])(*call[1:])
+                    result = getattr(backend, name)(*args)
             except Exception as exc:
-                call = plan.throw(exc)
+                name, args = plan.throw(exc)
             else:
-                call = plan.send(result)
+                name, args = plan.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
@@ -239,24 +239,24 @@ class TelescopeStateBase(Generic[_B]):
     def _plan_exists(self, key: Key) -> Plan[bool]:
         key = ensure_binary(key)
         for prefix in self._prefixes:
-            if (yield ("exists", prefix + key)):
+            if (yield "exists", (prefix + key,)):
                 return True
         return False
 
     def _plan_key_type(self, key: Key) -> Plan[KeyType | None]:
         key = ensure_binary(key)
         for prefix in self._prefixes:
-            key_type = yield ("key_type", prefix + key)
+            key_type = yield "key_type", (prefix + key,)
             if key_type is not None:
                 return KeyType.coerce(key_type)
         return None
 
     def _plan_keys(self, filter: Key) -> Plan[list[str]]:
-        keys = yield ("keys", ensure_binary(filter))
+        keys = yield "keys", (ensure_binary(filter),)
         return sorted(ensure_str(k) for k in keys)
 
     def _plan_key_completions(self) -> Plan[list[str]]:
-        keys_b = yield ("keys", b"*")
+        keys_b = yield "keys", (b"*",)
         out: list[str] = []
         for prefix in self._prefixes:
             out.extend(ensure_str(k[len(prefix):]) for k in keys_b if k.startswith(prefix))
@@ -265,10 +265,10 @@ class TelescopeStateBase(Generic[_B]):
     def _plan_delete(self, key: Key) -> Plan[None]:
         key = ensure_binary(key)
         for prefix in self._prefixes:
-            yield ("delete", prefix + key)
+            yield "delete", (prefix + key,)
 
     def _plan_clear(self) -> Plan[None]:
-        yield ("clear",)
+        yield "clear", ()
 
     def _plan_add(self, key: Key, value: Any, ts: float | None, immutable: bool,
                   encoding: bytes) -> Plan[None]:
@@ -276,7 +276,7 @@ class TelescopeStateBase(Generic[_B]):
         str_val = encode_value(value, encoding)
         if immutable:
             try:
-                old = yield ("set_immutable", full_key, str_val)
+                old = yield "set_immutable", (full_key, str_val)
             except ImmutableKeyError:
                 raise ImmutableKeyError(
                     f"Attempt to change key {display_str(full_key)} to immutable") from None
@@ -287,7 +287,7 @@ class TelescopeStateBase(Generic[_B]):
             if not 0.0 <= ts < math.inf:
                 check_sample_timestamp(ts)  # raises the right error
             try:
-                yield ("add_mutable", full_key, str_val, ts)
+                yield "add_mutable", (full_key, str_val, ts)
             except ImmutableKeyError:
                 raise ImmutableKeyError(
                     f"Attempt to change key {display_str(full_key)} to mutable") from None
@@ -299,7 +299,7 @@ class TelescopeStateBase(Generic[_B]):
         sub_key_enc = encode_value(sub_key, ENCODING_MSGPACK)
         str_val = encode_value(value, encoding)
         try:
-            old = yield ("set_indexed", full_key, sub_key_enc, str_val)
+            old = yield "set_indexed", (full_key, sub_key_enc, str_val)
         except ImmutableKeyError:
             raise ImmutableKeyError(
                 f"Attempt to change key {display_str(full_key)} to indexed immutable") from None
@@ -313,7 +313,7 @@ class TelescopeStateBase(Generic[_B]):
         sub_key_enc = encode_value(sub_key, ENCODING_MSGPACK)
         for prefix in self._prefixes:
             try:
-                raw = yield ("get_indexed", prefix + key, sub_key_enc)
+                raw = yield "get_indexed", (prefix + key, sub_key_enc)
             except KeyError:
                 continue  # key absent with this prefix: try the next one
             if raw is None:
@@ -325,7 +325,7 @@ class TelescopeStateBase(Generic[_B]):
         """The value of `key`; raises KeyError if absent under every prefix."""
         key = ensure_binary(key)
         for prefix in self._prefixes:
-            raw = (yield ("get", prefix + key))[0]
+            raw = (yield "get", (prefix + key,))[0]
             if raw is not None:
                 if return_encoded:
                     return raw
@@ -350,14 +350,14 @@ class TelescopeStateBase(Generic[_B]):
             full_key = prefix + key
             try:
                 if columnar:
-                    rng = yield ("get_range_arrays", full_key, st, et, include_previous,
+                    rng = yield "get_range_arrays", (full_key, st, et, include_previous,
                                  include_end)
                     if rng is None:
                         continue
                     if return_encoded:
                         return _zip_list(rng.encoded(), rng.timestamps.tolist())
                     return decode_range(rng)
-                ret = yield ("get_range", full_key, st, et, include_previous, include_end)
+                ret = yield "get_range", (full_key, st, et, include_previous, include_end)
             except ImmutableKeyError:
                 raise ImmutableKeyError(
                     f"{display_str(full_key)} is immutable, cannot use get_range") from None
@@ -377,7 +377,7 @@ class TelescopeStateBase(Generic[_B]):
             full_key = prefix + key
             try:
                 if columnar:
-                    rng = yield ("get_range_arrays", full_key, st, et, include_previous,
+                    rng = yield "get_range_arrays", (full_key, st, et, include_previous,
                                  include_end)
                     if rng is None:
                         continue
@@ -385,7 +385,7 @@ class TelescopeStateBase(Generic[_B]):
                     values = floats.astype(np.float64) if floats is not None else \
                         _as_array(decode_values(rng.encoded()))
                     return np.array(rng.timestamps, np.float64), values
-                ret = yield ("get_range", full_key, st, et, include_previous, include_end)
+                ret = yield "get_range", (full_key, st, et, include_previous, include_end)
             except ImmutableKeyError:
                 raise ImmutableKeyError(
                     f"{display_str(full_key)} is immutable, cannot use get_range") from None
@@ -413,7 +413,7 @@ class TelescopeStateBase(Generic[_B]):
                 value: Any = message.value
                 timestamp = getattr(message, "timestamp", None)
             else:
-                value, timestamp = yield ("get", full_key)
+                value, timestamp = yield "get", (full_key,)
                 if value is None:
                     continue  # not under this prefix: try the next one
             if isinstance(value, dict):
@@ -435,7 +435,7 @@ class TelescopeStateBase(Generic[_B]):
                 value = message.value
             else:
                 try:
-                    value = yield ("get_indexed", full_key, sub_key)
+                    value = yield "get_indexed", (full_key, sub_key)
                 except KeyError:
                     continue  # not under this prefix: try the next one
                 if value is None:

@@ -159,7 +159,7 @@ class TelescopeState(TelescopeStateBase[Backend]):
 
     def get(self, key: Key, default: Any = None, return_encoded: bool = False) -> Any:
         """The value of `key` (latest sample for a sensor), or `default` if absent."""
-        return self._run(self._plan_get_default(key, default, return_encoded))
+        return run_sync(self._plan_get_default(key, default, return_encoded), self._backend)
 
     def get_indexed(self, key: Key, sub_key: Any, default: Any = None,
                     return_encoded: bool = False) -> Any:
@@ -204,7 +204,7 @@ class TelescopeState(TelescopeStateBase[Backend]):
         existing immutable to an equivalent value is a no-op; a different
         value, or a key of another type, raises ImmutableKeyError.
         """
-        self._run(self._plan_add(key, value, ts, immutable, encoding))
+        run_sync(self._plan_add(key, value, ts, immutable, encoding), self._backend)
 
     def set(self, key: Key, value: Any) -> None:
         """Set an immutable key (same as ``add(key, value, immutable=True)``)."""

@@ -7,6 +7,7 @@ and the backends share their logic with the sync versions.
 from ._backend import Backend
 from ._log import LogBackend
 from ._memory import MemoryBackend
+from ._redis import RedisBackend
 from ._telescope_state import TelescopeState
 
-__all__ = ["Backend", "LogBackend", "MemoryBackend", "TelescopeState"]
+__all__ = ["Backend", "LogBackend", "MemoryBackend", "RedisBackend", "TelescopeState"]

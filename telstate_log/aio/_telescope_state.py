@@ -28,14 +28,14 @@ _R = TypeVar("_R")
 async def run_async(plan: Plan[_R], backend: Any) -> _R:
     """Run a plan against an async backend."""
     try:
-        call = plan.send(None)
+        name, args = plan.send(None)
         while True:
             try:
-                result = await getattr(backend, call[0])(*call[1:])
+                result = await getattr(backend, name)(*args)
             except Exception as exc:
-                call = plan.throw(exc)
+                name, args = plan.throw(exc)
             else:
-                call = plan.send(result)
+                name, args = plan.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 

@@ -10,6 +10,7 @@ from .._types import (
 from ._base import Backend
 from ._log import LogBackend
 from ._memory import MemoryBackend
+from ._redis import RedisBackend
 
 __all__ = [
     "Backend",
@@ -20,4 +21,5 @@ __all__ = [
     "LogBackend",
     "MemoryBackend",
     "MutableKeyUpdate",
+    "RedisBackend",
 ]

@@ -123,6 +123,8 @@ class LogBackend(StateBackend):
         self._checkpointing = threading.Lock()
         self._ckpt_thread: threading.Thread | None = None
         self._ckpt_mark = 0
+        self._ckpt_due = 1 << 62 if checkpoint_bytes is None else checkpoint_bytes
+        self._sync_each = fsync == "always"
         self._flush_interval = flush_interval
         self._readonly = readonly
         self._writable = not readonly
@@ -214,20 +216,22 @@ class LogBackend(StateBackend):
 
     # ------------------------------------------------------------- writes
     def _after_write(self, position: int) -> None:
-        if self.fsync == "always":
-            assert self._durability is not None
-            self._durability.wait(position)
-        if self._checkpoint_bytes is not None and \
-                self._tail_bytes() >= self._checkpoint_bytes:
+        if self._sync_each:
+            self._durability.wait(position)  # type: ignore[union-attr]
+        if self._writer.bytes_appended >= self._ckpt_due:  # type: ignore[union-attr]
             self._start_background_checkpoint()
 
     async def _after_write_async(self, position: int) -> None:
-        if self.fsync == "always":
-            assert self._durability is not None
-            await self._durability.wait_async(position)
-        if self._checkpoint_bytes is not None and \
-                self._tail_bytes() >= self._checkpoint_bytes:
+        if self._sync_each:
+            await self._durability.wait_async(position)  # type: ignore[union-attr]
+        if self._writer.bytes_appended >= self._ckpt_due:  # type: ignore[union-attr]
             self._start_background_checkpoint()
+
+    def _set_checkpoint_mark(self) -> None:
+        assert self._writer is not None
+        self._ckpt_mark = self._writer.bytes_appended
+        if self._checkpoint_bytes is not None:
+            self._ckpt_due = self._ckpt_mark + self._checkpoint_bytes
 
     def _tail_bytes(self) -> int:
         """Bytes of log appended since the last checkpoint by this writer."""
@@ -263,7 +267,7 @@ class LogBackend(StateBackend):
             snap = snapshot_state(self._state, self._tables)
             resume = Resume(self._writer.segment_first, self._writer.offset,
                             self._writer.running_crc)
-            self._ckpt_mark = self._writer.bytes_appended
+            self._set_checkpoint_mark()
         # Never let a checkpoint get ahead of the durable log.
         self._durability.wait(snap["position"])
         assert self.log_id is not None
@@ -278,8 +282,7 @@ class LogBackend(StateBackend):
     def _start_background_checkpoint(self) -> None:
         if not self._checkpointing.acquire(blocking=False):
             return
-        assert self._writer is not None
-        self._ckpt_mark = self._writer.bytes_appended
+        self._set_checkpoint_mark()
 
         def run() -> None:
             try:
