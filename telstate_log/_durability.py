@@ -85,7 +85,7 @@ class Durability:
         error: BaseException | None = None
         try:
             self._sync_fn()
-        except BaseException as exc:  # noqa: BLE001 - any failure is fatal
+        except BaseException as exc:
             error = exc
         with self._cv:
             self.syncing = False

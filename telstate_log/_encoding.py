@@ -278,7 +278,7 @@ def _packb(obj: Any, depth: int) -> bytes:
 _FLOAT_HEADER: Final = b"\xff\xcb"
 _pack_float64 = struct.Struct(">d").pack
 # msgpack positive fixint (0..127) and negative fixint (-32..-1), with our header
-_SMALL_INTS: Final = [b"\xff" + struct.pack("b", i) if i < 0 else b"\xff" + bytes((i,))
+_SMALL_INTS: Final[list[bytes]] = [b"\xff" + struct.pack("b", i) if i < 0 else b"\xff" + bytes((i,))
                       for i in range(-32, 128)]
 
 
@@ -304,7 +304,8 @@ def encode_value(value: Any, encoding: bytes = ENCODING_DEFAULT) -> bytes:
         # what msgpack produces (a Python float is always packed as float64).
         t = type(value)
         if t is float:
-            return _FLOAT_HEADER + _pack_float64(value)
+            packed: bytes = _pack_float64(value)
+            return _FLOAT_HEADER + packed
         if t is int and -32 <= value < 128:
             return _SMALL_INTS[value + 32]
         try:

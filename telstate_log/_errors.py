@@ -40,23 +40,23 @@ import sys
 from typing import Any
 
 __all__ = [
-    "TelstateError",
-    "ConnectionError",
-    "RdbParseError",
-    "InvalidKeyError",
-    "InvalidTimestampError",
-    "ImmutableKeyError",
-    "TimeoutError",
     "CancelledError",
+    "ConnectionError",
     "DecodeError",
     "EncodeError",
-    "LogError",
-    "LogCorruptError",
-    "LogLockedError",
-    "LogFailedError",
-    "LogWriteError",
-    "ReadOnlyError",
     "HistoryUnavailableError",
+    "ImmutableKeyError",
+    "InvalidKeyError",
+    "InvalidTimestampError",
+    "LogCorruptError",
+    "LogError",
+    "LogFailedError",
+    "LogLockedError",
+    "LogWriteError",
+    "RdbParseError",
+    "ReadOnlyError",
+    "TelstateError",
+    "TimeoutError",
 ]
 
 _mixed: dict[type, type] = {}
@@ -74,9 +74,10 @@ def _interop_class(cls: type) -> type:
     if not isinstance(theirs, type) or issubclass(cls, theirs):
         return cls
     try:
-        mixed = type(cls)(cls.__name__, (cls, theirs), {"__module__": cls.__module__,
-                                                        "__doc__": cls.__doc__,
-                                                        "_interop_mixed": True})
+        meta: Any = type(cls)
+        mixed = meta(cls.__name__, (cls, theirs), {"__module__": cls.__module__,
+                                                   "__doc__": cls.__doc__,
+                                                   "_interop_mixed": True})
     except TypeError:  # incompatible layouts: keep ours
         mixed = cls
     _mixed[cls] = mixed
@@ -95,7 +96,7 @@ class TelstateError(RuntimeError, metaclass=_ErrorMeta):
     """Base class for errors from this package."""
 
 
-class ConnectionError(TelstateError):  # noqa: A001 - katsdptelstate's public name
+class ConnectionError(TelstateError):
     """The connection to the Redis server failed."""
 
 
@@ -140,7 +141,7 @@ class ImmutableKeyError(TelstateError):
     """An immutable key (or indexed sub-key) would change, or a key has the wrong type."""
 
 
-class TimeoutError(TelstateError):  # noqa: A001 - katsdptelstate's public name
+class TimeoutError(TelstateError):
     """A wait for a key timed out."""
 
 

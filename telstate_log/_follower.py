@@ -139,7 +139,7 @@ class Follower:
                     continue  # drain everything available before sleeping
                 self._watcher.wait(idle)
                 idle += 1
-        except BaseException as exc:  # noqa: BLE001 - reported to the backend's users
+        except BaseException as exc:
             self.error = exc
             logger.error("log follower stopped: %s", exc)
 

@@ -83,9 +83,9 @@ __all__ = [
     "CLEAR",
     "DELETE",
     "EVENT_KINDS",
+    "FORMAT_VERSION",
     "FRAME_MAGIC",
     "FRAME_OVERHEAD",
-    "FORMAT_VERSION",
     "HEADER_SIZE",
     "IMMUTABLE",
     "INDEXED",
@@ -218,7 +218,7 @@ def _local_crc_ok(buf: memoryview, off: int, length: int) -> bool:
     seed = _U32.unpack_from(buf, off - 4)[0]
     crc_off = off + 8 + length
     want = _U32.unpack_from(buf, crc_off)[0]
-    return zlib.crc32(buf[off - 4:crc_off], seed) == want
+    return bool(zlib.crc32(buf[off - 4:crc_off], seed) == want)
 
 
 def scan_frames(buf: memoryview, start: int, end: int, crc: int) -> Scan:

@@ -24,10 +24,10 @@ import datetime
 import os
 import shutil
 import zlib
-
-from numpy import isin as np_isin
 from dataclasses import dataclass, field
 from typing import Any
+
+from numpy import isin as np_isin
 
 from . import _format as fmt
 from ._checkpoint import CheckpointError, list_checkpoints, load_checkpoint

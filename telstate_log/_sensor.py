@@ -191,10 +191,10 @@ class SensorColumn:
         if n == self._cap:
             self._grow(n + 1)
         vals = self._vals
-        if vals is not None:
-            if not (len(value) == self._vlen and value.startswith(self._prefix)):
-                self._fit(value)
-                vals = self._vals
+        if vals is not None and not (len(value) == self._vlen
+                                     and value.startswith(self._prefix)):
+            self._fit(value)
+            vals = self._vals
         if vals is not None:
             vals[n] = value[len(self._prefix):]
         else:
@@ -334,7 +334,8 @@ class SensorColumn:
 
     def value_at(self, i: int) -> bytes:
         if self._vals is not None:
-            return self._prefix + self._vals[i].tobytes()
+            raw: bytes = self._vals[i].tobytes()
+            return self._prefix + raw
         assert self._list is not None
         return self._list[i]
 

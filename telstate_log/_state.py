@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +89,7 @@ class Indexed:
         self.positions: dict[bytes, int] = {}
 
 
-Entry = Union[Immutable, Indexed, SensorColumn]
+Entry = Immutable | Indexed | SensorColumn
 _INF = math.inf
 _TYPES: dict[type, KeyType] = {Immutable: KeyType.IMMUTABLE, Indexed: KeyType.INDEXED,
                                SensorColumn: KeyType.MUTABLE}
@@ -265,7 +265,7 @@ class State:
             entry = self._keys[key] = SensorColumn(int(pos[0]), first, capacity=len(ts))
         elif type(entry) is not SensorColumn:
             raise _type_error(key, entry, "mutable")
-        if len(ts) and float(ts.min()) < 0 or not bool(np.all(np.isfinite(ts))):
+        if (len(ts) and float(ts.min()) < 0) or not bool(np.all(np.isfinite(ts))):
             raise InvalidTimestampError(f"recorded sample of {key!r} has a bad timestamp")
         ts = ts + 0.0  # -0.0 -> 0.0
         if not entry.extend_sorted(ts, values, pos, prefix):
@@ -310,7 +310,8 @@ class State:
             return entry.last  # type: ignore[union-attr]
         if t is Immutable:
             return entry.value, None  # type: ignore[union-attr]
-        return dict(entry.values), None  # type: ignore[union-attr]
+        assert type(entry) is Indexed
+        return dict(entry.values), None
 
     def get_indexed(self, key: bytes, sub_key: bytes) -> bytes | None:
         entry = self._keys[key]

@@ -16,12 +16,12 @@ import enum
 from typing import Any
 
 __all__ = [
-    "KeyType",
-    "KeyUpdateBase",
-    "KeyUpdate",
-    "MutableKeyUpdate",
     "ImmutableKeyUpdate",
     "IndexedKeyUpdate",
+    "KeyType",
+    "KeyUpdate",
+    "KeyUpdateBase",
+    "MutableKeyUpdate",
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _redis import RedisServer, require_redis  # noqa: E402
+from _redis import RedisServer, require_redis
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -63,7 +63,7 @@ def reopen(b: Any) -> Any:
 
 def assert_same_state(b: Backend, model: Model) -> None:
     assert sorted(b.keys(b"*")) == model.keys()
-    for key in model.keys():
+    for key in model.keys():  # noqa: SIM118 - Model.keys takes a pattern
         kt = b.key_type(key)
         assert kt is not None and kt.name == model.key_type(key)
         assert b.get(key) == model.get(key)
@@ -202,21 +202,20 @@ ops = st.lists(st.one_of(
 ), max_size=60)
 
 
+_CALLS: dict[str, Callable[[Any, tuple[Any, ...]], Any]] = {
+    "set": lambda m, o: m.set_immutable(o[1], o[2]),
+    "add": lambda m, o: m.add_mutable(o[1], o[2], o[3]),
+    "idx": lambda m, o: m.set_indexed(o[1], o[2][1:] or b"k", o[3]),
+    "delete": lambda m, o: m.delete(o[1]),
+    "clear": lambda m, o: m.clear(),
+    "range": lambda m, o: m.get_range(o[1], o[2], o[3], o[4], o[5]),
+}
+
+
 def apply_ops(b: Any, model: Model, seq: list[tuple[Any, ...]]) -> None:
     for op in seq:
         name = op[0]
-        if name == "set":
-            fn: Any = (lambda m, o: m.set_immutable(o[1], o[2]))
-        elif name == "add":
-            fn = (lambda m, o: m.add_mutable(o[1], o[2], o[3]))
-        elif name == "idx":
-            fn = (lambda m, o: m.set_indexed(o[1], o[2][1:] or b"k", o[3]))
-        elif name == "delete":
-            fn = (lambda m, o: m.delete(o[1]))
-        elif name == "clear":
-            fn = (lambda m, o: m.clear())
-        else:
-            fn = (lambda m, o: m.get_range(o[1], o[2], o[3], o[4], o[5]))
+        fn = _CALLS[name]
         try:
             want: Any = fn(model, op)
             want_exc = None
@@ -231,7 +230,8 @@ def apply_ops(b: Any, model: Model, seq: list[tuple[Any, ...]]) -> None:
                 assert got == want, op
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seq=ops)
 def test_random_sequences(make_backend: Callable[[], Any], seq: list[tuple[Any, ...]]) -> None:
     b = make_backend()
@@ -260,7 +260,7 @@ async def test_async_wrappers_share_data(tmp_path: Any) -> None:
         assert await ab.exists(b"k")
         got: list[Any] = []
 
-        async def watch() -> None:
+        async def watch(ab: Any = ab, got: list[Any] = got) -> None:
             monitor = ab.monitor_keys([b"s"])
             async for update in monitor:
                 got.append(update)

@@ -110,7 +110,7 @@ def normalise(x: Any) -> Any:
 
 def whole_state(ts: Any) -> Any:
     out = {}
-    for key in ts.keys():
+    for key in ts.keys():  # noqa: SIM118 - TelescopeState.keys, not a dict
         kt = ts.key_type(key).name
         if kt == "MUTABLE":
             out[key] = (kt, normalise(ts.get_range(key, st=0)))

@@ -25,17 +25,17 @@ pytest.importorskip("pytest_asyncio")
 pytest.importorskip("fakeredis")
 pytest.importorskip("async_timeout")
 
-import katsdptelstate  # noqa: E402
-import katsdptelstate.aio  # noqa: E402
-import katsdptelstate.aio.test.test_telescope_state as kt_aio_tests  # noqa: E402
-import katsdptelstate.backend  # noqa: E402
-import katsdptelstate.test.test_telescope_state as kt_sync_tests  # noqa: E402
-import pytest_asyncio  # noqa: E402
-from _rebind import rebind  # noqa: E402
+import katsdptelstate
+import katsdptelstate.aio
+import katsdptelstate.aio.test.test_telescope_state as kt_aio_tests
+import katsdptelstate.backend
+import katsdptelstate.test.test_telescope_state as kt_sync_tests
+import pytest_asyncio
+from _rebind import rebind
 
-import telstate_log  # noqa: E402
-import telstate_log.aio  # noqa: E402
-from telstate_log.backends import Backend, LogBackend, MemoryBackend  # noqa: E402
+import telstate_log
+import telstate_log.aio
+from telstate_log.backends import Backend, LogBackend, MemoryBackend
 
 # Class-level asyncio marks also land on katsdptelstate's two sync methods
 # in those classes; pytest-asyncio then warns harmlessly.

@@ -138,9 +138,8 @@ def test_checkpoint_used_and_damaged_checkpoint_ignored(
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0x10]))
-    with caplog.at_level(logging.WARNING, logger="telstate_log"):
-        with LogBackend(path) as b3:
-            assert state_of(b3) == before
+    with caplog.at_level(logging.WARNING, logger="telstate_log"), LogBackend(path) as b3:
+        assert state_of(b3) == before
     assert "ignoring checkpoint" in caplog.text
 
 

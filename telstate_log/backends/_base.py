@@ -20,7 +20,7 @@ from .._types import KeyType, KeyUpdateBase
 __all__ = ["Backend", "GetResult", "PathType"]
 
 PathType = Union[str, bytes, "os.PathLike[Any]"]
-GetResult = tuple[Any, Union[float, None]]
+GetResult = tuple[Any, float | None]
 
 
 class Backend(ABC):

@@ -358,26 +358,11 @@ class LogBackend(StateBackend):
             kind = int(dec.kinds[i])
             if kind == fmt.CLEAR:
                 hub.publish_all(KeyUpdateBase())
-                continue
-            if kind not in fmt.EVENT_KINDS:
-                continue
-            key = keys[int(dec.event["key"][i])]
-            if not hub.watched(key):
-                continue
-            off, length = int(dec.offsets[i]), int(dec.lengths[i])
-            if kind == fmt.ADD:
-                s, e = fmt.value_span(kind, off, length)
-                hub.publish(key, lambda k=key, v=bytes(mv[s:e]), t=float(dec.ts[i]):
-                            MutableKeyUpdate(k, v, t))
-            elif kind == fmt.IMMUTABLE:
-                s, e = fmt.value_span(kind, off, length)
-                hub.publish(key, lambda k=key, v=bytes(mv[s:e]): ImmutableKeyUpdate(k, v))
-            elif kind == fmt.INDEXED:
-                fields = fmt.indexed_fields(mv, off, length)
-                assert fields is not None
-                hub.publish(key, lambda k=key, f=fields: IndexedKeyUpdate(k, f[0], f[1]))
-            else:
-                hub.publish(key, KeyUpdateBase)
+            elif kind in fmt.EVENT_KINDS:
+                key = keys[int(dec.event["key"][i])]
+                if hub.watched(key):
+                    update = _followed_update(mv, dec, i, kind, key)
+                    hub.publish(key, lambda u=update: u)  # type: ignore[misc]
 
     @property
     def follow_error(self) -> BaseException | None:
@@ -420,3 +405,20 @@ class LogBackend(StateBackend):
                 self.close()
             except Exception:  # interpreter shutdown: best effort
                 pass
+
+
+def _followed_update(mv: memoryview, dec: fmt.Decoded, i: int, kind: int,
+                     key: bytes) -> KeyUpdateBase:
+    """The notification for frame `i` of a followed segment."""
+    off, length = int(dec.offsets[i]), int(dec.lengths[i])
+    if kind == fmt.ADD:
+        s, e = fmt.value_span(kind, off, length)
+        return MutableKeyUpdate(key, bytes(mv[s:e]), float(dec.ts[i]))
+    if kind == fmt.IMMUTABLE:
+        s, e = fmt.value_span(kind, off, length)
+        return ImmutableKeyUpdate(key, bytes(mv[s:e]))
+    if kind == fmt.INDEXED:
+        fields = fmt.indexed_fields(mv, off, length)
+        assert fields is not None
+        return IndexedKeyUpdate(key, fields[0], fields[1])
+    return KeyUpdateBase()
