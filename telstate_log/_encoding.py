@@ -307,7 +307,8 @@ def encode_value(value: Any, encoding: bytes = ENCODING_DEFAULT) -> bytes:
             packed: bytes = _pack_float64(value)
             return _FLOAT_HEADER + packed
         if t is int and -32 <= value < 128:
-            return _SMALL_INTS[value + 32]
+            small: bytes = _SMALL_INTS[value + 32]
+            return small
         try:
             return ENCODING_MSGPACK + _packb(value, 0)
         except EncodeError:
