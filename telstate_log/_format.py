@@ -52,6 +52,12 @@ Event kinds and bodies (every event body starts with the same 24 bytes)::
     3 SET_INDEXED  + sub-key length u32 + sub-key + value
     4 DELETE       (nothing more)
     5 CLEAR        (key id 0xFFFFFFFF)
+    6 ADD_BATCH    + count u32 + width u32 + timestamps f64[count] + values:
+                   width > 0: count values of exactly `width` bytes;
+                   width = 0: lengths u32[count], then the values back to back.
+                   `count` ADD events of one key at positions position,
+                   position + 1, ... (all with the same recorded time and
+                   session); bulk writes and imports use it.
 
 Meta records carry no position:
 
@@ -82,6 +88,7 @@ __all__ = [
     "ADD",
     "CLEAR",
     "DELETE",
+    "ADD_BATCH",
     "EVENT_KINDS",
     "FORMAT_VERSION",
     "FRAME_MAGIC",
@@ -96,8 +103,10 @@ __all__ = [
     "SESSION",
     "Decoded",
     "SegmentHeader",
+    "batch_fields",
     "check_byte",
     "decode_frames",
+    "encode_batch",
     "encode_event",
     "encode_header",
     "encode_meta",
@@ -119,9 +128,10 @@ ADD = 2
 INDEXED = 3
 DELETE = 4
 CLEAR = 5
+ADD_BATCH = 6
 KEY = 0x40
 SESSION = 0x41
-EVENT_KINDS = frozenset({IMMUTABLE, ADD, INDEXED, DELETE, CLEAR})
+EVENT_KINDS = frozenset({IMMUTABLE, ADD, INDEXED, DELETE, CLEAR, ADD_BATCH})
 META_KINDS = frozenset({KEY, SESSION})
 NO_KEY = 0xFFFFFFFF
 
@@ -131,6 +141,8 @@ _FRAME = struct.Struct("<HBBI")
 _EVENT = struct.Struct("<HBBIQdII")
 _ADD = struct.Struct("<HBBIQdIId")
 _INDEXED = struct.Struct("<HBBIQdIII")
+_BATCH = struct.Struct("<HBBIQdIIII")
+_BATCH_FIELDS = struct.Struct("<II")
 
 #: numpy view of the 24-byte event prefix
 EVENT_DTYPE = np.dtype([("pos", "<u8"), ("rec", "<f8"), ("sess", "<u4"), ("key", "<u4")])
@@ -192,6 +204,52 @@ def encode_event(kind: int, pos: int, rec: float, sess: int, key_id: int, sub_ke
                              rec, sess, key_id, len(sub_key)) + sub_key + value
     length = EVENT_PREFIX + len(value)
     return _EVENT.pack(*_frame_start(kind, length), pos, rec, sess, key_id) + value
+
+
+def encode_batch(pos: int, rec: float, sess: int, key_id: int, ts: np.ndarray,
+                 values: list[bytes]) -> bytes:
+    """An ADD_BATCH frame (without its CRC) for samples at positions pos, pos+1, ..."""
+    count = len(values)
+    width = len(values[0]) if count else 0
+    if width == 0 or any(len(v) != width for v in values):
+        width = 0
+        tail = np.fromiter(map(len, values), "<u4", count).tobytes() + b"".join(values)
+    else:
+        tail = b"".join(values)
+    stamps = np.ascontiguousarray(ts, "<f8").tobytes()
+    length = EVENT_PREFIX + 8 + len(stamps) + len(tail)
+    return _BATCH.pack(FRAME_MAGIC, ADD_BATCH, check_byte(ADD_BATCH, length), length, pos, rec,
+                       sess, key_id, count, width) + stamps + tail
+
+
+def batch_fields(buf: memoryview, off: int, length: int
+                 ) -> tuple[np.ndarray, list[bytes] | np.ndarray, int] | None:
+    """(timestamps, values, width) of an ADD_BATCH frame, None if malformed.
+
+    With width > 0 the values are a ``V<width>`` array (views of `buf`).
+    """
+    body = off + 8 + EVENT_PREFIX
+    end = off + 8 + length
+    if length < EVENT_PREFIX + 8:
+        return None
+    count, width = _BATCH_FIELDS.unpack_from(buf, body)
+    ts_end = body + 8 + 8 * count
+    if ts_end > end:
+        return None
+    ts = np.frombuffer(buf, "<f8", count, body + 8)
+    if width:
+        if ts_end + width * count != end:
+            return None
+        return ts, np.frombuffer(buf, f"V{width}", count, ts_end), width
+    if ts_end + 4 * count > end:
+        return None
+    lengths = np.frombuffer(buf, "<u4", count, ts_end).astype(np.int64)
+    start = ts_end + 4 * count
+    if start + int(lengths.sum()) != end:
+        return None
+    ends = (np.cumsum(lengths) + start).tolist()
+    starts = [start, *ends[:-1]]
+    return ts, [bytes(buf[a:b]) for a, b in zip(starts, ends)], 0
 
 
 def encode_meta(kind: int, ident: int, payload: bytes) -> bytes:
@@ -318,6 +376,7 @@ class Decoded:
     lengths: np.ndarray  # int64 body lengths
     event: np.ndarray  # EVENT_DTYPE per frame (garbage for meta frames)
     ts: np.ndarray  # float64 sample timestamps (ADD frames; garbage elsewhere)
+    counts: np.ndarray  # int64 events per frame: 0 meta, 1 event, n for ADD_BATCH
 
 
 def decode_frames(buf: memoryview, scan: Scan) -> Decoded:
@@ -327,7 +386,7 @@ def decode_frames(buf: memoryview, scan: Scan) -> Decoded:
     arr = np.frombuffer(buf, np.uint8, scan.end)
     if n == 0:
         return Decoded(scan.kinds, offs, scan.lengths, np.zeros(0, EVENT_DTYPE),
-                       np.zeros(0, np.float64))
+                       np.zeros(0, np.float64), np.zeros(0, np.int64))
     is_event = scan.lengths >= EVENT_PREFIX
     is_add = (scan.kinds == ADD) & (scan.lengths >= EVENT_PREFIX + 8)
     event = np.empty(n, EVENT_DTYPE)
@@ -343,7 +402,10 @@ def decode_frames(buf: memoryview, scan: Scan) -> Decoded:
         event[c0:c1] = arr[base[:, None] + ev_cols].view(EVENT_DTYPE).reshape(c1 - c0)
         tbase = np.where(is_add[c0:c1], o + 8 + EVENT_PREFIX, 0)
         ts[c0:c1] = arr[tbase[:, None] + ts_cols].view("<f8").reshape(c1 - c0)
-    return Decoded(scan.kinds, offs, scan.lengths, event, ts)
+    counts = np.isin(scan.kinds, list(EVENT_KINDS)).astype(np.int64)
+    for i in np.nonzero((scan.kinds == ADD_BATCH) & (scan.lengths >= EVENT_PREFIX + 8))[0]:
+        counts[i] = _U32.unpack_from(buf, int(offs[i]) + 8 + EVENT_PREFIX)[0]
+    return Decoded(scan.kinds, offs, scan.lengths, event, ts, counts)
 
 
 def meta_fields(buf: memoryview, off: int, length: int) -> tuple[int, bytes]:

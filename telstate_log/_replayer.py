@@ -60,7 +60,8 @@ class Tables:
 
     TIME_STRIDE = 1024
 
-    def note_times(self, pos: np.ndarray, rec: np.ndarray) -> None:
+    def note_times(self, pos: np.ndarray, rec: np.ndarray, last: int | None = None) -> None:
+        """Sample (first position, recorded) of event frames into the sparse index."""
         if len(pos):
             pick = (pos - 1) % self.TIME_STRIDE == 0
             if not self.time_pos:
@@ -119,7 +120,7 @@ class Replayer:
             i = int(np.argmin(known))
             raise ReplayError(f"unknown record kind {int(kinds[i])}", int(dec.offsets[i]))
         is_event = np.isin(kinds, list(fmt.EVENT_KINDS))
-        minimum = np.where(kinds == fmt.ADD, fmt.EVENT_PREFIX + 8,
+        minimum = np.where((kinds == fmt.ADD) | (kinds == fmt.ADD_BATCH), fmt.EVENT_PREFIX + 8,
                            np.where(kinds == fmt.INDEXED, fmt.EVENT_PREFIX + 4,
                                     fmt.EVENT_PREFIX))
         short = is_event & (dec.lengths < minimum)
@@ -128,10 +129,11 @@ class Replayer:
             raise ReplayError("event body too short", int(dec.offsets[i]))
         ev_idx = np.nonzero(is_event)[0]
         pos = dec.event["pos"][ev_idx].astype(np.int64)
+        counts = dec.counts[ev_idx]
         first = self.state.position + 1
         if len(pos):
-            expect = np.arange(first, first + len(pos), dtype=np.int64)
-            gap = pos != expect
+            expect = first + np.concatenate(([0], np.cumsum(counts)[:-1]))
+            gap = (pos != expect) | (counts < 1)
             if gap.any():
                 i = int(np.argmax(gap))
                 raise ReplayError(f"event position {int(pos[i])} where {int(expect[i])} was "
@@ -149,7 +151,8 @@ class Replayer:
                 self._single(buf, dec, b, in_sequence=True)
             start = b + 1
         if len(pos):
-            self.tables.note_times(pos, dec.event["rec"][ev_idx])
+            last = int(pos[-1] + counts[-1] - 1)
+            self.tables.note_times(pos, dec.event["rec"][ev_idx], last)
         return dec
 
     def _key(self, dec: fmt.Decoded, i: int) -> bytes:
@@ -201,35 +204,90 @@ class Replayer:
         last_pos = self.state.position
         for i in (np.nonzero((kinds == fmt.IMMUTABLE) | (kinds == fmt.INDEXED))[0] + a).tolist():
             self._single(buf, dec, i, in_sequence=False)
-        adds = np.nonzero(kinds == fmt.ADD)[0] + a
+        adds = np.nonzero((kinds == fmt.ADD) | (kinds == fmt.ADD_BATCH))[0] + a
         if len(adds):
             self._check_session(dec, adds)
             self._adds(buf, dec, adds)
         events = np.nonzero(np.isin(kinds, list(fmt.EVENT_KINDS)))[0]
         if len(events):
-            last_pos = max(last_pos, int(dec.event["pos"][a + int(events[-1])]))
+            i = a + int(events[-1])
+            last_pos = max(last_pos, int(dec.event["pos"][i]) + int(dec.counts[i]) - 1)
         self.state.position = last_pos
 
     def _adds(self, buf: memoryview, dec: fmt.Decoded, idx: np.ndarray) -> None:
-        kid = dec.event["key"][idx]
-        order = np.argsort(kid, kind="stable")
-        idx = idx[order]
-        kid = kid[order]
-        cuts = np.nonzero(np.diff(kid))[0] + 1
-        arr = np.frombuffer(buf, np.uint8, int(dec.offsets[-1] + 12 + dec.lengths[-1]))
-        for group in np.split(idx, cuts):
-            i0 = int(group[0])
-            key = self._key(dec, i0)
-            ts = dec.ts[group]
-            pos = dec.event["pos"][group].astype(np.int64)
-            starts = dec.offsets[group] + 8 + fmt.EVENT_PREFIX + 8
-            vlen = dec.lengths[group] - (fmt.EVENT_PREFIX + 8)
-            values, prefix = _gather_values(buf, arr, starts, vlen)
+        """Apply the ADD and ADD_BATCH frames `idx` of one run, one batch per key."""
+        parts: dict[int, list[tuple[np.ndarray, np.ndarray, Any, bytes]]] = {}
+        single = idx[dec.kinds[idx] == fmt.ADD]
+        if len(single):
+            kid = dec.event["key"][single]
+            order = np.argsort(kid, kind="stable")
+            single = single[order]
+            cuts = np.nonzero(np.diff(kid[order]))[0] + 1
+            arr = np.frombuffer(buf, np.uint8, int(dec.offsets[-1] + 12 + dec.lengths[-1]))
+            for group in np.split(single, cuts):
+                starts = dec.offsets[group] + 8 + fmt.EVENT_PREFIX + 8
+                vlen = dec.lengths[group] - (fmt.EVENT_PREFIX + 8)
+                values, prefix = _gather_values(buf, arr, starts, vlen)
+                parts.setdefault(int(dec.event["key"][group[0]]), []).append(
+                    (dec.event["pos"][group].astype(np.int64), dec.ts[group], values, prefix))
+        for i in idx[dec.kinds[idx] == fmt.ADD_BATCH].tolist():
+            off, length = int(dec.offsets[i]), int(dec.lengths[i])
+            fields = fmt.batch_fields(buf, off, length)
+            if fields is None:
+                raise ReplayError("malformed ADD_BATCH body", off)
+            ts, values, width = fields
+            first = int(dec.event["pos"][i])
+            pos = np.arange(first, first + len(ts), dtype=np.int64)
+            if width >= 2:
+                plen = 2 if width > 2 else 1
+                mat = np.frombuffer(values, np.uint8).reshape(-1, width)
+                head = mat[:, :plen]
+                if bool((head == head[0]).all()):
+                    values = np.ascontiguousarray(mat[:, plen:]).view(f"V{width - plen}")
+                    parts.setdefault(int(dec.event["key"][i]), []).append(
+                        (pos, ts, values.reshape(-1), head[0].tobytes()))
+                    continue
+                values = [mat[j].tobytes() for j in range(len(mat))]
+            parts.setdefault(int(dec.event["key"][i]), []).append(
+                (pos, ts, list(values) if not isinstance(values, list) else values, b""))
+        first_frame = {int(dec.event["key"][i]): int(dec.offsets[i]) for i in idx[::-1].tolist()}
+        for kid, lst in parts.items():
+            key = self._key_id(kid, first_frame[kid])
+            pos, ts, values, prefix = _merge_parts(lst)
             try:
                 self.state.apply_sensor_batch(key, ts, values, pos, prefix)
             except (ImmutableKeyError, InvalidTimestampError, ValueError) as exc:
                 raise ReplayError(f"samples of {key!r} are invalid here: {exc}",
-                                  int(dec.offsets[i0])) from None
+                                  first_frame[kid]) from None
+
+    def _key_id(self, kid: int, offset: int) -> bytes:
+        key = self.tables.keys.get(kid)
+        if key is None:
+            raise ReplayError(f"undefined key id {kid}", offset)
+        return key
+
+
+def _merge_parts(parts: list[tuple[np.ndarray, np.ndarray, Any, bytes]]
+                 ) -> tuple[np.ndarray, np.ndarray, Any, bytes]:
+    """One (positions, timestamps, values, prefix) batch, in position order."""
+    if len(parts) == 1:
+        return parts[0]
+    pos = np.concatenate([p[0] for p in parts])
+    ts = np.concatenate([p[1] for p in parts])
+    order = np.argsort(pos, kind="stable")
+    fixed = all(isinstance(p[2], np.ndarray) for p in parts)
+    if fixed and len({(p[3], p[2].dtype.itemsize) for p in parts}) == 1:
+        values: Any = np.concatenate([p[2] for p in parts])[order]
+        return pos[order], ts[order], values, parts[0][3]
+    flat: list[bytes] = []
+    for _, _, vals, prefix in parts:
+        if isinstance(vals, np.ndarray):
+            raw = vals.tobytes()
+            w = vals.dtype.itemsize
+            flat.extend(prefix + raw[j:j + w] for j in range(0, len(raw), w))
+        else:
+            flat.extend(vals)
+    return pos[order], ts[order], [flat[j] for j in order.tolist()], b""
 
 
 _GATHER_CHUNK = 1 << 15

@@ -50,6 +50,7 @@ __all__ = [
     "IMMUTABLE",
     "INDEXED",
     "Commit",
+    "CommitBatch",
     "Immutable",
     "Indexed",
     "State",
@@ -66,6 +67,8 @@ EVENT_NAMES = {IMMUTABLE: "set", ADD: "add", INDEXED: "set_indexed", DELETE: "de
 
 #: commit(kind, position, key, sub_key, value, timestamp)
 Commit = Callable[[int, int, bytes, bytes, bytes, float], None]
+#: commit_batch(first position, key, timestamps, values): samples at consecutive positions
+CommitBatch = Callable[[int, bytes, np.ndarray, list[bytes]], None]
 
 
 class Immutable:
@@ -159,6 +162,54 @@ class State:
             raise _type_error(key, entry, "mutable")
         self.position = pos
         return True
+
+    def add_mutable_batch(self, key: bytes, values: Sequence[bytes], ts: np.ndarray,
+                          commit: CommitBatch | None = None) -> int:
+        """Add many samples to one key; returns how many were new (one event each).
+
+        Samples already stored, and repeats within the batch, are dropped;
+        the new ones get consecutive positions in the order given.
+        """
+        ts = np.asarray(ts, np.float64)
+        if len(ts) != len(values):
+            raise ValueError("values and timestamps differ in length")
+        if len(ts) == 0:
+            return 0
+        if not bool(np.all((ts >= 0.0) & (ts < _INF))):
+            bad = float(ts[~((ts >= 0.0) & (ts < _INF))][0])
+            check_timestamp(bad)  # raises the right error
+        ts = ts + 0.0
+        entry = self._keys.get(key)
+        if entry is not None and type(entry) is not SensorColumn:
+            raise _type_error(key, entry, "mutable")
+        increasing = len(ts) == 1 or bool(np.all(ts[1:] > ts[:-1]))
+        if increasing and (entry is None or ts[0] > entry.last_ts):
+            new_vals = list(values)
+            new_ts = ts
+        else:
+            seen: set[tuple[float, bytes]] = set()
+            keep = []
+            for i, (t, v) in enumerate(zip(ts.tolist(), values)):
+                if (t, v) in seen or (entry is not None and entry.contains(t, v)):
+                    continue
+                seen.add((t, v))
+                keep.append(i)
+            new_vals = [values[i] for i in keep]
+            new_ts = ts[keep]
+        k = len(new_vals)
+        if k == 0:
+            return 0
+        first = self.position + 1
+        if commit is not None:
+            commit(first, key, new_ts, new_vals)
+        pos = np.arange(first, first + k, dtype=np.int64)
+        if entry is None:
+            entry = self._keys[key] = SensorColumn(first, new_vals[0], capacity=k)
+        if not entry.extend_sorted(new_ts, new_vals, pos):
+            for t, v, p in zip(new_ts.tolist(), new_vals, pos.tolist()):
+                entry.add(t, v, p)
+        self.position = first + k - 1
+        return k
 
     def set_indexed(self, key: bytes, sub_key: bytes, value: bytes,
                     commit: Commit | None = None) -> bytes | None:

@@ -30,6 +30,7 @@ import struct
 import threading
 import time
 import zlib
+from typing import Any
 
 import msgpack
 
@@ -198,21 +199,7 @@ class LogWriter:
         if kind != fmt.CLEAR and kid not in self._seg_keys:
             pieces.append(fmt.encode_meta(fmt.KEY, kid, key))
         pieces.append(frame)
-        crc = self._crc
-        out = []
-        for piece in pieces:
-            c = zlib.crc32(piece, crc)
-            cb = _U32.pack(c)
-            crc = zlib.crc32(cb, c)
-            out.append(piece)
-            out.append(cb)
-        saved_crc = self._crc
-        self._crc = crc
-        try:
-            self._append(b"".join(out))
-        except BaseException:
-            self._crc = saved_crc
-            raise
+        self._append_pieces(pieces)
         self._seg_events += 1
         self._seg_session = True
         self._last_rec = rec
@@ -227,6 +214,86 @@ class LogWriter:
         if (pos - 1) % tables.TIME_STRIDE == 0 or not tables.time_pos:
             tables.time_pos.append(pos)
             tables.time_rec.append(rec)
+
+    MAX_BATCH_BODY = 4 << 20
+
+    def new_session(self, session: dict[str, object]) -> int:
+        """Record later events under a new session (e.g. another source label)."""
+        self.session_id = max(max(self._tables.sessions, default=-1), self.session_id) + 1
+        self._session_payload = msgpack.packb(session, use_bin_type=True)
+        self._seg_session = False
+        return self.session_id
+
+    def commit_batch(self, first: int, key: bytes, ts: Any, values: list[bytes]) -> None:
+        """State batch hook: samples of `key` at positions first, first + 1, ...
+
+        Written as ADD_BATCH frames of at most MAX_BATCH_BODY bytes (or half
+        a segment), each framed and checksummed like any other frame.
+        """
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
+        limit = max(1, min(self.MAX_BATCH_BODY, self._segment_bytes // 2))
+        i = 0
+        n = len(values)
+        while i < n:
+            size = 0
+            j = i
+            while j < n and (j == i or size + len(values[j]) + 12 <= limit):
+                size += len(values[j]) + 12
+                j += 1
+            self._commit_batch_frame(first + i, key, ts[i:j], values[i:j])
+            i = j
+
+    def _commit_batch_frame(self, pos: int, key: bytes, ts: Any, values: list[bytes]) -> None:
+        rec = _time()
+        if rec < self._last_rec:
+            rec = self._last_rec
+        tables = self._tables
+        kid = tables.key_ids.get(key)
+        new_key = kid is None
+        if kid is None:
+            kid = max(tables.keys, default=-1) + 1
+        frame = fmt.encode_batch(pos, rec, self.session_id, kid, ts, values)
+        size = len(frame) + 4 + 16 + len(key) + 16 + len(self._session_payload)
+        if self.offset + size > self._segment_bytes and self._seg_events:
+            self._rotate(pos)
+        pieces = []
+        if not self._seg_session:
+            pieces.append(fmt.encode_meta(fmt.SESSION, self.session_id, self._session_payload))
+        if kid not in self._seg_keys:
+            pieces.append(fmt.encode_meta(fmt.KEY, kid, key))
+        pieces.append(frame)
+        self._append_pieces(pieces)
+        self._seg_events += len(values)
+        self._seg_session = True
+        self._last_rec = rec
+        self.position = pos + len(values) - 1
+        self._seg_keys.add(kid)
+        if new_key:
+            tables.keys[kid] = key
+            tables.key_ids[key] = kid
+        if self.session_id not in tables.sessions:
+            tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
+        tables.time_pos.append(pos)
+        tables.time_rec.append(rec)
+
+    def _append_pieces(self, pieces: list[bytes]) -> None:
+        """Chain-checksum and append frames (restoring the CRC state on failure)."""
+        crc = self._crc
+        out = []
+        for piece in pieces:
+            c = zlib.crc32(piece, crc)
+            cb = _U32.pack(c)
+            crc = zlib.crc32(cb, c)
+            out.append(piece)
+            out.append(cb)
+        saved = self._crc
+        self._crc = crc
+        try:
+            self._append(b"".join(out))
+        except BaseException:
+            self._crc = saved
+            raise
 
     def _append(self, data: bytes) -> None:
         """Buffer or write `data` (the caller holds the lock)."""

@@ -196,6 +196,7 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("add"), keys, values, times),
     st.tuples(st.just("add"), keys, values, times),
     st.tuples(st.just("idx"), keys, values, values),
+    st.tuples(st.just("many"), keys, st.lists(st.tuples(values, times), max_size=8)),
     st.tuples(st.just("delete"), keys),
     st.tuples(st.just("clear")),
     st.tuples(st.just("range"), keys, times, times, st.booleans(), st.booleans()),
@@ -206,6 +207,9 @@ _CALLS: dict[str, Callable[[Any, tuple[Any, ...]], Any]] = {
     "set": lambda m, o: m.set_immutable(o[1], o[2]),
     "add": lambda m, o: m.add_mutable(o[1], o[2], o[3]),
     "idx": lambda m, o: m.set_indexed(o[1], o[2][1:] or b"k", o[3]),
+    "many": lambda m, o: (m.add_mutable_many(o[1], [v for v, _ in o[2]], [t for _, t in o[2]])
+                          if hasattr(m, "add_mutable_many")
+                          else sum(m.add_mutable(o[1], v, t) for v, t in o[2])),
     "delete": lambda m, o: m.delete(o[1]),
     "clear": lambda m, o: m.clear(),
     "range": lambda m, o: m.get_range(o[1], o[2], o[3], o[4], o[5]),
@@ -226,7 +230,7 @@ def apply_ops(b: Any, model: Model, seq: list[tuple[Any, ...]]) -> None:
                 fn(b, op)
         else:
             got = fn(b, op)
-            if name in ("set", "idx", "range"):
+            if name in ("set", "idx", "range", "many"):
                 assert got == want, op
 
 

@@ -10,6 +10,7 @@ cannot slip through in either direction.  Regenerate deliberately with
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import struct
@@ -58,6 +59,10 @@ def make_golden(path: Path) -> None:
             b.add_mutable(b"status", encode_value(3), 2000.0)
             b.clear()
             b.set_immutable(b"obs_name", encode_value("after clear"))
+            b.add_mutable_many(b"m002_pos_elev", [encode_value(45.0 + i) for i in range(5)],
+                               [3000.0 + i for i in range(5)])
+            b.add_mutable_many(b"m002_mode", [encode_value(m) for m in ("stow", "point")],
+                               [3000.0, 3001.0])
 
 
 def events_of(path: Path) -> list[tuple[Any, ...]]:
@@ -81,6 +86,10 @@ def events_of(path: Path) -> list[tuple[Any, ...]]:
                     extra = (bytes(mv[s:e]), float(dec.ts[i]) if kind == fmt.ADD else None)
                 elif kind == fmt.INDEXED:
                     extra = fmt.indexed_fields(mv, off, length)
+                elif kind == fmt.ADD_BATCH:
+                    fields = fmt.batch_fields(mv, off, length)
+                    assert fields is not None
+                    extra = (fields[0].tolist(), fields[2])
                 out.append((kind, int(ev["pos"]), float(ev["rec"]), int(ev["sess"]),
                             int(ev["key"]), *extra))
             else:
@@ -90,8 +99,11 @@ def events_of(path: Path) -> list[tuple[Any, ...]]:
 
 def test_golden_log_reads_back() -> None:
     with LogBackend(GOLDEN, readonly=True, follow=False, use_checkpoints=False) as b:
-        assert b.position == 91
-        assert b.keys(b"*") == [b"obs_name"]
+        assert b.position == 98
+        assert sorted(b.keys(b"*")) == [b"m002_mode", b"m002_pos_elev", b"obs_name"]
+        assert b.get_range(b"m002_pos_elev", 0.0, math.inf, False, False) == \
+            [(encode_value(45.0 + i), 3000.0 + i) for i in range(5)]
+        assert b.get(b"m002_mode") == (encode_value("point"), 3001.0)
         assert b.get(b"obs_name") == (encode_value("after clear"), None)
         # History: the deleted and cleared keys are in the graveyard.
         assert sorted(b._state.graveyard) == [b"cal_gains", b"m001_activity", b"m001_pos_azim",
@@ -102,10 +114,10 @@ def test_golden_log_reads_back() -> None:
     kinds = [e[0] for e in events]
     assert kinds.count(fmt.SESSION) == len(list_segments(OsFileSystem(), str(GOLDEN))) >= 2
     positions = [e[1] for e in events if e[0] in fmt.EVENT_KINDS]
-    assert positions == list(range(1, 92))
+    assert positions == [*range(1, 93), 97]  # the two ADD_BATCH frames start at 92 and 97
     recorded = [e[2] for e in events if e[0] in fmt.EVENT_KINDS]
-    assert recorded == [1_700_000_000.0 + 0.25 * i for i in range(91)]
-    assert events[-1][0] == fmt.IMMUTABLE and events[-1][-2] == encode_value("after clear")
+    assert recorded == [1_700_000_000.0 + 0.25 * i for i in range(93)]
+    assert [e[0] for e in events if e[0] in fmt.EVENT_KINDS][-2:] == [fmt.ADD_BATCH] * 2
     assert [e[:2] for e in events if e[0] == fmt.CLEAR] == [(fmt.CLEAR, 90)]
     assert [e[1] for e in events if e[0] == fmt.DELETE] == [88]
 

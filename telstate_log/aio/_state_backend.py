@@ -16,7 +16,7 @@ the shared sync backend directly; the data is the same object, which is what
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any, BinaryIO, Generic, TypeVar
 
 import anyio.to_thread
@@ -81,6 +81,14 @@ class AsyncStateBackend(Backend, Generic[_S]):
         pos = self._sync._w_add_mutable(key, value, timestamp)
         if pos:
             await self._sync._after_write_async(pos)
+
+    async def add_mutable_many(self, key: bytes, values: Sequence[bytes],
+                               timestamps: Any) -> int:
+        """Add many samples to one key (see the sync method); returns how many were new."""
+        added, pos = self._sync._w_add_mutable_many(key, values, timestamps)
+        if pos:
+            await self._sync._after_write_async(pos)
+        return added
 
     async def set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> bytes | None:
         old, pos = self._sync._w_set_indexed(key, sub_key, value)

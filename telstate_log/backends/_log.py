@@ -213,6 +213,7 @@ class LogBackend(StateBackend):
                                       interval=fsync_interval if self.fsync == "interval"
                                       else None)
         self._commit = writer.commit
+        self._commit_batch = writer.commit_batch
 
     # ------------------------------------------------------------- writes
     def _after_write(self, position: int) -> None:
@@ -247,6 +248,15 @@ class LogBackend(StateBackend):
         if self._durability is None:
             return self.position
         return self._durability.sync()
+
+    def set_source(self, source: str | None) -> None:
+        """Record the following writes under a new session with this source label."""
+        with self._lock:
+            if not self._writable:
+                self._check_writable()
+            assert self._writer is not None
+            self.source = source
+            self._writer.new_session(session_info(source))
 
     @property
     def durable_position(self) -> int:

@@ -20,13 +20,13 @@ mutable structures, so they stay valid after the lock is released.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Sequence
 from typing import Any, BinaryIO
 
 from .._errors import ReadOnlyError
 from .._notify import Hub, ThreadSubscription
 from .._sensor import SensorRange
-from .._state import Commit, State
+from .._state import Commit, CommitBatch, State
 from .._types import (
     ImmutableKeyUpdate,
     IndexedKeyUpdate,
@@ -43,6 +43,7 @@ class StateBackend(Backend):
     """A :class:`Backend` serving reads and writes from an in-memory State."""
 
     _commit: Commit | None = None
+    _commit_batch: CommitBatch | None = None
     _readonly = False
     #: False once writes must be refused (read-only, closed); checked first
     _writable = True
@@ -170,6 +171,30 @@ class StateBackend(Backend):
                 return 0
             self._hub.publish_all(KeyUpdateBase())
             return self._state.position
+
+    def _w_add_mutable_many(self, key: bytes, values: Sequence[bytes],
+                            timestamps: Any) -> tuple[int, int]:
+        with self._lock:
+            if not self._writable:
+                self._check_writable()
+            state = self._state
+            added = state.add_mutable_batch(key, values, timestamps, self._commit_batch)
+            if not added:
+                return 0, 0
+            self._hub.publish(key, KeyUpdateBase)
+            return added, state.position
+
+    def add_mutable_many(self, key: bytes, values: Sequence[bytes], timestamps: Any) -> int:
+        """Add many samples to one mutable key at once; returns how many were new.
+
+        The same as calling :meth:`add_mutable` for each pair (duplicates are
+        dropped), but recorded and applied in bulk: the log writes one
+        ADD_BATCH frame per few MiB instead of a frame per sample.
+        """
+        added, pos = self._w_add_mutable_many(key, values, timestamps)
+        if pos:
+            self._after_write(pos)
+        return added
 
     async def _after_write_async(self, position: int) -> None:
         """Async counterpart of :meth:`_after_write` (must not block the loop)."""
