@@ -109,6 +109,30 @@ class StateBackend(Backend):
                 return None
             return dump_entry(entry)
 
+    def snapshot_items(self, pattern: bytes = b"*") -> list[tuple[bytes, KeyType, Any]]:
+        """A consistent snapshot of the keys matching `pattern`, for export.
+
+        Each item is ``(key, type, value)``: an encoded value (immutable), a
+        dict of encoded sub-key -> value (indexed) or a
+        :class:`~telstate_log._sensor.SensorRange` of every sample (mutable).
+        Taken under the lock in O(number of keys); the sample columns are
+        views that later writes do not disturb, so the caller can stream
+        them out without holding the lock.
+        """
+        out: list[tuple[bytes, KeyType, Any]] = []
+        with self._lock:
+            state = self._state
+            for key in sorted(state.keys(pattern)):
+                kind = state.key_type(key)
+                assert kind is not None
+                if kind == KeyType.MUTABLE:
+                    col = state.sensor(key)
+                    assert col is not None
+                    out.append((key, kind, SensorRange(col, 0, len(col))))
+                else:
+                    out.append((key, kind, state.get(key)[0]))
+        return out
+
     @property
     def position(self) -> int:
         """Position of the last event applied."""
