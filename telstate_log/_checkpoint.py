@@ -125,6 +125,9 @@ def snapshot_state(state: State, tables: Tables) -> dict[str, Any]:
         "last_recorded": tables.last_recorded,
         "time_pos": np.array(tables.time_pos, np.int64),
         "time_rec": np.array(tables.time_rec, np.float64),
+        "time_seg": np.array(tables.time_seg, np.int64),
+        "time_off": np.array(tables.time_off, np.int64),
+        "history_from": state.history_from,
     }
 
 
@@ -166,6 +169,9 @@ def write_checkpoint(path: str, snap: dict[str, Any], resume: Resume, log_id: by
             "last_recorded": snap["last_recorded"],
             "time_pos": w.blob(snap["time_pos"]),
             "time_rec": w.blob(snap["time_rec"]),
+            "time_seg": w.blob(snap["time_seg"]),
+            "time_off": w.blob(snap["time_off"]),
+            "history_from": snap["history_from"],
         }
         packed = msgpack.packb(manifest, use_bin_type=True)
         moff = w.offset
@@ -281,6 +287,12 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
             tables.last_recorded = float(man["last_recorded"])
             tables.time_pos = _array(mm, HEAD_SIZE, man["time_pos"]).tolist()
             tables.time_rec = _array(mm, HEAD_SIZE, man["time_rec"]).tolist()
+            tables.time_seg = _array(mm, HEAD_SIZE, man["time_seg"]).tolist()
+            tables.time_off = _array(mm, HEAD_SIZE, man["time_off"]).tolist()
+            if not (len(tables.time_pos) == len(tables.time_rec) == len(tables.time_seg)
+                    == len(tables.time_off)):
+                raise CheckpointError("time index columns differ in length")
+            state.history_from = int(man["history_from"])
             seg, off, crc = man["resume"]
             resume = Resume(int(seg), int(off), int(crc))
         except CheckpointError:

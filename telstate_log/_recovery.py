@@ -147,7 +147,7 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
                                seg_path, dropped, end, scan.problem)
                 _truncate(fs, seg_path, end)
         try:
-            replayer.apply(mv, scan)
+            replayer.apply(mv, scan, segment=first)
         except ReplayError as exc:
             raise LogCorruptError(exc.reason, seg_path, exc.offset) from None
         tail = Tail(first, end if scan.problem is None else scan.end, scan.crc, tail.log_id,

@@ -57,18 +57,36 @@ class Tables:
     #: TIME_STRIDE events and at run ends
     time_pos: list[int] = field(default_factory=list)
     time_rec: list[float] = field(default_factory=list)
+    #: where those events' frames are: segment (first position) and byte offset
+    time_seg: list[int] = field(default_factory=list)
+    time_off: list[int] = field(default_factory=list)
 
     TIME_STRIDE = 1024
 
-    def note_times(self, pos: np.ndarray, rec: np.ndarray, last: int | None = None) -> None:
-        """Sample (first position, recorded) of event frames into the sparse index."""
+    def note_times(self, pos: np.ndarray, rec: np.ndarray, offsets: np.ndarray,
+                   segment: int, counts: np.ndarray | None = None) -> None:
+        """Sample event frames into the sparse index (every TIME_STRIDE-th position,
+        every ADD_BATCH frame, and the first event)."""
         if len(pos):
             pick = (pos - 1) % self.TIME_STRIDE == 0
+            if counts is not None:
+                pick |= counts > 1
             if not self.time_pos:
                 pick[0] = True
             self.time_pos.extend(pos[pick].tolist())
             self.time_rec.extend(rec[pick].tolist())
+            self.time_off.extend(offsets[pick].tolist())
+            self.time_seg.extend([segment] * int(pick.sum()))
             self.last_recorded = float(rec[-1])
+
+    def locate(self, position: int) -> tuple[int, int, int] | None:
+        """(segment, offset, position) of an indexed event at or before `position`."""
+        import bisect
+
+        i = bisect.bisect_right(self.time_pos, position) - 1
+        if i < 0:
+            return None
+        return self.time_seg[i], self.time_off[i], self.time_pos[i]
 
 
 class Replayer:
@@ -108,8 +126,13 @@ class Replayer:
             t.sessions[ident] = meta
 
     # ------------------------------------------------------------ events
-    def apply(self, buf: memoryview, scan: fmt.Scan) -> fmt.Decoded:
-        """Apply every frame of `scan`; returns the decoded frames."""
+    def apply(self, buf: memoryview, scan: fmt.Scan, segment: int = 0,
+              base: int = 0) -> fmt.Decoded:
+        """Apply every frame of `scan`; returns the decoded frames.
+
+        `segment` (first position of the segment) and `base` (file offset of
+        ``buf[0]``) place the frames in the log for the time index.
+        """
         dec = fmt.decode_frames(buf, scan)
         kinds = dec.kinds
         n = len(kinds)
@@ -151,8 +174,8 @@ class Replayer:
                 self._single(buf, dec, b, in_sequence=True)
             start = b + 1
         if len(pos):
-            last = int(pos[-1] + counts[-1] - 1)
-            self.tables.note_times(pos, dec.event["rec"][ev_idx], last)
+            self.tables.note_times(pos, dec.event["rec"][ev_idx], dec.offsets[ev_idx] + base,
+                                   segment, counts)
         return dec
 
     def _key(self, dec: fmt.Decoded, i: int) -> bytes:

@@ -63,6 +63,7 @@ class SensorColumn:
         "_pend",
         "_pend_set",
         "_pos",
+        "_pos_monotonic",
         "_pos_base",
         "_prefix",
         "_ts",
@@ -80,6 +81,7 @@ class SensorColumn:
         self._ts = np.empty(self._cap, np.float64)
         self._pos = np.empty(self._cap, np.uint32)
         self._pos_base = created
+        self._pos_monotonic = True  # positions increase along the sorted order
         self.last_ts = -np.inf
         self._last_val = b""
         self._pend: list[tuple[float, bytes, int]] = []
@@ -316,6 +318,7 @@ class SensorColumn:
             self._list = out
         self._ts = new_ts
         self._pos = new_pos
+        self._pos_monotonic = False
         self._n = self._cap = len(new_ts)
 
     def settle(self) -> None:
@@ -424,8 +427,43 @@ class SensorColumn:
             snap["list"] = self._list[:n]
         return snap
 
+    def upto(self, position: int) -> SensorColumn | None:
+        """A read-only column of the samples added at or before `position`.
+
+        Built from views of the immutable column prefix (in-order columns:
+        no copy) or, if out-of-order samples made positions non-monotonic, a
+        filtered copy.  None if no sample is that old.  Later writes to this
+        column do not affect the result.
+        """
+        self.settle()
+        n = self._n
+        rel = position - self._pos_base
+        if rel < 0 or n == 0:
+            return None
+        pos = self._pos[:n]
+        if self._pos_monotonic:
+            cut = int(np.searchsorted(pos, rel, "right"))
+            sel: Any = slice(0, cut)
+            count = cut
+        else:
+            sel = np.nonzero(pos <= rel)[0]
+            count = len(sel)
+        if count == 0:
+            return None
+        snap: dict[str, Any] = {"created": self.created, "pos_base": self._pos_base,
+                                "ts": self._ts[:n][sel], "pos": pos[sel],
+                                "monotonic": isinstance(sel, slice)}
+        if self._vals is not None:
+            snap["prefix"] = self._prefix
+            snap["vals"] = self._vals[:n][sel]
+        else:
+            assert self._list is not None
+            lst = self._list
+            snap["list"] = lst[:count] if isinstance(sel, slice) else [lst[i] for i in sel.tolist()]
+        return SensorColumn.from_snapshot(snap, intern=False)
+
     @classmethod
-    def from_snapshot(cls, snap: dict[str, Any]) -> SensorColumn:
+    def from_snapshot(cls, snap: dict[str, Any], intern: bool = True) -> SensorColumn:
         """Rebuild a column from :meth:`snapshot` output (arrays are adopted)."""
         col = cls.__new__(cls)
         col.created = int(snap["created"])
@@ -435,6 +473,8 @@ class SensorColumn:
         col._ts = ts
         col._pos = np.asarray(snap["pos"])
         col._pos_base = int(snap["pos_base"])
+        col._pos_monotonic = bool(snap.get("monotonic", False)) or bool(
+            n < 2 or np.all(col._pos[1:] >= col._pos[:-1]))
         col._pend = []
         col._pend_set = set()
         if "vals" in snap:
@@ -446,12 +486,15 @@ class SensorColumn:
             col._vals = None
             col._prefix = b""
             col._vlen = -1
-            intern: dict[bytes, bytes] = {}
-            lst = []
-            for v in snap["list"]:
-                lst.append(intern.setdefault(v, v) if len(intern) < _INTERN_LIMIT else v)
+            table: dict[bytes, bytes] = {}
+            if intern:
+                lst = []
+                for v in snap["list"]:
+                    lst.append(table.setdefault(v, v) if len(table) < _INTERN_LIMIT else v)
+            else:
+                lst = list(snap["list"])
             col._list = lst
-            col._intern = intern
+            col._intern = table
         if n:
             col.last_ts = float(ts[-1])
             col._last_val = col.value_at(n - 1)

@@ -122,6 +122,8 @@ class State:
         self._keys: dict[bytes, Entry] = {}
         #: key -> [(entry, position of the delete/clear event)], oldest first
         self.graveyard: dict[bytes, list[tuple[Entry, int]]] = {}
+        #: history before this position was pruned (time travel refuses it)
+        self.history_from = 0
 
     # ------------------------------------------------------------ write path
     def set_immutable(self, key: bytes, value: bytes, commit: Commit | None = None) -> bytes | None:

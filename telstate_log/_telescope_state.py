@@ -19,7 +19,10 @@ import numpy as np
 
 from ._encoding import ENCODING_DEFAULT, ENCODING_MSGPACK, encode_value
 from ._errors import CancelledError, TimeoutError
+from ._asof import Changes
 from ._frontend import (
+    _NO_SUB_KEY,
+    HistoryEvent,
     Key,
     TelescopeStateBase,
     as_key_update,
@@ -226,6 +229,36 @@ class TelescopeState(TelescopeStateBase[Backend]):
     def load_from_file(self, file: PathType | BinaryIO) -> int:
         """Load keys from a Redis RDB file into the backend; returns the key count."""
         return int(self._backend.load_from_file(file))
+
+    # ----------------------------------------------------- time travel, audit
+    def as_of(self, position: int | None = None, time: float | None = None) -> TelescopeState:
+        """A read-only view of the state after event `position`, or as of wall-clock `time`.
+
+        The view is a TelescopeState with the same prefixes and read API;
+        ``view.position`` is the event it resolved to (a time is only an
+        approximation of a position), writes raise ReadOnlyError, and keys
+        deleted or cleared later appear as they were.  Needs a LogBackend.
+        """
+        return self._run(self._plan_as_of(position, time))  # type: ignore[no-any-return]
+
+    def history(self, key: Key, sub_key: Any = _NO_SUB_KEY) -> list[HistoryEvent]:
+        """Every event that changed `key` (or just its sub-key `sub_key`), oldest first.
+
+        Each :class:`HistoryEvent` gives the position, recorded time, source
+        label, kind, sub-key, decoded value and sample timestamp.
+        """
+        return self._run(self._plan_history(key, sub_key))  # type: ignore[no-any-return]
+
+    def audit(self, since: int | None = None, until: int | None = None, *,
+              since_time: float | None = None,
+              until_time: float | None = None) -> list[HistoryEvent]:
+        """Every event (all keys) between two positions or wall-clock times, inclusive."""
+        return self._run(self._plan_audit(since, until, since_time,  # type: ignore[no-any-return]
+                                          until_time))
+
+    def changes(self, since: int, until: int | None = None) -> Changes:
+        """What changed between positions `since` and `until` (default: now)."""
+        return self._run(self._plan_changes(since, until))  # type: ignore[no-any-return]
 
     # ----------------------------------------------------------------- waiting
     def wait_key(self, key: Key, condition: Callable[[Any, float | None], bool] | None = None,

@@ -160,14 +160,13 @@ class LogWriter:
                 buf = self._buf
                 buf += frame
                 buf += cb
+                if (pos - 1) & 1023 == 0:
+                    self._note_time(pos, rec, self.offset)
                 self.bytes_appended += end - self.offset
                 self.offset = end
-                self._last_rec = rec
+                self._last_rec = self._tables.last_recorded = rec
                 self.position = pos
                 self._seg_events += 1
-                if (pos - 1) & 1023 == 0:
-                    self._tables.time_pos.append(pos)
-                    self._tables.time_rec.append(rec)
                 if not self._dirty:
                     self._dirty = True
                     with self._kick:
@@ -199,6 +198,7 @@ class LogWriter:
         if kind != fmt.CLEAR and kid not in self._seg_keys:
             pieces.append(fmt.encode_meta(fmt.KEY, kid, key))
         pieces.append(frame)
+        frame_offset = self.offset + sum(len(p) + 4 for p in pieces[:-1])
         self._append_pieces(pieces)
         self._seg_events += 1
         self._seg_session = True
@@ -212,8 +212,8 @@ class LogWriter:
         if self.session_id not in tables.sessions:
             tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
         if (pos - 1) % tables.TIME_STRIDE == 0 or not tables.time_pos:
-            tables.time_pos.append(pos)
-            tables.time_rec.append(rec)
+            self._note_time(pos, rec, frame_offset)
+        tables.last_recorded = rec
 
     MAX_BATCH_BODY = 4 << 20
 
@@ -263,6 +263,7 @@ class LogWriter:
         if kid not in self._seg_keys:
             pieces.append(fmt.encode_meta(fmt.KEY, kid, key))
         pieces.append(frame)
+        frame_offset = self.offset + sum(len(p) + 4 for p in pieces[:-1])
         self._append_pieces(pieces)
         self._seg_events += len(values)
         self._seg_session = True
@@ -274,8 +275,7 @@ class LogWriter:
             tables.key_ids[key] = kid
         if self.session_id not in tables.sessions:
             tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
-        tables.time_pos.append(pos)
-        tables.time_rec.append(rec)
+        self._note_time(pos, rec, frame_offset)
 
     def _append_pieces(self, pieces: list[bytes]) -> None:
         """Chain-checksum and append frames (restoring the CRC state on failure)."""
@@ -294,6 +294,15 @@ class LogWriter:
         except BaseException:
             self._crc = saved
             raise
+
+    def _note_time(self, pos: int, rec: float, offset: int) -> None:
+        """Add an entry to the sparse position/time/offset index."""
+        t = self._tables
+        t.time_pos.append(pos)
+        t.time_rec.append(rec)
+        t.time_seg.append(self.segment_first)
+        t.time_off.append(offset)
+        t.last_recorded = rec
 
     def _append(self, data: bytes) -> None:
         """Buffer or write `data` (the caller holds the lock)."""

@@ -21,6 +21,8 @@ from typing import Any, BinaryIO, Generic, TypeVar
 
 import anyio.to_thread
 
+from .._asof import Changes
+from .._history import Event
 from .._notify import TaskSubscription
 from .._sensor import SensorRange
 from .._types import KeyType, KeyUpdateBase
@@ -108,6 +110,31 @@ class AsyncStateBackend(Backend, Generic[_S]):
 
     async def load_from_file(self, file: PathType | BinaryIO) -> int:
         return await anyio.to_thread.run_sync(self._sync.load_from_file, file)
+
+    # ------------------------------------------------------ time travel, audit
+    async def as_of(self, position: int | None = None,
+                    time: float | None = None) -> AsyncStateBackend[Any]:
+        """Read-only view of the state after event `position` (or wall-clock `time`)."""
+        view = await anyio.to_thread.run_sync(self._sync.as_of, position, time)
+        return AsyncStateBackend(view)
+
+    async def resolve_time(self, when: float) -> int:
+        return await anyio.to_thread.run_sync(self._sync.resolve_time, when)
+
+    async def history(self, key: bytes, sub_key: bytes | None = None) -> list[Event]:
+        return await anyio.to_thread.run_sync(self._sync.history, key, sub_key)
+
+    async def events(self, since: int = 1, until: int | None = None) -> list[Event]:
+        return await anyio.to_thread.run_sync(self._sync.events, since, until)
+
+    async def changes(self, since: int, until: int) -> Changes:
+        return self._sync.changes(since, until)
+
+    async def session_info(self, session: int) -> dict[str, Any]:
+        return self._sync.session_info(session)
+
+    async def snapshot_items(self, pattern: bytes = b"*") -> list[tuple[bytes, KeyType, Any]]:
+        return self._sync.snapshot_items(pattern)
 
     @property
     def position(self) -> int:

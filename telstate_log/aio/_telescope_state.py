@@ -15,7 +15,17 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 
 from .._encoding import ENCODING_DEFAULT, ENCODING_MSGPACK, encode_value
-from .._frontend import Key, Plan, TelescopeStateBase, as_key_update, display_str, ensure_binary
+from .._asof import Changes
+from .._frontend import (
+    _NO_SUB_KEY,
+    HistoryEvent,
+    Key,
+    Plan,
+    TelescopeStateBase,
+    as_key_update,
+    display_str,
+    ensure_binary,
+)
 from .._types import KeyType
 from ..backends._base import PathType
 from ._backend import Backend
@@ -135,6 +145,26 @@ class TelescopeState(TelescopeStateBase[Backend]):
     async def load_from_file(self, file: PathType | BinaryIO) -> int:
         """Load keys from a Redis RDB file into the backend; returns the key count."""
         return int(await self._backend.load_from_file(file))
+
+    # ----------------------------------------------------- time travel, audit
+    async def as_of(self, position: int | None = None,
+                    time: float | None = None) -> TelescopeState:
+        """A read-only view of the state after event `position` or at wall-clock `time`."""
+        return await self._run(self._plan_as_of(position, time))  # type: ignore[no-any-return]
+
+    async def history(self, key: Key, sub_key: Any = _NO_SUB_KEY) -> list[HistoryEvent]:
+        """Every event that changed `key` (or its sub-key `sub_key`), oldest first."""
+        return await self._run(self._plan_history(key, sub_key))
+
+    async def audit(self, since: int | None = None, until: int | None = None, *,
+                    since_time: float | None = None,
+                    until_time: float | None = None) -> list[HistoryEvent]:
+        """Every event (all keys) between two positions or wall-clock times, inclusive."""
+        return await self._run(self._plan_audit(since, until, since_time, until_time))
+
+    async def changes(self, since: int, until: int | None = None) -> Changes:
+        """What changed between positions `since` and `until` (default: now)."""
+        return await self._run(self._plan_changes(since, until))
 
     # ----------------------------------------------------------------- waiting
     async def wait_key(self, key: Key,

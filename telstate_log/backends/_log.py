@@ -52,13 +52,14 @@ from .._checkpoint import (
     write_checkpoint,
 )
 from .._durability import Durability
-from .._errors import LogCorruptError, LogError
+from .._errors import HistoryUnavailableError, LogCorruptError, LogError
 from .._fileio import FileSystem, OsFileSystem
 from .._follower import Follower
+from .._history import Event, EventReader
 from .._lockfile import acquire_lock, release_lock
 from .._recovery import Resume, Tail, classify_tail, replay_segments
 from .._replayer import Replayer, ReplayError, Tables
-from .._state import State
+from .._state import Indexed, State
 from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
 from .._writer import LogWriter, create_segment, session_info
 from ._state_backend import StateBackend
@@ -306,6 +307,54 @@ class LogBackend(StateBackend):
                                              daemon=True)
         self._ckpt_thread.start()
 
+    # ------------------------------------------------------ history (audit)
+    def _reader(self) -> EventReader:
+        writer = self._writer
+        return EventReader(self._fs, self.path, self._tables, lock=self._lock,
+                           flush=writer.flush if writer is not None else None)
+
+    def _check_history(self, since: int) -> None:
+        if since < self._state.history_from:
+            raise HistoryUnavailableError(f"history before position "
+                                          f"{self._state.history_from} was pruned")
+
+    def resolve_time(self, when: float) -> int:
+        return self._reader().position_at_time(float(when), self.position)
+
+    def history(self, key: bytes, sub_key: bytes | None = None) -> list[Event]:
+        with self._lock:
+            kid = self._tables.key_ids.get(key)
+            state = self._state
+            live = state.entry(key)
+            buried = state.graveyard.get(key, [])
+            if kid is None or (live is None and not buried):
+                return []
+            start = min([e.created for e, _ in buried] + ([live.created] if live else []))
+            removals = {d for e, d in buried
+                        if sub_key is None or (type(e) is Indexed and sub_key in e.values)}
+            end = state.position
+        self._check_history(start)
+
+        def want(kind: int, key_id: int, pos: int) -> bool:
+            if kind == fmt.CLEAR or kind == fmt.DELETE:
+                return pos in removals
+            if key_id != kid:
+                return False
+            return sub_key is None or kind == fmt.INDEXED
+
+        events = self._reader().events(start, end, want)
+        return [e for e in events if sub_key is None or e.sub_key in (None, sub_key)]
+
+    def events(self, since: int = 1, until: int | None = None) -> list[Event]:
+        since = max(1, since)
+        self._check_history(since)
+        until = self.position if until is None else until
+        return list(self._reader().events(since, until))
+
+    def session_info(self, session: int) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._tables.sessions.get(session, {}))
+
     # ----------------------------------------------------------- following
     def _follow_step(self) -> bool:
         """Apply whatever the writer appended since the last step."""
@@ -355,7 +404,8 @@ class LogBackend(StateBackend):
                         base: int) -> None:
         with self._lock:
             try:
-                dec = Replayer(self._state, self._tables).apply(mv, scan)
+                dec = Replayer(self._state, self._tables).apply(
+                    mv, scan, segment=self._tail.segment_first or 0, base=base)
             except ReplayError as exc:
                 raise LogCorruptError(exc.reason, seg_path, base + exc.offset) from None
             if self._hub.active:

@@ -23,7 +23,9 @@ import threading
 from collections.abc import Generator, Iterable, Sequence
 from typing import Any, BinaryIO
 
-from .._errors import ReadOnlyError
+from .._asof import AsOfState, Changes, changes_between
+from .._errors import HistoryUnavailableError, ReadOnlyError
+from .._history import Event
 from .._notify import Hub, ThreadSubscription
 from .._sensor import SensorRange
 from .._state import Commit, CommitBatch, State
@@ -48,9 +50,10 @@ class StateBackend(Backend):
     #: False once writes must be refused (read-only, closed); checked first
     _writable = True
 
-    def __init__(self, state: State | None = None) -> None:
+    def __init__(self, state: State | None = None,
+                 lock: threading.RLock | None = None) -> None:
         self._state = state if state is not None else State()
-        self._lock = threading.RLock()
+        self._lock = lock if lock is not None else threading.RLock()
         self._hub = Hub()
 
     # ----------------------------------------------------------- subclass hooks
@@ -132,6 +135,50 @@ class StateBackend(Backend):
                 else:
                     out.append((key, kind, state.get(key)[0]))
         return out
+
+    # ---------------------------------------------------------- time travel
+    def as_of(self, position: int | None = None, time: float | None = None) -> StateBackend:
+        """A read-only backend showing the state after event `position`.
+
+        Or after the last event recorded at or before wall-clock `time`.  The
+        view reports the position it resolved to (``.position``), so a query
+        can be repeated exactly.  Raises HistoryUnavailableError where no
+        history is kept (the memory backend) or it was pruned.
+        """
+        from ._asof_backend import AsOfBackend
+
+        if (position is None) == (time is None):
+            raise ValueError("give exactly one of position and time")
+        if time is not None:
+            position = self.resolve_time(time)
+        assert position is not None
+        with self._lock:
+            view = AsOfState(self._state, int(position))
+        return AsOfBackend(view, self._lock, self)
+
+    def resolve_time(self, when: float) -> int:
+        """Position of the last event recorded at or before wall-clock `when`."""
+        raise HistoryUnavailableError(f"{type(self).__name__} records no event times: "
+                                      "use a LogBackend for time travel")
+
+    def history(self, key: bytes, sub_key: bytes | None = None) -> list[Event]:
+        """The events that changed `key` (or its sub-key `sub_key`), in order."""
+        raise HistoryUnavailableError(f"{type(self).__name__} keeps no history: "
+                                      "use a LogBackend for audit queries")
+
+    def events(self, since: int = 1, until: int | None = None) -> list[Event]:
+        """Every event with a position in ``[since, until]`` (the audit trail)."""
+        raise HistoryUnavailableError(f"{type(self).__name__} keeps no history: "
+                                      "use a LogBackend for audit queries")
+
+    def changes(self, since: int, until: int) -> Changes:
+        """Summary of what changed between positions `since` and `until`."""
+        with self._lock:
+            return changes_between(self._state, since, until)
+
+    def session_info(self, session: int) -> dict[str, Any]:
+        """Who wrote events of `session` (source label, host, pid, user, start)."""
+        return {}
 
     @property
     def position(self) -> int:

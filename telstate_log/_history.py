@@ -1,0 +1,217 @@
+"""Reading events back from the segments: history, audit trails, time lookups.
+
+Theory of operation
+-------------------
+The materialised state answers "what is the value"; the segments answer
+"what happened, when, and who did it".  :class:`EventReader` walks the
+frames of the log from any position: the sparse index kept in the log's
+tables maps every 1024th position (and every batch frame) to its segment and
+byte offset, so a walk starts at most 1023 events before the position asked
+for.  Frames are read in growing windows, verified with their chained CRCs
+as they are read, and decoded in bulk; ADD_BATCH frames are expanded into
+their individual events.
+
+The I/O happens here, at the edge; what the events mean (which ones changed
+a key) is decided by the caller from the state.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _format as fmt
+from ._errors import HistoryUnavailableError, LogCorruptError
+from ._fileio import FileSystem
+from ._replayer import Tables
+
+__all__ = ["KIND_NAMES", "Event", "EventReader"]
+
+KIND_NAMES = {fmt.IMMUTABLE: "set", fmt.ADD: "add", fmt.ADD_BATCH: "add",
+              fmt.INDEXED: "set_indexed", fmt.DELETE: "delete", fmt.CLEAR: "clear"}
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as recorded in the log (values still encoded)."""
+
+    position: int
+    recorded: float  # wall-clock time the store learned it (system time)
+    session: int
+    kind: str  # "set", "add", "set_indexed", "delete" or "clear"
+    key: bytes | None  # None for clear
+    sub_key: bytes | None  # encoded sub-key (set_indexed)
+    value: bytes | None  # encoded value (set, add, set_indexed)
+    timestamp: float | None  # sample timestamp (add): valid time
+
+
+class EventReader:
+    """Walks the frames of a log directory from a position (see module docstring)."""
+
+    WINDOW = 256 << 10
+
+    def __init__(self, fs: FileSystem, path: str, tables: Tables,
+                 lock: Any = None, flush: Callable[[], None] | None = None) -> None:
+        self._fs = fs
+        self._path = path
+        self._tables = tables
+        self._lock = lock
+        self._flush = flush
+
+    def _start(self, position: int) -> tuple[int, int]:
+        if self._flush is not None:
+            self._flush()  # buffered events must be in the files before we read them
+        if self._lock is not None:
+            with self._lock:
+                where = self._tables.locate(position)
+        else:
+            where = self._tables.locate(position)
+        if where is None:
+            return 1, fmt.HEADER_SIZE
+        return where[0], where[1]
+
+    def _segment_path(self, first: int) -> str:
+        return os.path.join(self._path, fmt.segment_name(first))
+
+    def frames(self, start: int) -> Iterator[tuple[memoryview, fmt.Decoded, int]]:
+        """Yield (buffer, decoded frames, index) for every frame from event `start` on.
+
+        Stops at the end of the log, or before a frame the writer has not
+        finished writing; damage raises :exc:`LogCorruptError`.
+        """
+        seg, off = self._start(start)
+        while True:
+            path = self._segment_path(seg)
+            if not self._fs.exists(path):
+                return
+            size = self._fs.size(path)
+            next_first: int | None = None
+            while off < size:
+                window = self.WINDOW
+                while True:  # grow the window until it holds a whole frame
+                    data = self._fs.read(path, off - 4, window + 4)
+                    mv = memoryview(data)
+                    running = _crc_after(data[:4], _U32.unpack_from(data, 0)[0])
+                    scan = fmt.scan_frames(mv, 4, len(data), running)
+                    at_end = off - 4 + len(data) >= size
+                    if len(scan.offsets) or at_end:
+                        break
+                    window *= 4
+                if not len(scan.offsets):
+                    if scan.problem == "incomplete frame":
+                        return  # the writer has not finished this frame yet
+                    raise LogCorruptError(scan.problem or "no frames", path,
+                                          off - 4 + scan.problem_offset)
+                dec = fmt.decode_frames(mv, scan)
+                for i in range(len(dec.kinds)):
+                    yield mv, dec, i
+                    if int(dec.kinds[i]) in fmt.EVENT_KINDS:
+                        next_first = int(dec.event["pos"][i]) + int(dec.counts[i])
+                off += scan.end - 4
+            if next_first is None:
+                from ._recovery import list_segments
+
+                later = [f for f, _ in list_segments(self._fs, self._path) if f > seg]
+                if not later:
+                    return
+                next_first = later[0]
+            seg, off = next_first, fmt.HEADER_SIZE
+
+    def events(self, start: int = 1, stop: int | None = None,
+               want: Callable[[int, int, int], bool] | None = None) -> Iterator[Event]:
+        """Events with positions in ``[start, stop]`` (all after `start` if stop is None).
+
+        `want(kind, key_id, position)` filters cheaply before anything is
+        decoded.  Raises :exc:`HistoryUnavailableError` if the segment holding
+        `start` was pruned.
+        """
+        keys = self._tables.keys
+        first_seen = False
+        for mv, dec, i in self.frames(start):
+            kind = int(dec.kinds[i])
+            if kind not in fmt.EVENT_KINDS:
+                continue
+            ev = dec.event[i]
+            pos = int(ev["pos"])
+            count = int(dec.counts[i])
+            if not first_seen:
+                first_seen = True
+                if pos > start and pos + count - 1 > start and start > 1:
+                    raise HistoryUnavailableError(f"events before position {pos} are not in "
+                                                  "the log (pruned)")
+            if pos + count - 1 < start:
+                continue
+            if stop is not None and pos > stop:
+                return
+            kid = int(ev["key"])
+            if want is not None and not want(kind, kid, pos):
+                continue
+            key = None if kind == fmt.CLEAR else keys.get(kid)
+            rec, sess = float(ev["rec"]), int(ev["sess"])
+            off, length = int(dec.offsets[i]), int(dec.lengths[i])
+            name = KIND_NAMES[kind]
+            if kind == fmt.ADD_BATCH:
+                fields = fmt.batch_fields(mv, off, length)
+                if fields is None:
+                    raise LogCorruptError("malformed ADD_BATCH body", self._path, off)
+                ts, values, width = fields
+                if width:
+                    raw = np.asarray(values).tobytes()
+                    vals = [raw[j:j + width] for j in range(0, len(raw), width)]
+                else:
+                    vals = list(values)
+                for j, (t, v) in enumerate(zip(ts.tolist(), vals)):
+                    p = pos + j
+                    if p < start:
+                        continue
+                    if stop is not None and p > stop:
+                        return
+                    yield Event(p, rec, sess, name, key, None, v, t)
+                continue
+            sub = value = None
+            t: float | None = None
+            if kind in (fmt.IMMUTABLE, fmt.ADD):
+                s, e = fmt.value_span(kind, off, length)
+                value = bytes(mv[s:e])
+                if kind == fmt.ADD:
+                    t = float(dec.ts[i])
+            elif kind == fmt.INDEXED:
+                fields2 = fmt.indexed_fields(mv, off, length)
+                if fields2 is None:
+                    raise LogCorruptError("malformed SET_INDEXED body", self._path, off)
+                sub, value = fields2
+            yield Event(pos, rec, sess, name, key, sub, value, t)
+
+    def position_at_time(self, when: float, end: int) -> int:
+        """Position of the last event recorded at or before wall-clock `when`."""
+        import bisect
+
+        t = self._tables
+        if self._lock is not None:
+            with self._lock:
+                i = bisect.bisect_right(t.time_rec, when) - 1
+                start = t.time_pos[i] if i >= 0 else 0
+        else:
+            i = bisect.bisect_right(t.time_rec, when) - 1
+            start = t.time_pos[i] if i >= 0 else 0
+        if start == 0:
+            return 0
+        best = start - 1
+        for ev in self.events(start, end):
+            if ev.recorded > when:
+                break
+            best = ev.position
+        return best
+
+
+def _crc_after(crc_bytes: bytes, crc: int) -> int:
+    """Running CRC after a frame whose stored CRC is `crc` (see the format)."""
+    import zlib
+
+    return zlib.crc32(crc_bytes, crc)
