@@ -36,6 +36,7 @@ from ._fileio import OsFileSystem
 from ._lockfile import acquire_lock, release_lock
 from ._recovery import list_segments, replay_segments
 from ._replayer import Replayer, Tables
+from ._seal import SealFileError, read_seals, verify_seals, write_seals
 from ._state import State
 
 __all__ = ["RepairReport", "VerifyReport", "repair_log", "verify_log"]
@@ -53,6 +54,12 @@ class VerifyReport:
     checkpoints_ok: int = 0
     problems: list[dict[str, Any]] = field(default_factory=list)
     torn_tail: dict[str, Any] | None = None
+    #: latest seal (hex) recomputed from the segments; None if nothing is sealed
+    head: str | None = None
+    sealed_segments: int = 0
+    unsealed_segments: list[str] = field(default_factory=list)
+    #: every recomputed seal in order (to look up an auditor's saved head)
+    seal_chain: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -94,6 +101,20 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
         report.ok = False
         report.problems.append({"file": exc.path, "offset": exc.offset, "problem": exc.message})
     report.events = state.position
+    if segments:
+        header = fmt.parse_header(fs.read(os.path.join(path, segments[0][1]), 0,
+                                          fmt.HEADER_SIZE))
+        if not isinstance(header, str):
+            seals = verify_seals(path, header.log_id, segments, fs)
+            report.head = seals["head"]
+            report.sealed_segments = seals["sealed"]
+            report.unsealed_segments = seals["unsealed"]
+            report.seal_chain = seals["chain"]
+            if not seals["ok"]:
+                report.ok = False
+                for p in seals["problems"]:
+                    report.problems.append({"file": p["file"], "offset": None,
+                                            "problem": p["problem"]})
     for pos, cp in sorted(checkpoints.items()):
         try:
             cp_state, _, _ = load_checkpoint(cp.path, None)
@@ -273,8 +294,27 @@ def repair_log(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repair
                 fs.close(fd)
         for src, dst in plan:
             shutil.move(src, os.path.join(aside, dst))
+        _drop_seals(path, fs, keep=set(keep_whole[:-1] if truncate_at is None
+                                       else keep_whole), aside=aside)
         fs.sync_dir(aside)
         fs.sync_dir(path)
         return report
     finally:
         release_lock(lock_fd)
+
+
+def _drop_seals(path: str, fs: OsFileSystem, keep: set[str], aside: str) -> None:
+    """Keep only the seals of segments that survived a repair untouched."""
+    try:
+        seals = read_seals(path, fs)
+    except SealFileError:
+        shutil.move(os.path.join(path, "seals"), os.path.join(aside, "seals"))
+        return
+    kept = []
+    for s in seals:
+        if os.path.join(path, s.segment) not in keep:
+            break
+        kept.append(s)
+    if len(kept) != len(seals):
+        shutil.copy(os.path.join(path, "seals"), os.path.join(aside, "seals"))
+        write_seals(path, kept, fs)

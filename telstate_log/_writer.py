@@ -390,12 +390,24 @@ class LogWriter:
                 raise LogFailedError(f"could not start a new segment: {exc}") from exc
             fs.close(self._fd)
             self._fd = fd
+        old_first = self.segment_first
         self.segment_first = next_first
         self.offset = self._flushed = size
         self._crc = crc
         self._seg_keys = set()
         self._seg_session = False
         self._seg_events = 0
+        if self.rotated is not None:
+            self.rotated(old_first, next_first)
+
+    def rotate_now(self) -> bool:
+        """Finish the current segment now (if it holds any event); returns whether it did."""
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
+        if not self._seg_events:
+            return False
+        self._rotate(self.position + 1)
+        return True
 
     def sync(self) -> None:
         """Flush, then fdatasync the current segment (earlier ones were synced on rotation)."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import zlib
 from typing import Any
@@ -52,12 +53,13 @@ from .._checkpoint import (
     write_checkpoint,
 )
 from .._durability import Durability
-from .._errors import HistoryUnavailableError, LogCorruptError, LogError
+from .._errors import HistoryUnavailableError, LogCorruptError, LogError, ReadOnlyError
 from .._fileio import FileSystem, OsFileSystem
 from .._follower import Follower
+from .._seal import SealFileError, genesis, read_seals, seal_segment, write_seals
 from .._history import Event, EventReader
 from .._lockfile import acquire_lock, release_lock
-from .._recovery import Resume, Tail, classify_tail, replay_segments
+from .._recovery import Resume, Tail, classify_tail, list_segments, replay_segments
 from .._replayer import Replayer, ReplayError, Tables
 from .._state import Indexed, State
 from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
@@ -181,8 +183,6 @@ class LogBackend(StateBackend):
         return state, tables, tail
 
     def _first_log_id(self) -> bytes | None:
-        from .._recovery import list_segments
-
         segs = list_segments(self._fs, self.path)
         if not segs:
             return None
@@ -215,6 +215,7 @@ class LogBackend(StateBackend):
                                       else None)
         self._commit = writer.commit
         self._commit_batch = writer.commit_batch
+        self._start_sealer()
 
     # ------------------------------------------------------------- writes
     def _after_write(self, position: int) -> None:
@@ -306,6 +307,78 @@ class LogBackend(StateBackend):
         self._ckpt_thread = threading.Thread(target=run, name="telstate-log-checkpoint",
                                              daemon=True)
         self._ckpt_thread.start()
+
+    # ------------------------------------------------------------- sealing
+    def _start_sealer(self) -> None:
+        """Seal finished segments in a background thread (see telstate_log._seal)."""
+        assert self._writer is not None and self.log_id is not None
+        try:
+            self._seals = read_seals(self.path, self._fs)
+        except SealFileError as exc:
+            logger.error("not sealing segments: %s", exc)
+            self._seals = None
+            return
+        self._seal_jobs: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        self._seal_error: BaseException | None = None
+        segments = list_segments(self._fs, self.path)
+        sealed = {s.segment for s in self._seals}
+        for (first, name), (nxt, _) in zip(segments, segments[1:]):
+            if name not in sealed and (not self._seals or first > self._seals[-1].first):
+                self._seal_jobs.put((first, nxt))
+        self._writer.rotated = lambda old, new: self._seal_jobs.put((old, new))
+        self._sealer = threading.Thread(target=self._run_sealer, name="telstate-log-seal",
+                                        daemon=True)
+        self._sealer.start()
+
+    def _run_sealer(self) -> None:
+        assert self.log_id is not None and self._seals is not None
+        while True:
+            job = self._seal_jobs.get()
+            try:
+                if job is None:
+                    return
+                first, nxt = job
+                prev = bytes.fromhex(self._seals[-1].seal) if self._seals else \
+                    genesis(self.log_id)
+                new = seal_segment(self._fs, self.path, fmt.segment_name(first), first,
+                                   nxt - 1, prev)
+                self._seals.append(new)
+                write_seals(self.path, self._seals, self._fs)
+            except Exception as exc:  # reported by seal() and verify; writing goes on
+                self._seal_error = exc
+                logger.error("sealing segment failed: %s", exc)
+            finally:
+                self._seal_jobs.task_done()
+
+    def seal(self) -> str | None:
+        """Finish and seal the current segment; returns the head hash (hex).
+
+        Call it at the end of an observation and keep the hash: a later
+        ``verify`` that reproduces it proves nothing before it changed.
+        """
+        if self._writer is None:
+            raise ReadOnlyError("a read-only backend cannot seal")
+        if self._seals is None:
+            raise LogError("sealing is disabled: the seals file is damaged")
+        with self._lock:
+            if not self._writable:
+                self._check_writable()
+            self._writer.rotate_now()
+        self._seal_jobs.join()
+        if self._seal_error is not None:
+            raise LogError(f"sealing failed: {self._seal_error}")
+        return self.head_hash
+
+    @property
+    def head_hash(self) -> str | None:
+        """The latest seal (hex), or None if no segment is sealed yet."""
+        seals = getattr(self, "_seals", None)
+        if seals is None and self._writer is None:
+            try:
+                seals = read_seals(self.path, self._fs)
+            except SealFileError:
+                return None
+        return seals[-1].seal if seals else None
 
     # ------------------------------------------------------ history (audit)
     def _reader(self) -> EventReader:
@@ -450,6 +523,9 @@ class LogBackend(StateBackend):
                         self.checkpoint()
                 self._durability.close()
                 self._writer.close()
+                if getattr(self, "_seals", None) is not None:
+                    self._seal_jobs.put(None)
+                    self._sealer.join()
         finally:
             self._release_lock()
 
