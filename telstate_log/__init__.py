@@ -30,11 +30,14 @@ from ._errors import (
     LogError,
     LogFailedError,
     LogLockedError,
+    LogWriteError,
     RdbParseError,
     ReadOnlyError,
     TelstateError,
     TimeoutError,
 )
+from ._asof import Changes
+from ._frontend import HistoryEvent
 from ._telescope_state import TelescopeState
 from ._types import KeyType
 from ._version import __version__
@@ -46,9 +49,11 @@ __all__ = [
     "ENCODING_PICKLE",
     "PICKLE_PROTOCOL",
     "CancelledError",
+    "Changes",
     "ConnectionError",
     "DecodeError",
     "EncodeError",
+    "HistoryEvent",
     "HistoryUnavailableError",
     "ImmutableKeyError",
     "InvalidKeyError",
@@ -58,6 +63,7 @@ __all__ = [
     "LogError",
     "LogFailedError",
     "LogLockedError",
+    "LogWriteError",
     "RdbParseError",
     "ReadOnlyError",
     "TelescopeState",
