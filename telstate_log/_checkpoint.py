@@ -5,6 +5,8 @@ Theory of operation
 Reopening a large log replays only the events after the newest valid
 checkpoint.  A checkpoint file ``checkpoints/<position>.ckpt`` is::
 
+    body: array blobs (8-byte aligned), then the msgpack manifest
+    trailer (the last 80 bytes):
     0   8   magic b"TSLOGCKP"
     8   1   format version (1)
     9   7   reserved (0)
@@ -15,8 +17,10 @@ checkpoint.  A checkpoint file ``checkpoints/<position>.ckpt`` is::
     56  8   manifest length (u64)
     64  8   body length (u64)
     72  4   CRC-32 of the body
-    76  4   CRC-32 of bytes 0..76
-    80  ... body: array blobs (8-byte aligned), then the msgpack manifest
+    76  4   CRC-32 of trailer bytes 0..76
+
+(a trailer rather than a header, so the file is written strictly
+sequentially through the log's file interface).
 
 The manifest lists every key (type, creation position, values; sensors as
 references to blobs: timestamps, position offsets, values), the graveyard
@@ -40,11 +44,12 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgpack
 import numpy as np
 
+from ._fileio import FileSystem, OsFileSystem, write_all
 from ._recovery import Resume
 from ._replayer import Tables
 from ._sensor import SensorColumn
@@ -86,16 +91,34 @@ def list_checkpoints(path: str) -> list[CheckpointInfo]:
 
 # ------------------------------------------------------------------ writing
 class _BlobWriter:
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
+    """Streams the body through the file interface, buffering small writes."""
+
+    def __init__(self, fs: FileSystem, fd: int) -> None:
+        self.fs = fs
+        self.fd = fd
         self.offset = 0
         self.crc = 0
+        self._buf: list[bytes] = []
+        self._buffered = 0
 
     def write(self, data: Any) -> None:
         mv = memoryview(data).cast("B")
-        self.f.write(mv)
         self.crc = zlib.crc32(mv, self.crc)
         self.offset += len(mv)
+        if len(mv) >= 1 << 16:
+            self.flush()
+            write_all(self.fs, self.fd, mv)
+            return
+        self._buf.append(bytes(mv))
+        self._buffered += len(mv)
+        if self._buffered >= 1 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            write_all(self.fs, self.fd, b"".join(self._buf))
+            self._buf = []
+            self._buffered = 0
 
     def blob(self, arr: np.ndarray) -> list[Any]:
         pad = -self.offset % 8
@@ -149,15 +172,18 @@ def _entry_manifest(w: _BlobWriter, e: Any) -> list[Any]:
 
 
 def write_checkpoint(path: str, snap: dict[str, Any], resume: Resume, log_id: bytes,
-                     sync: bool = True) -> str:
+                     sync: bool = True, fs: FileSystem | None = None) -> str:
     """Write a checkpoint of `snap` crash-safely; returns its path."""
+    fs = fs or OsFileSystem()
     cdir = os.path.join(path, CHECKPOINT_DIR)
-    os.makedirs(cdir, exist_ok=True)
+    fs.makedirs(cdir)
     final = os.path.join(cdir, checkpoint_name(snap["position"]))
     tmp = final + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(b"\0" * HEAD_SIZE)
-        w = _BlobWriter(f)
+    if fs.exists(tmp):
+        fs.remove(tmp)
+    fd = fs.create(tmp)
+    try:
+        w = _BlobWriter(fs, fd)
         manifest = {
             "position": snap["position"],
             "resume": [resume.segment_first, resume.offset, resume.crc],
@@ -176,20 +202,17 @@ def write_checkpoint(path: str, snap: dict[str, Any], resume: Resume, log_id: by
         packed = msgpack.packb(manifest, use_bin_type=True)
         moff = w.offset
         w.write(packed)
-        head = _HEAD.pack(MAGIC, VERSION, snap["position"], log_id, time.time(), moff,
-                          len(packed), w.offset, w.crc)
-        f.seek(0)
-        f.write(head + struct.pack("<I", zlib.crc32(head)))
-        f.flush()
+        w.flush()
+        trailer = _HEAD.pack(MAGIC, VERSION, snap["position"], log_id, time.time(), moff,
+                             len(packed), w.offset, w.crc)
+        write_all(fs, fd, trailer + struct.pack("<I", zlib.crc32(trailer)))
         if sync:
-            os.fsync(f.fileno())
-    os.replace(tmp, final)
+            fs.sync(fd)
+    finally:
+        fs.close(fd)
+    fs.rename(tmp, final)
     if sync:
-        fd = os.open(cdir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fs.sync_dir(cdir)
     return final
 
 
@@ -201,7 +224,7 @@ class CheckpointError(Exception):
 def _array(mm: Any, base: int, ref: list[Any]) -> np.ndarray:
     offset, nbytes, dtype, count = ref
     dt = np.dtype(dtype)
-    if nbytes != dt.itemsize * count or offset + nbytes > len(mm) - base:
+    if nbytes != dt.itemsize * count or offset + nbytes > len(mm) - HEAD_SIZE - base:
         raise CheckpointError("array reference out of bounds")
     return np.frombuffer(mm, dt, count, base + offset)
 
@@ -253,18 +276,19 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
     try:
         if len(mm) < HEAD_SIZE:
             raise CheckpointError("file too short")
-        head = mm[:_HEAD.size]
-        if zlib.crc32(head) != struct.unpack_from("<I", mm, _HEAD.size)[0]:
-            raise CheckpointError("header checksum mismatch")
+        tail = len(mm) - HEAD_SIZE
+        head = mm[tail:tail + _HEAD.size]
+        if zlib.crc32(head) != struct.unpack_from("<I", mm, tail + _HEAD.size)[0]:
+            raise CheckpointError("trailer checksum mismatch")
         magic, version, position, cp_log_id, _created, moff, mlen, blen, bcrc = \
             _HEAD.unpack(head)
         if magic != MAGIC or version != VERSION:
             raise CheckpointError("not a version-1 checkpoint")
         if log_id is not None and cp_log_id != log_id:
             raise CheckpointError("checkpoint belongs to another log")
-        if HEAD_SIZE + blen != len(mm) or moff + mlen != blen:
+        if blen != tail or moff + mlen != blen:
             raise CheckpointError("length fields do not match the file")
-        body = memoryview(mm)[HEAD_SIZE:]
+        body = memoryview(mm)[:tail]
         if zlib.crc32(body) != bcrc:
             raise CheckpointError("body checksum mismatch")
         try:
@@ -276,19 +300,19 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
             state = State(keep_history=True)
             state.position = position
             for key, m in man["entries"]:
-                state._keys[bytes(key)] = _entry(mm, HEAD_SIZE, m)
+                state._keys[bytes(key)] = _entry(mm, 0, m)
             for key, lst in man["graveyard"]:
-                state.graveyard[bytes(key)] = [(_entry(mm, HEAD_SIZE, m), int(d)) for m, d in lst]
+                state.graveyard[bytes(key)] = [(_entry(mm, 0, m), int(d)) for m, d in lst]
             tables = Tables()
             for kid, key in man["keys"]:
                 tables.keys[int(kid)] = bytes(key)
                 tables.key_ids[bytes(key)] = int(kid)
             tables.sessions = {int(s): dict(meta) for s, meta in man["sessions"]}
             tables.last_recorded = float(man["last_recorded"])
-            tables.time_pos = _array(mm, HEAD_SIZE, man["time_pos"]).tolist()
-            tables.time_rec = _array(mm, HEAD_SIZE, man["time_rec"]).tolist()
-            tables.time_seg = _array(mm, HEAD_SIZE, man["time_seg"]).tolist()
-            tables.time_off = _array(mm, HEAD_SIZE, man["time_off"]).tolist()
+            tables.time_pos = _array(mm, 0, man["time_pos"]).tolist()
+            tables.time_rec = _array(mm, 0, man["time_rec"]).tolist()
+            tables.time_seg = _array(mm, 0, man["time_seg"]).tolist()
+            tables.time_off = _array(mm, 0, man["time_off"]).tolist()
             if not (len(tables.time_pos) == len(tables.time_rec) == len(tables.time_seg)
                     == len(tables.time_off)):
                 raise CheckpointError("time index columns differ in length")

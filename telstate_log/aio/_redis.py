@@ -160,7 +160,17 @@ class _PubSubHub:
         self._close_inboxes("the Redis backend was closed")
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            import sys
+            print("BEFORE CANCEL", task, "waiter:", task._fut_waiter, "loop ok:", task.get_loop() is asyncio.get_running_loop(), file=sys.stderr)
+            c = task.get_coro()
+            while c is not None:
+                f = getattr(c, "cr_frame", None) or getattr(c, "gi_frame", None)
+                if f is not None: print("   ", f.f_code.co_filename, f.f_lineno, f.f_code.co_name, file=sys.stderr)
+                c = getattr(c, "cr_await", None) or getattr(c, "gi_yieldfrom", None)
+                if c is not None and not hasattr(c, "cr_frame") and not hasattr(c, "gi_frame"):
+                    print("    awaiting", repr(c)[:300], file=sys.stderr); break
+            r = task.cancel()
+            print("CANCEL returned", r, task._must_cancel, file=sys.stderr)
             await asyncio.wait((task,))
 
     async def _pump(self) -> None:

@@ -177,6 +177,11 @@ class LogBackend(StateBackend):
                     return state, tables, tail
                 except (CheckpointError, LogCorruptError) as exc:
                     logger.warning("ignoring checkpoint %s: %s", cp.path, exc)
+                    if not self.readonly:  # never try it again; keep it for forensics
+                        try:
+                            self._fs.rename(cp.path, cp.path + ".bad")
+                        except OSError:
+                            pass
         state = State(keep_history=True)
         tables = Tables()
         tail = replay_segments(self._fs, self.path, Replayer(state, tables), mode=mode)
@@ -283,10 +288,11 @@ class LogBackend(StateBackend):
         # Never let a checkpoint get ahead of the durable log.
         self._durability.wait(snap["position"])
         assert self.log_id is not None
-        path = write_checkpoint(self.path, snap, resume, self.log_id)
+        path = write_checkpoint(self.path, snap, resume, self.log_id, fs=self._fs,
+                                sync=self.fsync != "never")
         for old in list_checkpoints(self.path)[KEEP_CHECKPOINTS:]:
             try:
-                os.remove(old.path)
+                self._fs.remove(old.path)
             except OSError:
                 pass
         return path
