@@ -72,8 +72,11 @@ class EventReader:
                 where = self._tables.locate(position)
         else:
             where = self._tables.locate(position)
-        if where is None:
-            return 1, fmt.HEADER_SIZE
+        if where is None:  # before every indexed event: start at the oldest segment
+            from ._recovery import list_segments
+
+            segments = list_segments(self._fs, self._path)
+            return (segments[0][0] if segments else 1), fmt.HEADER_SIZE
         return where[0], where[1]
 
     def _segment_path(self, first: int) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from numpy import isin as np_isin
+from numpy import searchsorted as np_searchsorted
 
 from . import _format as fmt
 from ._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
@@ -36,6 +37,7 @@ from ._fileio import OsFileSystem
 from ._lockfile import acquire_lock, release_lock
 from ._recovery import list_segments, replay_segments
 from ._replayer import Replayer, Tables
+from ._retention import read_pruned
 from ._seal import SealFileError, read_seals, verify_seals, write_seals
 from ._state import State
 
@@ -60,6 +62,10 @@ class VerifyReport:
     unsealed_segments: list[str] = field(default_factory=list)
     #: every recomputed seal in order (to look up an auditor's saved head)
     seal_chain: list[str] = field(default_factory=list)
+    #: the log was pruned before this position (0: never)
+    pruned_before: int = 0
+    #: sealed segments that were pruned (their seals are taken as given)
+    pruned_seals: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -93,10 +99,33 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
     snapshots: dict[int, dict[bytes, Any]] = {}
     state = State(keep_history=True)
     replayer = Replayer(state, Tables())
+    pruned = read_pruned(fs, path)
+    apply_from: tuple[int, int] | None = None  # (segment, offset) where replay starts
+    if segments and segments[0][0] > 1:
+        if pruned < segments[0][0]:
+            report.ok = False
+            report.problems.append({"file": os.path.join(path, segments[0][1]), "offset": None,
+                                    "problem": f"segments before position {segments[0][0]} are "
+                                               "missing and the log was not pruned"})
+        base = _oldest_checkpoint(checkpoints, segments[0][0])
+        if base is None:
+            report.ok = False
+            report.problems.append({"file": path, "offset": None,
+                                    "problem": "the log was pruned and no valid checkpoint "
+                                               "covers the pruned part"})
+            segments = []
+        else:
+            state, tables, resume = base
+            replayer = Replayer(state, tables)
+            apply_from = (resume.segment_first, resume.offset)
+            checkpoints = {p: c for p, c in checkpoints.items() if p >= state.position}
+    report.pruned_before = pruned
+    expected = [segments[0][0] if segments else 1]
     try:
         for first, name in segments:
             seg = os.path.join(path, name)
-            _replay_one(fs, path, seg, first, replayer, checkpoints, snapshots, report)
+            _replay_one(fs, seg, first, replayer, checkpoints, snapshots, report, apply_from,
+                        expected)
     except LogCorruptError as exc:
         report.ok = False
         report.problems.append({"file": exc.path, "offset": exc.offset, "problem": exc.message})
@@ -105,7 +134,8 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
         header = fmt.parse_header(fs.read(os.path.join(path, segments[0][1]), 0,
                                           fmt.HEADER_SIZE))
         if not isinstance(header, str):
-            seals = verify_seals(path, header.log_id, segments, fs)
+            seals = verify_seals(path, header.log_id, segments, fs, pruned_before=pruned)
+            report.pruned_seals = seals["pruned"]
             report.head = seals["head"]
             report.sealed_segments = seals["sealed"]
             report.unsealed_segments = seals["unsealed"]
@@ -134,35 +164,82 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
     return report
 
 
-def _replay_one(fs: OsFileSystem, path: str, seg: str, first: int, replayer: Replayer,
+def _oldest_checkpoint(checkpoints: dict[int, Any], first: int) -> Any:
+    """(state, tables, resume) of the oldest loadable checkpoint at or after `first` - 1."""
+    for pos in sorted(checkpoints):
+        if pos < first - 1:
+            continue
+        try:
+            return load_checkpoint(checkpoints[pos].path, None)
+        except CheckpointError:
+            continue
+    return None
+
+
+def _replay_one(fs: OsFileSystem, seg: str, first: int, replayer: Replayer,
                 checkpoints: dict[int, Any], snapshots: dict[int, dict[bytes, Any]],
-                report: VerifyReport) -> None:
+                report: VerifyReport, apply_from: tuple[int, int] | None,
+                expected: list[int]) -> None:
+    """Check one segment strictly; apply its events from `apply_from` on."""
     data = fs.read(seg)
     header = fmt.parse_header(data)
     if isinstance(header, str):
         raise LogCorruptError(header, seg, 0)
     state = replayer.state
-    if header.first_position != first or first != state.position + 1:
-        raise LogCorruptError(f"segment should start at position {state.position + 1}", seg, 16)
+    if header.first_position != first or first != expected[0]:
+        raise LogCorruptError(f"segment should start at position {expected[0]}", seg, 16)
     mv = memoryview(data)
     scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(data), zlib.crc32(mv[:fmt.HEADER_SIZE]))
     if scan.problem is not None:
         report.torn_tail = {"file": seg, "offset": scan.problem_offset, "problem": scan.problem,
                             "bytes": len(data) - scan.problem_offset}
         raise LogCorruptError(scan.problem, seg, scan.problem_offset)
-    # Apply in runs that end exactly at each checkpoint position, to compare states.
     dec = fmt.decode_frames(mv, scan)
     is_event = np_isin(dec.kinds, list(fmt.EVENT_KINDS))
     positions = dec.event["pos"]
+    if is_event.any():
+        expected[0] = int(positions[is_event][-1]) + int(dec.counts[is_event][-1])
     start = 0
-    for target in sorted(p for p in checkpoints if first <= p):
+    if apply_from is not None:
+        seg_first, offset = apply_from
+        if first < seg_first:
+            _check_structure(replayer, mv, scan, seg)
+            return
+        if first == seg_first:
+            start = int(np_searchsorted(scan.offsets, offset))
+            _check_structure(replayer, mv, _sub_scan(scan, 0, start), seg)
+    # Apply in runs that end exactly at each checkpoint position, to compare states.
+    for target in sorted(p for p in checkpoints if state.position <= p):
         after = (is_event & (positions > target)).nonzero()[0]
         cut = int(after[0]) if len(after) else len(scan.offsets)
+        if cut < start:
+            continue
         _apply(replayer, mv, _sub_scan(scan, start, cut), seg)
         start = cut
         if state.position == target:
             snapshots[target] = _state_fingerprint(state)
     _apply(replayer, mv, _sub_scan(scan, start, len(scan.offsets)), seg)
+
+
+def _check_structure(replayer: Replayer, mv: memoryview, scan: fmt.Scan, seg: str) -> None:
+    """Frames before the replay's starting checkpoint: decode them on a scratch state."""
+    scratch = Replayer(State(keep_history=False), replayer.tables)
+    dec = fmt.decode_frames(mv, scan)
+    is_event = np_isin(dec.kinds, list(fmt.EVENT_KINDS))
+    if is_event.any():
+        scratch.state.position = int(dec.event["pos"][is_event][0]) - 1
+    scratch.tables = Tables(keys=dict(replayer.tables.keys),
+                            key_ids=dict(replayer.tables.key_ids),
+                            sessions=dict(replayer.tables.sessions))
+    try:
+        scratch.apply(mv, scan)
+    except Exception as exc:  # structural problems only: semantic ones need the prefix
+        from ._replayer import ReplayError
+
+        if isinstance(exc, ReplayError) and ("position" in exc.reason
+                                             or "kind" in exc.reason
+                                             or "short" in exc.reason):
+            raise LogCorruptError(exc.reason, seg, exc.offset) from None
 
 
 def _sub_scan(scan: fmt.Scan, a: int, b: int) -> fmt.Scan:

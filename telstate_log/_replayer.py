@@ -66,9 +66,9 @@ class Tables:
     def note_times(self, pos: np.ndarray, rec: np.ndarray, offsets: np.ndarray,
                    segment: int, counts: np.ndarray | None = None) -> None:
         """Sample event frames into the sparse index (every TIME_STRIDE-th position,
-        every ADD_BATCH frame, and the first event)."""
+        the first event of every segment, every ADD_BATCH frame, the first event)."""
         if len(pos):
-            pick = (pos - 1) % self.TIME_STRIDE == 0
+            pick = ((pos - 1) % self.TIME_STRIDE == 0) | (pos == segment)
             if counts is not None:
                 pick |= counts > 1
             if not self.time_pos:

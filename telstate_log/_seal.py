@@ -135,7 +135,7 @@ def write_seals(log_path: str, seals: list[Seal], fs: FileSystem | None = None) 
 
 
 def verify_seals(log_path: str, log_id: bytes, segments: list[tuple[int, str]],
-                 fs: FileSystem | None = None) -> dict[str, Any]:
+                 fs: FileSystem | None = None, pruned_before: int = 0) -> dict[str, Any]:
     """Recompute the chain from the segment files and compare it with ``seals``.
 
     Returns ``{"ok", "head", "sealed", "unsealed", "problems", "chain"}``
@@ -144,7 +144,7 @@ def verify_seals(log_path: str, log_id: bytes, segments: list[tuple[int, str]],
     """
     fs = fs or OsFileSystem()
     result: dict[str, Any] = {"ok": True, "head": None, "sealed": 0, "unsealed": [],
-                              "problems": [], "chain": []}
+                              "problems": [], "chain": [], "pruned": 0}
     try:
         seals = read_seals(log_path, fs)
     except SealFileError as exc:
@@ -157,6 +157,13 @@ def verify_seals(log_path: str, log_id: bytes, segments: list[tuple[int, str]],
     expected_first = segments[0][0] if segments else 1
     for s in seals:
         seg_path = os.path.join(log_path, s.segment)
+        if s.segment not in on_disk and s.last < pruned_before and not result["sealed"]:
+            # Pruned on purpose: its content is gone, so its seal is taken as given.
+            result["pruned"] += 1
+            result["chain"].append(s.seal)
+            prev = bytes.fromhex(s.seal)
+            expected_first = s.last + 1
+            continue
         if s.segment not in on_disk:
             result["ok"] = False
             result["problems"].append({"file": seg_path,

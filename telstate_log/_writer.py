@@ -211,8 +211,8 @@ class LogWriter:
                 tables.key_ids[key] = kid
         if self.session_id not in tables.sessions:
             tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
-        if (pos - 1) % tables.TIME_STRIDE == 0 or not tables.time_pos:
-            self._note_time(pos, rec, frame_offset)
+        if (pos - 1) % tables.TIME_STRIDE == 0 or not tables.time_pos or self._seg_events == 1:
+            self._note_time(pos, rec, frame_offset)  # also the first event of each segment
         tables.last_recorded = rec
 
     MAX_BATCH_BODY = 4 << 20

@@ -158,24 +158,18 @@ class _PubSubHub:
 
     async def aclose(self) -> None:
         self._close_inboxes("the Redis backend was closed")
+        self._changed.set()
         task, self._task = self._task, None
         if task is not None:
-            import sys
-            print("BEFORE CANCEL", task, "waiter:", task._fut_waiter, "loop ok:", task.get_loop() is asyncio.get_running_loop(), file=sys.stderr)
-            c = task.get_coro()
-            while c is not None:
-                f = getattr(c, "cr_frame", None) or getattr(c, "gi_frame", None)
-                if f is not None: print("   ", f.f_code.co_filename, f.f_lineno, f.f_code.co_name, file=sys.stderr)
-                c = getattr(c, "cr_await", None) or getattr(c, "gi_yieldfrom", None)
-                if c is not None and not hasattr(c, "cr_frame") and not hasattr(c, "gi_frame"):
-                    print("    awaiting", repr(c)[:300], file=sys.stderr); break
-            r = task.cancel()
-            print("CANCEL returned", r, task._must_cancel, file=sys.stderr)
+            # The pump also stops by itself once it sees _closed_reason:
+            # before Python 3.12, asyncio.wait_for (used inside redis-py) can
+            # swallow a cancellation that races with its inner future.
+            task.cancel()
             await asyncio.wait((task,))
 
     async def _pump(self) -> None:
         try:
-            while True:
+            while self._closed_reason is None:
                 pubsub = self._client.pubsub()
                 try:
                     await self._serve(pubsub)
@@ -195,7 +189,7 @@ class _PubSubHub:
         """Keep `pubsub` subscribed to the wanted channels and fan out its messages."""
         await pubsub.subscribe(_IDLE_CHANNEL)
         subscribed: set[bytes] = set()
-        while True:
+        while self._closed_reason is None:
             self._changed.clear()
             new = [channel for channel in self._inboxes if channel not in subscribed]
             old = [channel for channel in subscribed if channel not in self._inboxes]

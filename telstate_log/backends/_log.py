@@ -61,6 +61,7 @@ from .._history import Event, EventReader
 from .._lockfile import acquire_lock, release_lock
 from .._recovery import Resume, Tail, classify_tail, list_segments, replay_segments
 from .._replayer import Replayer, ReplayError, Tables
+from .._retention import PruneReport, prune_log, read_pruned
 from .._state import Indexed, State
 from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
 from .._writer import LogWriter, create_segment, session_info
@@ -184,6 +185,10 @@ class LogBackend(StateBackend):
                             pass
         state = State(keep_history=True)
         tables = Tables()
+        pruned = read_pruned(self._fs, self.path)
+        if pruned > 1:
+            raise LogCorruptError(f"the log was pruned before position {pruned} and no valid "
+                                  "checkpoint covers the pruned part", self.path)
         tail = replay_segments(self._fs, self.path, Replayer(state, tables), mode=mode)
         return state, tables, tail
 
@@ -374,6 +379,18 @@ class LogBackend(StateBackend):
         if self._seal_error is not None:
             raise LogError(f"sealing failed: {self._seal_error}")
         return self.head_hash
+
+    def prune(self, before: int | None = None,
+              older_than: float | None = None) -> PruneReport:
+        """Drop finished segments ending before position `before` (or finished
+        more than `older_than` seconds ago), compacting their history into a
+        checkpoint; time travel before the cut then raises HistoryUnavailableError.
+        See :mod:`telstate_log._retention`."""
+        if self._writer is None:
+            raise ReadOnlyError("a read-only backend cannot prune the log")
+        if self._seals is not None:
+            self._seal_jobs.join()  # never delete a segment the sealer is reading
+        return prune_log(self, before, older_than)
 
     @property
     def head_hash(self) -> str | None:

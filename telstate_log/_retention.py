@@ -1,0 +1,143 @@
+"""Retention: drop old segments, compacting the history they held into a checkpoint.
+
+Theory of operation
+-------------------
+A log grows forever unless old segments are dropped.  :func:`prune_log`
+removes whole finished segments that end before a position (or were
+finished longer ago than an age), crash-safely and in this order:
+
+1. in memory, under the backend's lock: the state's ``history_from``
+   becomes P (the first position kept) and graveyard entries deleted before
+   P are dropped -- nothing at or after P needs them;
+2. a checkpoint of the current state (recording ``history_from = P``) is
+   written and synced: from now on the log opens from it;
+3. the file ``pruned`` records P (written crash-safely), so ``verify`` can
+   tell segments pruned on purpose from segments that went missing;
+4. the old segments are removed and the directory synced.
+
+A crash between any two steps leaves a log that opens to the same state:
+before step 2 nothing changed on disk; after it the checkpoint covers the
+segments being removed.  Time travel, history and audit queries reaching
+before P raise :exc:`HistoryUnavailableError` ("history pruned") instead of
+answering wrongly.  The seals of pruned segments stay in ``seals``, so the
+chain still runs from the genesis to the head; their content can no longer
+be re-verified, and ``verify`` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import _format as fmt
+from ._fileio import FileSystem, write_all
+from ._recovery import list_segments
+
+if TYPE_CHECKING:
+    from .backends._log import LogBackend
+
+__all__ = ["PRUNED_FILE", "PruneReport", "prune_log", "read_pruned"]
+
+PRUNED_FILE = "pruned"
+
+
+@dataclass
+class PruneReport:
+    history_from: int = 0
+    removed: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    checkpoint: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def read_pruned(fs: FileSystem, path: str) -> int:
+    """The position before which the log was pruned (0 if never)."""
+    p = os.path.join(path, PRUNED_FILE)
+    if not fs.exists(p):
+        return 0
+    try:
+        return int(fs.read(p).decode("ascii").strip())
+    except ValueError:
+        return 0
+
+
+def _write_pruned(fs: FileSystem, path: str, position: int) -> None:
+    p = os.path.join(path, PRUNED_FILE)
+    tmp = p + ".tmp"
+    if fs.exists(tmp):
+        fs.remove(tmp)
+    fd = fs.create(tmp)
+    try:
+        write_all(fs, fd, f"{position}\n".encode())
+        fs.sync(fd)
+    finally:
+        fs.close(fd)
+    fs.rename(tmp, p)
+    fs.sync_dir(path)
+
+
+def _cut(fs: FileSystem, path: str, before: int | None,
+         older_than: float | None) -> list[tuple[int, str, int]]:
+    """(first, name, next first) of the segments to drop (never the newest)."""
+    segs = list_segments(fs, path)
+    now = time.time()
+    out = []
+    for (first, name), (nxt, nxt_name) in zip(segs, segs[1:]):
+        drop = True
+        if before is not None and nxt - 1 >= before:
+            drop = False
+        if older_than is not None:
+            header = fmt.parse_header(fs.read(os.path.join(path, nxt_name), 0,
+                                              fmt.HEADER_SIZE))
+            finished = header.created if not isinstance(header, str) else now
+            if finished > now - older_than:
+                drop = False
+        if not drop:
+            break
+        out.append((first, name, nxt))
+    return out
+
+
+def prune_log(backend: LogBackend, before: int | None = None,
+              older_than: float | None = None) -> PruneReport:
+    """Drop finished segments ending before `before` / finished more than
+    `older_than` seconds ago (see the module docstring)."""
+    if before is None and older_than is None:
+        raise ValueError("give before (a position) and/or older_than (seconds)")
+    fs = backend._fs
+    path = backend.path
+    report = PruneReport()
+    with backend._lock:
+        drop = _cut(fs, path, before, older_than)
+        if not drop:
+            report.history_from = backend._state.history_from
+            return report
+        cut = drop[-1][2]
+        state = backend._state
+        state.history_from = max(state.history_from, cut)
+        for key in list(state.graveyard):
+            kept = [(e, d) for e, d in state.graveyard[key] if d >= cut]
+            if kept:
+                state.graveyard[key] = kept
+            else:
+                del state.graveyard[key]
+        t = backend._tables
+        keep = [i for i, p in enumerate(t.time_pos) if p >= cut]
+        t.time_pos = [t.time_pos[i] for i in keep]
+        t.time_rec = [t.time_rec[i] for i in keep]
+        t.time_seg = [t.time_seg[i] for i in keep]
+        t.time_off = [t.time_off[i] for i in keep]
+    report.history_from = cut
+    report.checkpoint = backend.checkpoint()
+    _write_pruned(fs, path, cut)
+    for _first, name, _next in drop:
+        seg = os.path.join(path, name)
+        report.bytes_freed += fs.size(seg)
+        fs.remove(seg)
+        report.removed.append(name)
+    fs.sync_dir(path)
+    return report
