@@ -6,6 +6,7 @@ The synchronous API is here; the asynchronous one is :mod:`telstate_log.aio`;
 backends are in :mod:`telstate_log.backends`.
 """
 
+from ._asof import Changes
 from ._encoding import (
     ALLOWED_ENCODINGS,
     ENCODING_DEFAULT,
@@ -36,7 +37,6 @@ from ._errors import (
     TelstateError,
     TimeoutError,
 )
-from ._asof import Changes
 from ._frontend import HistoryEvent
 from ._telescope_state import TelescopeState
 from ._types import KeyType

@@ -138,7 +138,7 @@ class OsFileSystem(FileSystem):
         return os.path.exists(path)
 
 
-def write_all(fs: FileSystem, fd: int, data: bytes) -> None:
+def write_all(fs: FileSystem, fd: int, data: bytes | memoryview) -> None:
     """Write all of `data`, retrying short writes; raises OSError on failure."""
     view: Any = memoryview(data)
     while len(view):

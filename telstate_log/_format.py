@@ -86,9 +86,9 @@ import numpy as np
 
 __all__ = [
     "ADD",
+    "ADD_BATCH",
     "CLEAR",
     "DELETE",
-    "ADD_BATCH",
     "EVENT_KINDS",
     "FORMAT_VERSION",
     "FRAME_MAGIC",

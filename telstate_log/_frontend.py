@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from ._asof import Changes
 from ._encoding import (
     ENCODING_MSGPACK,
     decode_value,
@@ -39,7 +40,6 @@ from ._encoding import (
     encode_value,
     equal_encoded_values,
 )
-from ._asof import Changes
 from ._errors import DecodeError, ImmutableKeyError, InvalidTimestampError
 from ._types import KeyType, KeyUpdate
 

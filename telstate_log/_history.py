@@ -178,18 +178,18 @@ class EventReader:
                     yield Event(p, rec, sess, name, key, None, v, t)
                 continue
             sub = value = None
-            t: float | None = None
+            stamp: float | None = None
             if kind in (fmt.IMMUTABLE, fmt.ADD):
                 s, e = fmt.value_span(kind, off, length)
                 value = bytes(mv[s:e])
                 if kind == fmt.ADD:
-                    t = float(dec.ts[i])
+                    stamp = float(dec.ts[i])
             elif kind == fmt.INDEXED:
                 fields2 = fmt.indexed_fields(mv, off, length)
                 if fields2 is None:
                     raise LogCorruptError("malformed SET_INDEXED body", self._path, off)
                 sub, value = fields2
-            yield Event(pos, rec, sess, name, key, sub, value, t)
+            yield Event(pos, rec, sess, name, key, sub, value, stamp)
 
     def position_at_time(self, when: float, end: int) -> int:
         """Position of the last event recorded at or before wall-clock `when`."""

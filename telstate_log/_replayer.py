@@ -263,6 +263,7 @@ class Replayer:
             pos = np.arange(first, first + len(ts), dtype=np.int64)
             if width >= 2:
                 plen = 2 if width > 2 else 1
+                assert isinstance(values, np.ndarray)
                 mat = np.frombuffer(values, np.uint8).reshape(-1, width)
                 head = mat[:, :plen]
                 if bool((head == head[0]).all()):

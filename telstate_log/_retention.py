@@ -26,6 +26,7 @@ be re-verified, and ``verify`` says so.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ def _cut(fs: FileSystem, path: str, before: int | None,
     segs = list_segments(fs, path)
     now = time.time()
     out = []
-    for (first, name), (nxt, nxt_name) in zip(segs, segs[1:]):
+    for (first, name), (nxt, nxt_name) in itertools.pairwise(segs):
         drop = True
         if before is not None and nxt - 1 >= before:
             drop = False

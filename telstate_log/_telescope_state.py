@@ -17,9 +17,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ._asof import Changes
 from ._encoding import ENCODING_DEFAULT, ENCODING_MSGPACK, encode_value
 from ._errors import CancelledError, TimeoutError
-from ._asof import Changes
 from ._frontend import (
     _NO_SUB_KEY,
     HistoryEvent,

@@ -127,6 +127,8 @@ class LogWriter:
         self._buffered = flush_interval > 0
         #: guards the descriptor against a concurrent fsync while rotating
         self.fd_lock = threading.Lock()
+        #: called (under the owner's lock) as rotated(old first position, new first position)
+        self.rotated: Any = None
         self._flusher: threading.Thread | None = None
         self._kick = threading.Condition(threading.Lock())
         self._dirty = False

@@ -6,6 +6,7 @@ so only the seals can catch them.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from pathlib import Path
@@ -137,7 +138,7 @@ def test_auditor_head_exposes_a_consistent_rewrite(tmp_path: Path) -> None:
     assert not isinstance(log_id, str)
     prev = genesis(log_id.log_id)
     forged = []
-    for (first, name), (nxt, _) in zip(segs, segs[1:]):
+    for (first, name), (nxt, _) in itertools.pairwise(segs):
         s = seal_segment(fs, str(path), name, first, nxt - 1, prev)
         forged.append(s)
         prev = bytes.fromhex(s.seal)

@@ -14,8 +14,8 @@ from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
-from .._encoding import ENCODING_DEFAULT, ENCODING_MSGPACK, encode_value
 from .._asof import Changes
+from .._encoding import ENCODING_DEFAULT, ENCODING_MSGPACK, encode_value
 from .._frontend import (
     _NO_SUB_KEY,
     HistoryEvent,
@@ -150,7 +150,7 @@ class TelescopeState(TelescopeStateBase[Backend]):
     async def as_of(self, position: int | None = None,
                     time: float | None = None) -> TelescopeState:
         """A read-only view of the state after event `position` or at wall-clock `time`."""
-        return await self._run(self._plan_as_of(position, time))  # type: ignore[no-any-return]
+        return await self._run(self._plan_as_of(position, time))
 
     async def history(self, key: Key, sub_key: Any = _NO_SUB_KEY) -> list[HistoryEvent]:
         """Every event that changed `key` (or its sub-key `sub_key`), oldest first."""

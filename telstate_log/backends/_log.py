@@ -37,6 +37,7 @@ indexes stay current and monitors fire on the writer's events.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -56,12 +57,12 @@ from .._durability import Durability
 from .._errors import HistoryUnavailableError, LogCorruptError, LogError, ReadOnlyError
 from .._fileio import FileSystem, OsFileSystem
 from .._follower import Follower
-from .._seal import SealFileError, genesis, read_seals, seal_segment, write_seals
 from .._history import Event, EventReader
 from .._lockfile import acquire_lock, release_lock
 from .._recovery import Resume, Tail, classify_tail, list_segments, replay_segments
 from .._replayer import Replayer, ReplayError, Tables
 from .._retention import PruneReport, prune_log, read_pruned
+from .._seal import Seal, SealFileError, genesis, read_seals, seal_segment, write_seals
 from .._state import Indexed, State
 from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
 from .._writer import LogWriter, create_segment, session_info
@@ -323,6 +324,7 @@ class LogBackend(StateBackend):
     def _start_sealer(self) -> None:
         """Seal finished segments in a background thread (see telstate_log._seal)."""
         assert self._writer is not None and self.log_id is not None
+        self._seals: list[Seal] | None
         try:
             self._seals = read_seals(self.path, self._fs)
         except SealFileError as exc:
@@ -333,7 +335,7 @@ class LogBackend(StateBackend):
         self._seal_error: BaseException | None = None
         segments = list_segments(self._fs, self.path)
         sealed = {s.segment for s in self._seals}
-        for (first, name), (nxt, _) in zip(segments, segments[1:]):
+        for (first, name), (nxt, _) in itertools.pairwise(segments):
             if name not in sealed and (not self._seals or first > self._seals[-1].first):
                 self._seal_jobs.put((first, nxt))
         self._writer.rotated = lambda old, new: self._seal_jobs.put((old, new))
