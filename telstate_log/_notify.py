@@ -37,8 +37,9 @@ QUEUE_LIMIT = 4096
 class _Subscription:
     __slots__ = ("_queue", "keys")
 
-    def __init__(self, keys: Iterable[bytes]) -> None:
-        self.keys = frozenset(keys)
+    def __init__(self, keys: Iterable[bytes] | None) -> None:
+        #: watched keys; None watches every key (a wildcard subscription)
+        self.keys = None if keys is None else frozenset(keys)
         self._queue: deque[KeyUpdateBase] = deque()
 
     def _enqueue(self, update: KeyUpdateBase) -> None:
@@ -57,7 +58,7 @@ class ThreadSubscription(_Subscription):
 
     __slots__ = ("_cv",)
 
-    def __init__(self, keys: Iterable[bytes]) -> None:
+    def __init__(self, keys: Iterable[bytes] | None) -> None:
         super().__init__(keys)
         self._cv = threading.Condition(threading.Lock())
 
@@ -79,7 +80,7 @@ class TaskSubscription(_Subscription):
 
     __slots__ = ("_event", "_thread", "_token")
 
-    def __init__(self, keys: Iterable[bytes]) -> None:
+    def __init__(self, keys: Iterable[bytes] | None) -> None:
         super().__init__(keys)
         # Created inside the subscriber's event loop.
         self._event = anyio.Event()
@@ -116,17 +117,23 @@ class Hub:
         #: watched key -> subscriptions (read without the lock on the hot path)
         self.by_key: dict[bytes, set[_Subscription]] = {}
         self._all: set[_Subscription] = set()
+        #: subscriptions watching every key
+        self.wildcard: set[_Subscription] = set()
 
     def subscribe(self, sub: _Subscription) -> None:
         with self._lock:
             self._all.add(sub)
+            if sub.keys is None:
+                self.wildcard.add(sub)
+                return
             for key in sub.keys:
                 self.by_key.setdefault(key, set()).add(sub)
 
     def unsubscribe(self, sub: _Subscription) -> None:
         with self._lock:
             self._all.discard(sub)
-            for key in sub.keys:
+            self.wildcard.discard(sub)
+            for key in sub.keys or ():
                 subs = self.by_key.get(key)
                 if subs is not None:
                     subs.discard(sub)
@@ -134,7 +141,7 @@ class Hub:
                         del self.by_key[key]
 
     def watched(self, key: bytes) -> bool:
-        return key in self.by_key
+        return key in self.by_key or bool(self.wildcard)
 
     @property
     def active(self) -> bool:
@@ -143,9 +150,9 @@ class Hub:
     def publish(self, key: bytes, make_update: Callable[[], KeyUpdateBase]) -> None:
         """Send ``make_update()`` to the subscribers of `key`, if any."""
         subs = self.by_key.get(key)
-        if subs:
+        if subs or self.wildcard:
             update = make_update()
-            for sub in list(subs):
+            for sub in [*(subs or ()), *self.wildcard]:
                 sub.push(update)
 
     def publish_all(self, update: KeyUpdateBase) -> None:

@@ -209,7 +209,7 @@ class StateBackend(Backend):
             if not state.add_mutable(key, value, timestamp, self._commit):
                 return 0
             hub = self._hub
-            if key in hub.by_key:
+            if key in hub.by_key or hub.wildcard:
                 ts = float(timestamp) + 0.0
                 hub.publish(key, lambda: MutableKeyUpdate(key, value, ts))
             return state.position
@@ -310,6 +310,17 @@ class StateBackend(Backend):
         self._hub.subscribe(sub)
         try:
             # The condition may already hold: tell the caller to check now.
+            timeout = yield KeyUpdateBase()
+            while True:
+                timeout = yield sub.get(timeout)
+        finally:
+            self._hub.unsubscribe(sub)
+
+    def watch_all(self) -> Generator[KeyUpdateBase | None, float | None, None]:
+        """Like :meth:`monitor_keys` for every key (e.g. a projector tailing the state)."""
+        sub = ThreadSubscription(None)
+        self._hub.subscribe(sub)
+        try:
             timeout = yield KeyUpdateBase()
             while True:
                 timeout = yield sub.get(timeout)
