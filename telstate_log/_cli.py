@@ -227,6 +227,15 @@ def state_view(backend: LogBackend, args: argparse.Namespace) -> TelescopeState:
     return ts
 
 
+def first_position(backend: LogBackend) -> int:
+    """The first position still in the log's segments (past 1 once old ones are pruned)."""
+    from ._fileio import OsFileSystem
+    from ._recovery import list_segments
+
+    segments = list_segments(OsFileSystem(), backend.path)
+    return segments[0][0] if segments else 1
+
+
 def iter_events(backend: LogBackend, since: int, until: int,
                 chunk: int = 16384) -> Iterator[Event]:
     """Events ``since..until`` read in chunks, so any range fits in memory."""
@@ -238,8 +247,10 @@ def iter_events(backend: LogBackend, since: int, until: int,
 
 
 # ------------------------------------------------------------------- main
-def _report(message: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+def _report(command: str | None, message: str) -> None:
+    """One line on stderr, in argparse's format: ``telstate-log get: error: ...``."""
+    prog = PROG if command is None else f"{PROG} {command}"
+    sys.stderr.write(f"{prog}: error: {message}\n")
     sys.stderr.flush()
 
 
@@ -263,19 +274,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
+    command = getattr(args, "command", None)
     try:
         return func(args)
     except CliError as exc:
-        _report(str(exc))
+        _report(command, str(exc))
     except LogCorruptError as exc:
-        _report(f"{exc} (see '{PROG} verify' and '{PROG} repair')")
+        _report(command, f"{exc} (see '{PROG} verify' and '{PROG} repair')")
     except TelstateError as exc:
-        _report(str(exc) or type(exc).__name__)
+        _report(command, str(exc) or type(exc).__name__)
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             _silence_stdout()
             return 1
-        _report(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror
+        _report(command, f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror
                 else str(exc))
     except KeyboardInterrupt:
         sys.stderr.write("\n")

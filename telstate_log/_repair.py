@@ -35,7 +35,7 @@ from ._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from ._errors import LogCorruptError, LogError
 from ._fileio import OsFileSystem
 from ._lockfile import acquire_lock, release_lock
-from ._recovery import list_segments, replay_segments
+from ._recovery import classify_tail, list_segments, replay_segments
 from ._replayer import Replayer, Tables
 from ._retention import read_pruned
 from ._seal import SealFileError, read_seals, verify_seals, write_seals
@@ -122,10 +122,10 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
     report.pruned_before = pruned
     expected = [segments[0][0] if segments else 1]
     try:
-        for first, name in segments:
+        for i, (first, name) in enumerate(segments):
             seg = os.path.join(path, name)
             _replay_one(fs, seg, first, replayer, checkpoints, snapshots, report, apply_from,
-                        expected)
+                        expected, newest=i == len(segments) - 1)
     except LogCorruptError as exc:
         report.ok = False
         report.problems.append({"file": exc.path, "offset": exc.offset, "problem": exc.message})
@@ -179,7 +179,7 @@ def _oldest_checkpoint(checkpoints: dict[int, Any], first: int) -> Any:
 def _replay_one(fs: OsFileSystem, seg: str, first: int, replayer: Replayer,
                 checkpoints: dict[int, Any], snapshots: dict[int, dict[bytes, Any]],
                 report: VerifyReport, apply_from: tuple[int, int] | None,
-                expected: list[int]) -> None:
+                expected: list[int], newest: bool = False) -> None:
     """Check one segment strictly; apply its events from `apply_from` on."""
     data = fs.read(seg)
     header = fmt.parse_header(data)
@@ -191,9 +191,12 @@ def _replay_one(fs: OsFileSystem, seg: str, first: int, replayer: Replayer,
     mv = memoryview(data)
     scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(data), zlib.crc32(mv[:fmt.HEADER_SIZE]))
     if scan.problem is not None:
+        if not (newest and classify_tail(data, scan)):
+            raise LogCorruptError(scan.problem, seg, scan.problem_offset)
+        # A torn tail (a crash's leftovers, or a frame the writer is writing
+        # now): the next writer truncates it.  Report it; it is not damage.
         report.torn_tail = {"file": seg, "offset": scan.problem_offset, "problem": scan.problem,
                             "bytes": len(data) - scan.problem_offset}
-        raise LogCorruptError(scan.problem, seg, scan.problem_offset)
     dec = fmt.decode_frames(mv, scan)
     is_event = np_isin(dec.kinds, list(fmt.EVENT_KINDS))
     positions = dec.event["pos"]

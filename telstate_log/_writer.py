@@ -113,7 +113,8 @@ class LogWriter:
         self._sync_on_rotate = sync_on_rotate
         self._seg_keys: set[int] = set()
         self._seg_session = False
-        self._seg_events = 0
+        # events already in the segment we continue (a reopened log)
+        self._seg_events = max(0, position - segment_first + 1)
         self.session_id = max(tables.sessions, default=-1) + 1
         self._session_payload = msgpack.packb(session, use_bin_type=True)
         self._last_rec = tables.last_recorded
@@ -224,6 +225,9 @@ class LogWriter:
         self.session_id = max(max(self._tables.sessions, default=-1), self.session_id) + 1
         self._session_payload = msgpack.packb(session, use_bin_type=True)
         self._seg_session = False
+        # Forget the segment's key definitions so the next commit takes the
+        # general path, which writes the SESSION record before the event.
+        self._seg_keys = set()
         return self.session_id
 
     def commit_batch(self, first: int, key: bytes, ts: Any, values: list[bytes]) -> None:

@@ -327,3 +327,26 @@ def test_disk_full_buffered_fails_writer(tmp_path: Path) -> None:
     b.close()
     with LogBackend(path) as b2:  # reopening recovers the durable prefix
         assert b2.position == 3
+
+
+def test_new_source_is_recorded_before_the_next_sample(tmp_path: Path) -> None:
+    """set_source() between two buffered samples of one key (regression)."""
+    with LogBackend(tmp_path / "log") as b:
+        b.add_mutable(b"k", encode_value(1.0), 1.0)
+        b.set_source("second")
+        b.add_mutable(b"k", encode_value(2.0), 2.0)
+    with LogBackend(tmp_path / "log") as b2:
+        sources = [b2.session_info(e.session)["source"] for e in b2.history(b"k")]
+        assert sources == ["", "second"]
+
+
+def test_seal_after_reopen_covers_the_earlier_writers_events(tmp_path: Path) -> None:
+    """A reopened writer knows its segment already holds events (regression)."""
+    with LogBackend(tmp_path / "log") as b:
+        fill(b, 3)
+    with LogBackend(tmp_path / "log") as b2:
+        head = b2.seal()
+        assert head is not None
+    from telstate_log._seal import read_seals
+
+    assert read_seals(str(tmp_path / "log"))[-1].last == 3

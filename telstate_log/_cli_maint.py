@@ -1,0 +1,279 @@
+"""Subcommands that check and maintain a log: ``verify``, ``repair``, ``checkpoint``, ``seal``.
+
+Theory of operation
+-------------------
+``verify`` runs :func:`~telstate_log._repair.verify_log` -- every checksum,
+every frame, a full replay, every checkpoint against the replayed state,
+and the seal chain recomputed from the segment files -- and prints the file
+and byte offset of any damage.  With ``--head HASH`` it also looks the hash
+up in the recomputed chain: an auditor who kept an earlier head hash learns
+whether everything sealed up to it is byte-for-byte unchanged (see
+:mod:`telstate_log._seal` for what that proves and what it does not).
+
+``repair`` is the salvage path, :func:`~telstate_log._repair.repair_log`:
+it keeps the good prefix and moves the damage into ``damaged-<time>/``
+inside the log, then verifies the result.  ``--dry-run`` reports what it
+would do and changes nothing.
+
+``checkpoint`` and ``seal`` open the log as its writer (so they take the
+writer lock and fail while another writer runs; opening as a writer also
+drops a torn tail left by a crash, as any writer does).  Neither adds an
+event: a checkpoint saves the state so that opening replays less, and a
+seal finishes the current segment and extends the hash chain over it.
+
+Exit status: 0 when the check passed or the operation succeeded, 1 when
+verify found any problem (or the head hash is not in the chain), when
+repair could not produce a log that verifies (or found damage in a dry
+run), or when the log could not be opened for writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from ._cli import CliError, add_json_argument, add_log_argument, command_parser, require_log
+from ._cli_output import emit_json, format_bytes, plural, print_fields
+from ._repair import VerifyReport, repair_log, verify_log
+
+__all__ = ["add_checkpoint_parser", "add_repair_parser", "add_seal_parser",
+           "add_verify_parser"]
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_hash(text: str) -> str:
+    value = text.strip().lower()
+    if not _HASH.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"invalid head hash {text!r}: expected 64 hex digits")
+    return value
+
+
+def _problem_text(problem: dict[str, Any]) -> str:
+    where = str(problem.get("file"))
+    if problem.get("offset") is not None:
+        where += f" at byte {problem['offset']}"
+    return f"{where}: {problem.get('problem')}"
+
+
+# ----------------------------------------------------------------- verify
+def add_verify_parser(subparsers: Any) -> None:
+    p = command_parser(
+        subparsers, "verify", "check every checksum and invariant; print the head hash",
+        "Check every checksum and invariant of a log (read-only): segment headers,\n"
+        "chained CRCs, frames, a full replay, checkpoints and the seal chain.\n"
+        "Prints the file and byte offset of any damage, and the head hash.  Run it\n"
+        "when no writer has the log open, or the frame being written may look torn.",
+        ["telstate-log verify obs/log",
+         "telstate-log verify obs/log --head \"$(cat head-hash.txt)\"",
+         "telstate-log verify obs/log --json | jq .problems"])
+    add_log_argument(p)
+    p.add_argument("--head", metavar="HASH", type=parse_hash,
+                   help="also require this earlier head hash to be in the recomputed seal "
+                        "chain (proves nothing sealed up to it changed)")
+    add_json_argument(p)
+    p.set_defaults(func=run_verify)
+
+
+def _check_head(path: str, report: VerifyReport, wanted: str) -> dict[str, Any]:
+    from ._seal import SealFileError, read_seals
+
+    out: dict[str, Any] = {"hash": wanted, "found": wanted in report.seal_chain,
+                           "index": None, "of": len(report.seal_chain), "segment": None,
+                           "first": None, "last": None}
+    if out["found"]:
+        index = report.seal_chain.index(wanted)
+        out["index"] = index + 1
+        try:
+            seal = read_seals(path)[index]
+        except (SealFileError, IndexError):
+            return out
+        out.update(segment=seal.segment, first=seal.first, last=seal.last)
+    return out
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    path = require_log(args.log)
+    report = verify_log(path)
+    head_check = None if args.head is None else _check_head(path, report, args.head)
+    passed = report.ok and not report.problems and (head_check is None or head_check["found"])
+    if args.json:
+        emit_json({**report.as_dict(), "head_check": head_check, "passed": passed})
+        return 0 if passed else 1
+    fields = [
+        ("log", path),
+        ("segments", f"{plural(report.segments, 'file')}, {format_bytes(report.bytes)}"),
+        ("events", str(report.events)),
+        ("checkpoints", f"{report.checkpoints_ok} verified"),
+        ("seals", f"{plural(report.sealed_segments, 'segment')} sealed"
+                  + (f"; finished but unsealed: {', '.join(report.unsealed_segments)}"
+                     if report.unsealed_segments else "")),
+        ("head hash", report.head or "- (no segment sealed yet: 'telstate-log seal' seals)"),
+    ]
+    if head_check is not None:
+        if head_check["found"]:
+            text = f"{args.head} is in the seal chain: seal {head_check['index']} of " \
+                   f"{head_check['of']}"
+            if head_check["segment"]:
+                text += f" ({head_check['segment']}, positions {head_check['first']}.." \
+                        f"{head_check['last']}): nothing sealed up to it changed"
+        else:
+            text = f"{args.head} is NOT in the recomputed seal chain"
+        fields.append(("head check", text))
+    fields.extend(("problem", _problem_text(p)) for p in report.problems)
+    if passed:
+        verdict = "OK"
+    elif not report.ok or report.problems:
+        verdict = f"DAMAGED: {plural(len(report.problems), 'problem')}; 'telstate-log repair " \
+                  f"{path}' salvages the good prefix"
+    else:
+        verdict = "FAILED: the head hash is not in the seal chain"
+    fields.append(("result", verdict))
+    print_fields(fields)
+    return 0 if passed else 1
+
+
+# ----------------------------------------------------------------- repair
+def add_repair_parser(subparsers: Any) -> None:
+    p = command_parser(
+        subparsers, "repair", "salvage a damaged log: keep the good prefix, move the rest aside",
+        "Salvage a log that opening refuses: keep everything before the first damage\n"
+        "(truncating that segment at its last good frame), move the rest into\n"
+        "damaged-<time>/ inside the log, and verify the result.  Reports exactly\n"
+        "which positions were lost and what was moved where.  Needs the writer lock.\n"
+        "Exit status 0 if nothing was damaged or the log was repaired, else 1\n"
+        "(a dry run that finds damage exits 1: nothing was repaired).",
+        ["telstate-log repair obs/log --dry-run", "telstate-log repair obs/log",
+         "telstate-log repair obs/log --json"])
+    add_log_argument(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="report what would be kept, lost and moved; change nothing")
+    add_json_argument(p)
+    p.set_defaults(func=run_repair)
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    path = require_log(args.log)
+    report = repair_log(path, dry_run=args.dry_run)
+    after = None if args.dry_run else verify_log(path)
+    if args.dry_run:
+        ok = not report.damaged
+    else:
+        assert after is not None
+        ok = after.ok
+    data = report.as_dict()
+    if data["lost_positions"] is not None:
+        data["lost_positions"] = list(data["lost_positions"])
+    if args.json:
+        emit_json({**data, "dry_run": args.dry_run,
+                   "verified": None if after is None else after.ok,
+                   "remaining_problems": [] if after is None else after.problems, "ok": ok})
+        return 0 if ok else 1
+    fields: list[tuple[str, str]] = []
+    if not report.damaged:
+        fields.append(("damage", f"none found: nothing to repair ({report.kept_position} "
+                                 "events)"))
+    else:
+        assert report.problem is not None and report.lost_positions is not None
+        lo, hi = report.lost_positions
+        fields += [("damage", _problem_text(report.problem)),
+                   ("kept", f"positions 1..{report.kept_position} "
+                            f"({report.kept_position} events)"),
+                   ("lost", f"positions {lo}..{hi} ({hi - lo + 1} events)")]
+        verb = "would be " if args.dry_run else ""
+        if report.truncated:
+            fields.append(("truncated", f"{report.truncated['file']} {verb}cut at byte "
+                                        f"{report.truncated['at']} (the rest {verb}saved "
+                                        f"in {report.moved_to})"))
+        fields += [("moved", f"{src} -> {report.moved_to}/") for src in report.moved]
+    if after is not None:
+        fields += [("problem", _problem_text(p)) for p in after.problems]
+    if args.dry_run:
+        result = "dry run: nothing changed" + \
+            ("; run without --dry-run to repair" if report.damaged else "")
+    elif ok:
+        result = "repaired: the log verifies" if report.damaged else "OK: the log verifies"
+    else:
+        result = "FAILED: the log still does not verify (see 'telstate-log verify')"
+    fields.append(("result", result))
+    print_fields(fields)
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------- checkpoint and seal
+def _open_writer(path: str, what: str) -> Any:
+    from .backends._log import LogBackend
+
+    return LogBackend(require_log(path), source=f"telstate-log {what}", checkpoint_bytes=None)
+
+
+def add_checkpoint_parser(subparsers: Any) -> None:
+    p = command_parser(
+        subparsers, "checkpoint", "save the state now, so opening the log replays less",
+        "Write a checkpoint of the current state (the log is opened as its writer,\n"
+        "so no other writer may have it open).  Adds no event.",
+        ["telstate-log checkpoint obs/log", "telstate-log checkpoint obs/log --json"])
+    add_log_argument(p)
+    add_json_argument(p)
+    p.set_defaults(func=run_checkpoint)
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    with _open_writer(args.log, "checkpoint") as backend:
+        cp_path = backend.checkpoint()
+        position = backend.position
+    if cp_path is None:
+        raise CliError(f"{args.log}: no checkpoint written")
+    if args.json:
+        emit_json({"path": args.log, "position": position, "checkpoint": cp_path})
+    else:
+        print(f"checkpoint at position {position}: {cp_path}")
+    return 0
+
+
+def add_seal_parser(subparsers: Any) -> None:
+    p = command_parser(
+        subparsers, "seal", "finish and seal the current segment; print the head hash",
+        "Finish the current segment and seal it (extend the SHA-256 chain over it),\n"
+        "then print the head hash.  Keep the hash elsewhere: a later\n"
+        "'telstate-log verify --head HASH' proves nothing sealed up to it changed.\n"
+        "Needs the writer lock; adds no event.",
+        ["telstate-log seal obs/log", "telstate-log seal obs/log --json | jq -r .head"])
+    add_log_argument(p)
+    add_json_argument(p)
+    p.set_defaults(func=run_seal)
+
+
+def run_seal(args: argparse.Namespace) -> int:
+    from ._fileio import OsFileSystem
+    from ._recovery import list_segments
+    from ._seal import read_seals
+
+    before = len(read_seals(require_log(args.log)))
+    with _open_writer(args.log, "seal") as backend:
+        head = backend.seal()
+        position = backend.position
+        seals = read_seals(backend.path)
+        current_first, current = list_segments(OsFileSystem(), backend.path)[-1]
+    new = [{"segment": s.segment, "first": s.first, "last": s.last, "seal": s.seal}
+           for s in seals[before:]]
+    # The current segment should now be empty; if it still holds events, the
+    # library declined to finish it (it only finishes a segment its own
+    # writer wrote to), and saying "sealed" would be a lie.
+    unsealed = None if position < current_first else \
+        {"segment": current, "first": current_first, "last": position}
+    if args.json:
+        emit_json({"path": args.log, "position": position, "head": head,
+                   "sealed_segments": len(seals), "newly_sealed": new, "unsealed": unsealed})
+    else:
+        for s in new:
+            print(f"sealed {s['segment']} (positions {s['first']}..{s['last']})")
+        if not new and unsealed is None:
+            print("nothing new to seal: the current segment holds no events")
+        print(f"head hash {head}" if head else "head hash - (nothing sealed)")
+    if unsealed is not None:
+        raise CliError(f"positions {current_first}..{position} in {current} were not sealed: "
+                       "this version seals the current segment only from the process that "
+                       "wrote to it")
+    return 0
