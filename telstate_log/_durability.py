@@ -45,8 +45,10 @@ class Durability:
     """Tracks written/durable positions and runs shared fsyncs."""
 
     def __init__(self, sync_fn: Callable[[], None], written: Callable[[], int],
-                 durable: int = 0, interval: float | None = None) -> None:
+                 durable: int = 0, interval: float | None = None,
+                 on_fail: Callable[[BaseException], None] | None = None) -> None:
         self._sync_fn = sync_fn
+        self._on_fail = on_fail
         self._written = written
         self._cv = threading.Condition(threading.Lock())
         self.durable = durable
@@ -92,6 +94,8 @@ class Durability:
             self.fsyncs += 1
             if error is not None:
                 self.failed = error
+                if self._on_fail is not None:
+                    self._on_fail(error)  # the writer refuses every later write
             elif target > self.durable:
                 self.durable = target
             self._cv.notify_all()

@@ -71,7 +71,15 @@ def list_segments(fs: FileSystem, path: str) -> list[tuple[int, str]]:
 
 
 def classify_tail(data: bytes, scan: fmt.Scan) -> bool:
-    """Whether the damage `scan` stopped at is a torn tail (else corruption)."""
+    """Whether the damage `scan` stopped at is a torn tail (else corruption).
+
+    A crash leaves, after the last complete frame, a prefix of the frame being
+    written -- cut short at the end of the file, or followed by zeros where
+    the file system extended the file but the sectors never reached the disk.
+    So the tail is torn if no intact frame follows and either the frame runs
+    past the end of the file, or everything from some 512-byte boundary after
+    its start to the end of the file is zero.
+    """
     x = scan.problem_offset
     end = len(data)
     mv = memoryview(data)
@@ -80,16 +88,20 @@ def classify_tail(data: bytes, scan: fmt.Scan) -> bool:
     if scan.problem == "incomplete frame":
         return True
     rest = data[x:]
-    if not rest.strip(b"\0"):
+    zero_from = x + len(rest.rstrip(b"\0"))
+    if zero_from == x:
         return True  # zero-filled: allocated but never written
-    if scan.problem == "frame checksum mismatch":
-        # A frame whose trailing pages were never written reads as zeros
-        # from a sector boundary to the end of the file.
-        last = len(rest.rstrip(b"\0"))
-        zero_from = x + last
-        boundary = -(-zero_from // 512) * 512
-        return boundary < end and boundary >= x + 8
-    return False
+    boundary = -(-zero_from // 512) * 512
+    return x < boundary < end
+
+
+def _torn_creation(data: bytes) -> bool:
+    """A segment file whose content never reached the disk (empty or all zeros).
+
+    Its name was made durable (a directory sync) before its data, which only
+    happens when segments are created without syncs (``fsync="never"``).
+    """
+    return not data.strip(b"\0")
 
 
 def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
@@ -115,6 +127,15 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
         data = fs.read(seg_path)
         header = fmt.parse_header(data)
         if isinstance(header, str):
+            if newest and mode != "strict" and _torn_creation(data):
+                # Created (renamed into place) but its header never reached the
+                # disk: it holds no event.  A writer removes it.
+                logger.warning("%s: removing a segment whose creation was cut short", seg_path)
+                if mode == "write":
+                    fs.remove(seg_path)
+                    fs.sync_dir(path)
+                tail.segments -= 1
+                break
             raise LogCorruptError(header, seg_path, 0)
         if header.first_position != first:
             raise LogCorruptError(f"segment header says it starts at position "

@@ -290,83 +290,77 @@ def _highest_position(data: bytes) -> int:
     return best
 
 
+def _last_position_before(data: bytes, offset: int, first: int) -> int:
+    """Position of the last event wholly before byte `offset` of a segment."""
+    mv = memoryview(data)[:offset]
+    scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, offset, zlib.crc32(mv[:fmt.HEADER_SIZE]))
+    dec = fmt.decode_frames(mv, scan)
+    events = np_isin(dec.kinds, list(fmt.EVENT_KINDS))
+    if not events.any():
+        return first - 1
+    return int(dec.event["pos"][events][-1]) + int(dec.counts[events][-1]) - 1
+
+
 def repair_log(path: str | os.PathLike[str], *, dry_run: bool = False) -> RepairReport:
-    """Keep the good prefix of a damaged log; move the damage aside (see module doc)."""
+    """Keep the good prefix of a damaged log; move the damage aside (see module doc).
+
+    The damage is located exactly as :func:`verify_log` finds it (so pruned
+    logs are judged from their checkpoint); only structural or semantic
+    damage in segments is repaired.  A segment that differs from its seal
+    (tampering) is reported by verify, not "repaired".
+    """
     path = os.fspath(path)
     report = RepairReport(path)
     fs = OsFileSystem()
     lock_fd = acquire_lock(path)  # refuse while a writer is active
     try:
-        state = State(keep_history=True)
-        try:
-            replay_segments(fs, path, Replayer(state, Tables()), mode="strict")
-            report.kept_position = state.position
-            return report
-        except LogCorruptError as exc:
-            report.damaged = True
-            report.problem = {"file": exc.path, "offset": exc.offset, "problem": exc.message}
-            damaged_file, offset = str(exc.path), int(exc.offset or 0)
-        # Replay the prefix again, stopping before the damage, to learn its end.
-        good = State(keep_history=True)
+        verified = verify_log(path)
         segments = list_segments(fs, path)
         names = [os.path.join(path, n) for _, n in segments]
-        idx = names.index(damaged_file) if damaged_file in names else len(names)
-        keep_whole = names[:idx]
-        report.kept_position = good.position
+        damage = next((p for p in verified.problems
+                       if p["file"] in names and p["offset"] is not None), None)
+        if damage is None:
+            report.kept_position = verified.events
+            return report
+        report.damaged = True
+        report.problem = damage
+        idx = names.index(damage["file"])
+        offset = int(damage["offset"])
+        first = segments[idx][0]
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
         aside = os.path.join(path, f"damaged-{stamp}")
         report.moved_to = aside
-        lost_hi = 0
         plan: list[tuple[str, str]] = []
         truncate_at: int | None = None
-        if idx < len(names):
-            data = fs.read(names[idx])
-            if offset <= fmt.HEADER_SIZE:
-                plan.append((names[idx], os.path.basename(names[idx])))
-                lost_hi = max(lost_hi, _highest_position(data))
-            else:
-                truncate_at = offset
-                lost_hi = max(lost_hi, _highest_position(data[offset - 4:]))
-            for later in names[idx + 1:]:
-                plan.append((later, os.path.basename(later)))
-                lost_hi = max(lost_hi, _highest_position(fs.read(later)))
-        # Position of the last good event: replay what is kept.
-        tables = Tables()
-        replayer = Replayer(good, tables)
-        for seg in keep_whole:
-            data = fs.read(seg)
-            mv = memoryview(data)
-            scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(data),
-                                   zlib.crc32(mv[:fmt.HEADER_SIZE]))
-            replayer.apply(mv, scan)
-        if truncate_at is not None:
-            data = fs.read(names[idx])[:truncate_at]
-            mv = memoryview(data)
-            scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(data),
-                                   zlib.crc32(mv[:fmt.HEADER_SIZE]))
-            replayer.apply(mv, scan)
+        data = fs.read(names[idx])
+        if offset <= fmt.HEADER_SIZE:
+            plan.append((names[idx], os.path.basename(names[idx])))
+            kept = first - 1
+            lost_hi = _highest_position(data)
+        else:
+            truncate_at = offset
+            kept = _last_position_before(data, offset, first)
+            lost_hi = _highest_position(data[offset - 4:])
             report.truncated = {"file": names[idx], "at": truncate_at}  # type: ignore[dict-item]
-        report.kept_position = good.position
-        lost_hi = max(lost_hi, good.position + 1)
-        report.lost_positions = (good.position + 1, lost_hi)
+        for later in names[idx + 1:]:
+            plan.append((later, os.path.basename(later)))
+            lost_hi = max(lost_hi, _highest_position(fs.read(later)))
+        report.kept_position = kept
+        report.lost_positions = (kept + 1, max(lost_hi, kept + 1))
         for cp in list_checkpoints(path):
-            if cp.position > good.position:
+            if cp.position > kept:
                 plan.append((cp.path, "checkpoint-" + os.path.basename(cp.path)))
         report.moved = [src for src, _ in plan]
         if dry_run:
             return report
         os.makedirs(aside, exist_ok=True)
         if truncate_at is not None:
-            seg = names[idx]
-            with open(seg, "rb") as f:
-                f.seek(truncate_at)
-                tail = f.read()
-            with open(os.path.join(aside, os.path.basename(seg) + f".from-{truncate_at}"),
+            with open(os.path.join(aside, os.path.basename(names[idx]) + f".from-{truncate_at}"),
                       "wb") as out:
-                out.write(tail)
+                out.write(data[truncate_at:])
                 out.flush()
                 os.fsync(out.fileno())
-            fd = fs.open_append(seg)
+            fd = fs.open_append(names[idx])
             try:
                 fs.truncate(fd, truncate_at)
                 fs.sync(fd)
@@ -374,6 +368,7 @@ def repair_log(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repair
                 fs.close(fd)
         for src, dst in plan:
             shutil.move(src, os.path.join(aside, dst))
+        keep_whole = names[:idx]
         _drop_seals(path, fs, keep=set(keep_whole[:-1] if truncate_at is None
                                        else keep_whole), aside=aside)
         fs.sync_dir(aside)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _format as fmt
+from ._errors import LogError
 from ._fileio import FileSystem, write_all
 from ._recovery import list_segments
 
@@ -119,6 +120,9 @@ def prune_log(backend: LogBackend, before: int | None = None,
             return report
         cut = drop[-1][2]
         state = backend._state
+        t = backend._tables
+        saved = (state.history_from, dict(state.graveyard),
+                 (t.time_pos, t.time_rec, t.time_seg, t.time_off))
         state.history_from = max(state.history_from, cut)
         for key in list(state.graveyard):
             kept = [(e, d) for e, d in state.graveyard[key] if d >= cut]
@@ -126,19 +130,31 @@ def prune_log(backend: LogBackend, before: int | None = None,
                 state.graveyard[key] = kept
             else:
                 del state.graveyard[key]
-        t = backend._tables
         keep = [i for i, p in enumerate(t.time_pos) if p >= cut]
         t.time_pos = [t.time_pos[i] for i in keep]
         t.time_rec = [t.time_rec[i] for i in keep]
         t.time_seg = [t.time_seg[i] for i in keep]
         t.time_off = [t.time_off[i] for i in keep]
     report.history_from = cut
-    report.checkpoint = backend.checkpoint()
-    _write_pruned(fs, path, cut)
-    for _first, name, _next in drop:
-        seg = os.path.join(path, name)
-        report.bytes_freed += fs.size(seg)
-        fs.remove(seg)
-        report.removed.append(name)
-    fs.sync_dir(path)
+    try:
+        # The pruned log depends on this checkpoint: it is always synced.
+        report.checkpoint = backend.checkpoint(sync=True)
+    except BaseException:
+        with backend._lock:  # nothing was removed: put the history back
+            state.history_from, state.graveyard = saved[0], saved[1]
+            t.time_pos, t.time_rec, t.time_seg, t.time_off = saved[2]
+        raise
+    try:
+        _write_pruned(fs, path, cut)
+        for _first, name, _next in drop:
+            seg = os.path.join(path, name)
+            report.bytes_freed += fs.size(seg)
+            fs.remove(seg)
+            report.removed.append(name)
+        fs.sync_dir(path)
+    except OSError as exc:
+        # The checkpoint already covers the cut: the log opens to the same
+        # state whichever segments are left; a later prune finishes the job.
+        raise LogError(f"pruning stopped part-way ({exc}); the log is consistent, "
+                       "prune again to finish") from exc
     return report

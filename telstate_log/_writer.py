@@ -130,6 +130,9 @@ class LogWriter:
         self.fd_lock = threading.Lock()
         #: called (under the owner's lock) as rotated(old first position, new first position)
         self.rotated: Any = None
+        #: finished segments not yet fsynced, and whether the directory needs a sync
+        self._unsynced: list[str] = []
+        self._dir_dirty = False
         self._flusher: threading.Thread | None = None
         self._kick = threading.Condition(threading.Lock())
         self._dirty = False
@@ -233,24 +236,13 @@ class LogWriter:
     def commit_batch(self, first: int, key: bytes, ts: Any, values: list[bytes]) -> None:
         """State batch hook: samples of `key` at positions first, first + 1, ...
 
-        Written as ADD_BATCH frames of at most MAX_BATCH_BODY bytes (or half
-        a segment), each framed and checksummed like any other frame.
+        Written as ADD_BATCH frames of at most MAX_BATCH_BODY bytes each, all
+        appended in one go: either every frame of the batch is recorded or,
+        if the write fails, none is (the file is rolled back).  The caller
+        keeps batches to a few MiB (see ``StateBackend.add_mutable_many``).
         """
         if self.failed is not None:
             raise LogFailedError(f"the log writer has failed: {self.failed}")
-        limit = max(1, min(self.MAX_BATCH_BODY, self._segment_bytes // 2))
-        i = 0
-        n = len(values)
-        while i < n:
-            size = 0
-            j = i
-            while j < n and (j == i or size + len(values[j]) + 12 <= limit):
-                size += len(values[j]) + 12
-                j += 1
-            self._commit_batch_frame(first + i, key, ts[i:j], values[i:j])
-            i = j
-
-    def _commit_batch_frame(self, pos: int, key: bytes, ts: Any, values: list[bytes]) -> None:
         rec = _time()
         if rec < self._last_rec:
             rec = self._last_rec
@@ -259,29 +251,46 @@ class LogWriter:
         new_key = kid is None
         if kid is None:
             kid = max(tables.keys, default=-1) + 1
-        frame = fmt.encode_batch(pos, rec, self.session_id, kid, ts, values)
-        size = len(frame) + 4 + 16 + len(key) + 16 + len(self._session_payload)
-        if self.offset + size > self._segment_bytes and self._seg_events:
-            self._rotate(pos)
+        frames = []
+        i = 0
+        n = len(values)
+        while i < n:
+            size = 0
+            j = i
+            while j < n and (j == i or size + len(values[j]) + 12 <= self.MAX_BATCH_BODY):
+                size += len(values[j]) + 12
+                j += 1
+            frames.append(fmt.encode_batch(first + i, rec, self.session_id, kid, ts[i:j],
+                                           values[i:j]))
+            i = j
+        total = sum(len(f) + 4 for f in frames) + 16 + len(key) + 16 + \
+            len(self._session_payload)
+        if self.offset + total > self._segment_bytes and self._seg_events:
+            self._rotate(first)
         pieces = []
         if not self._seg_session:
             pieces.append(fmt.encode_meta(fmt.SESSION, self.session_id, self._session_payload))
         if kid not in self._seg_keys:
             pieces.append(fmt.encode_meta(fmt.KEY, kid, key))
-        pieces.append(frame)
-        frame_offset = self.offset + sum(len(p) + 4 for p in pieces[:-1])
+        offsets = []
+        offset = self.offset + sum(len(p) + 4 for p in pieces)
+        for f in frames:
+            offsets.append(offset)
+            offset += len(f) + 4
+        pieces.extend(frames)
         self._append_pieces(pieces)
-        self._seg_events += len(values)
+        self._seg_events += n
         self._seg_session = True
-        self._last_rec = rec
-        self.position = pos + len(values) - 1
+        self._last_rec = tables.last_recorded = rec
+        self.position = first + n - 1
         self._seg_keys.add(kid)
         if new_key:
             tables.keys[kid] = key
             tables.key_ids[key] = kid
         if self.session_id not in tables.sessions:
             tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
-        self._note_time(pos, rec, frame_offset)
+        for f, off in zip(frames, offsets):
+            self._note_time(int.from_bytes(f[8:16], "little"), rec, off)
 
     def _append_pieces(self, pieces: list[bytes]) -> None:
         """Chain-checksum and append frames (restoring the CRC state on failure)."""
@@ -367,6 +376,8 @@ class LogWriter:
         with self._lock:
             if self.failed is None:
                 self._flush_locked()
+            elif self._buf:
+                raise LogFailedError(f"the log writer has failed: {self.failed}")
 
     def _run_flusher(self, interval: float) -> None:
         while True:
@@ -386,14 +397,24 @@ class LogWriter:
         fs = self._fs
         self._flush_locked()
         with self.fd_lock:
-            try:
-                if self._sync_on_rotate:
+            if self._sync_on_rotate:
+                try:
                     fs.sync(self._fd)
+                except OSError as exc:  # a failed fsync is final
+                    self.failed = exc
+                    raise LogFailedError(f"fsync failed while finishing a segment: {exc}") \
+                        from exc
+            try:
                 fd, size, crc = create_segment(fs, self._path, next_first, self._log_id,
                                                sync=self._sync_on_rotate)
             except OSError as exc:
-                self.failed = exc
-                raise LogFailedError(f"could not start a new segment: {exc}") from exc
+                # Nothing changed: keep appending to the current segment for now.
+                what = "disk full" if exc.errno == errno.ENOSPC else str(exc)
+                raise LogWriteError(f"could not start a new segment ({what}); nothing was "
+                                    "recorded", exc.errno) from exc
+            if not self._sync_on_rotate:
+                self._unsynced.append(self.segment_path)
+                self._dir_dirty = True
             fs.close(self._fd)
             self._fd = fd
         old_first = self.segment_first
@@ -416,10 +437,34 @@ class LogWriter:
         return True
 
     def sync(self) -> None:
-        """Flush, then fdatasync the current segment (earlier ones were synced on rotation)."""
+        """Make everything committed durable: flush, then fdatasync every segment
+        written since the last sync (rotations without fsync leave some) and
+        the directory if segments were created, then the current segment.
+
+        Raises LogFailedError if the writer has failed (buffered events may be
+        lost): it never reports lost data as durable.
+        """
         self.flush()
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
+        fs = self._fs
         with self.fd_lock:
-            self._fs.sync(self._fd)
+            for path in self._unsynced:
+                fd = fs.open_append(path)
+                try:
+                    fs.sync(fd)
+                finally:
+                    fs.close(fd)
+            self._unsynced = []
+            if self._dir_dirty:
+                fs.sync_dir(self._path)
+                self._dir_dirty = False
+            fs.sync(self._fd)
+
+    def fail(self, exc: BaseException) -> None:
+        """Mark the writer failed (e.g. an fsync failed elsewhere): it refuses writes."""
+        if self.failed is None:
+            self.failed = exc
 
     @property
     def segment_path(self) -> str:

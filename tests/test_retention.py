@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from telstate_log import HistoryUnavailableError, LogCorruptError
+from telstate_log import HistoryUnavailableError, LogCorruptError, LogError
 from telstate_log._checkpoint import list_checkpoints
 from telstate_log._encoding import encode_value
 from telstate_log._fileio import OsFileSystem
@@ -95,7 +95,7 @@ def test_crash_part_way_through_pruning(tmp_path: Path, fail_at: int) -> None:
     before = state(b)
     b.close()
     b = LogBackend(path, segment_bytes=4096, checkpoint_bytes=None, fs=FailingRemoveFS(fail_at))
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(LogError, match="simulated crash"):
         b.prune(before=300)
     b.close()
     with LogBackend(path) as b2:

@@ -25,9 +25,9 @@ server's confirmation of a subscription becomes a "check again" for the
 channel's monitors.  The connection also stays subscribed to an idle
 channel, so it is kept (and health-checked) between monitors.
 
-If the connection fails and redis-py cannot re-establish it, the pump
-discards it, waits with backoff and subscribes afresh to every wanted
-channel; the confirmations then make every monitor re-read, so a condition
+The pub/sub connection comes from a pool whose connections never retry:
+if it fails, the pump discards it, waits with backoff and subscribes afresh
+to every wanted channel; the confirmations then make every monitor re-read, so a condition
 that became true meanwhile is not missed.  A monitor yields a plain
 :class:`KeyUpdateBase` first; consecutive rechecks collapse into one.  When
 the backend is closed (or the pump fails unexpectedly), waiting monitors
@@ -58,6 +58,7 @@ from ..backends._redis_endpoint import (
     connection_error,
     describe_pool,
     parse_endpoint,
+    pubsub_pool_options,
 )
 from ..backends._redis_messages import channel_key, update_channel
 from ._backend import Backend
@@ -123,7 +124,9 @@ class _PubSubHub:
     """The shared pub/sub connection and its pump task (see the module docstring)."""
 
     def __init__(self, client: redis.asyncio.Redis, loop: asyncio.AbstractEventLoop) -> None:
-        self._client = client
+        # Connections that never retry: the pump reconnects by itself, with backoff.
+        pool = redis.asyncio.ConnectionPool(**pubsub_pool_options(client.connection_pool, Retry))
+        self._client = redis.asyncio.Redis(connection_pool=pool)
         self._loop = loop
         self._inboxes: dict[bytes, set[_Inbox]] = {}
         self._changed = asyncio.Event()
@@ -166,6 +169,7 @@ class _PubSubHub:
             # swallow a cancellation that races with its inner future.
             task.cancel()
             await asyncio.wait((task,))
+        await self._client.connection_pool.disconnect()
 
     async def _pump(self) -> None:
         try:
@@ -174,9 +178,10 @@ class _PubSubHub:
                 try:
                     await self._serve(pubsub)
                 except REDIS_DOWN as exc:
+                    level = logging.DEBUG if self._delay else logging.WARNING  # once per outage
                     self._delay = min(self._delay * 2 or _RESUBSCRIBE_FIRST, _RESUBSCRIBE_MAX)
-                    logger.warning("Redis pub/sub connection failed (%s); resubscribing in "
-                                   "%.2fs", exc, self._delay)
+                    logger.log(level, "Redis pub/sub connection failed (%s); resubscribing in "
+                               "%.2fs", exc, self._delay)
                 finally:
                     await _aclose(pubsub)
                 await asyncio.sleep(self._delay)

@@ -166,6 +166,7 @@ class LogBackend(StateBackend):
             for name in self._fs.listdir(self.path):
                 if name.endswith(".seg.tmp"):  # an interrupted segment creation
                     self._fs.remove(os.path.join(self.path, name))
+        failed: list[tuple[str, BaseException]] = []
         if use_checkpoints:
             log_id = self._first_log_id()
             for cp in list_checkpoints(self.path):
@@ -176,22 +177,43 @@ class LogBackend(StateBackend):
                                            mode=mode)
                     if tail.segment_first is None:
                         raise CheckpointError("log has no segments")
+                    self._set_aside(failed)
                     return state, tables, tail
                 except (CheckpointError, LogCorruptError) as exc:
                     logger.warning("ignoring checkpoint %s: %s", cp.path, exc)
-                    if not self.readonly:  # never try it again; keep it for forensics
-                        try:
-                            self._fs.rename(cp.path, cp.path + ".bad")
-                        except OSError:
-                            pass
+                    failed.append((cp.path, exc))
         state = State(keep_history=True)
         tables = Tables()
         pruned = read_pruned(self._fs, self.path)
         if pruned > 1:
+            # Without a checkpoint a pruned log cannot be rebuilt: report the
+            # real damage (from replaying after a checkpoint) if there was one.
+            for _path, exc in failed:
+                if isinstance(exc, LogCorruptError):
+                    raise exc
             raise LogCorruptError(f"the log was pruned before position {pruned} and no valid "
                                   "checkpoint covers the pruned part", self.path)
+        # A full replay that fails shows the damage is in the log, not in the
+        # checkpoints: then keep them and raise.
         tail = replay_segments(self._fs, self.path, Replayer(state, tables), mode=mode)
+        self._set_aside(failed)
         return state, tables, tail
+
+    def _set_aside(self, failed: list[tuple[str, BaseException]]) -> None:
+        """Rename checkpoints proven unusable (the log opened without them)."""
+        if self.readonly:
+            return
+        for path, _exc in failed:
+            try:  # never try it again; keep it for forensics
+                self._fs.rename(path, path + ".bad")
+            except OSError:
+                pass
+
+    def _is_sealed(self, first: int) -> bool:
+        try:
+            return any(s.first == first for s in read_seals(self.path, self._fs))
+        except SealFileError:
+            return False
 
     def _first_log_id(self) -> bytes | None:
         segs = list_segments(self._fs, self.path)
@@ -208,6 +230,12 @@ class LogBackend(StateBackend):
             self.log_id = os.urandom(16)
             fd, offset, crc = create_segment(fs, self.path, 1, self.log_id, sync=sync)
             first = 1
+        elif self._is_sealed(tail.segment_first):
+            # Never append to a sealed segment (after a crash lost a newer,
+            # empty one): start the next segment instead.
+            assert self.log_id is not None
+            first = self._state.position + 1
+            fd, offset, crc = create_segment(fs, self.path, first, self.log_id, sync=sync)
         else:
             assert self.log_id is not None
             first, offset, crc = tail.segment_first, tail.offset, tail.crc
@@ -223,7 +251,7 @@ class LogBackend(StateBackend):
         self._durability = Durability(writer.sync, lambda: writer.position,
                                       durable=self._state.position,
                                       interval=fsync_interval if self.fsync == "interval"
-                                      else None)
+                                      else None, on_fail=writer.fail)
         self._commit = writer.commit
         self._commit_batch = writer.commit_batch
         self._start_sealer()
@@ -277,14 +305,19 @@ class LogBackend(StateBackend):
         return self._durability.durable if self._durability is not None else self.position
 
     # -------------------------------------------------------- checkpoints
-    def checkpoint(self) -> str | None:
-        """Write a checkpoint of the current state; returns its path (None if read-only)."""
+    def checkpoint(self, *, sync: bool = False) -> str | None:
+        """Write a checkpoint of the current state; returns its path (None if read-only).
+
+        The log is made durable up to the checkpoint first.  The checkpoint
+        itself is synced unless ``fsync="never"`` (or with ``sync=True``).
+        Raises LogError if it cannot be written (the log is unaffected).
+        """
         if self._writer is None:
             return None
         with self._checkpointing:
-            return self._write_checkpoint()
+            return self._write_checkpoint(force_sync=sync)
 
-    def _write_checkpoint(self) -> str:
+    def _write_checkpoint(self, force_sync: bool = False) -> str:
         assert self._writer is not None and self._durability is not None
         with self._lock:
             snap = snapshot_state(self._state, self._tables)
@@ -294,8 +327,17 @@ class LogBackend(StateBackend):
         # Never let a checkpoint get ahead of the durable log.
         self._durability.wait(snap["position"])
         assert self.log_id is not None
-        path = write_checkpoint(self.path, snap, resume, self.log_id, fs=self._fs,
-                                sync=self.fsync != "never")
+        try:
+            path = write_checkpoint(self.path, snap, resume, self.log_id, fs=self._fs,
+                                    sync=force_sync or self.fsync != "never")
+        except OSError as exc:
+            tmp = os.path.join(self.path, "checkpoints", f"{snap['position']:020d}.ckpt.tmp")
+            try:
+                if self._fs.exists(tmp):
+                    self._fs.remove(tmp)
+            except OSError:
+                pass
+            raise LogError(f"could not write a checkpoint: {exc}") from exc
         for old in list_checkpoints(self.path)[KEEP_CHECKPOINTS:]:
             try:
                 self._fs.remove(old.path)
@@ -345,29 +387,43 @@ class LogBackend(StateBackend):
 
     def _run_sealer(self) -> None:
         assert self.log_id is not None and self._seals is not None
+        backlog: list[tuple[int, int]] = []
         while True:
             job = self._seal_jobs.get()
             try:
                 if job is None:
                     return
-                first, nxt = job
-                prev = bytes.fromhex(self._seals[-1].seal) if self._seals else \
-                    genesis(self.log_id)
-                new = seal_segment(self._fs, self.path, fmt.segment_name(first), first,
-                                   nxt - 1, prev)
-                self._seals.append(new)
-                write_seals(self.path, self._seals, self._fs)
-            except Exception as exc:  # reported by seal() and verify; writing goes on
+                if job != (0, 0):  # (0, 0) only asks to retry the backlog
+                    backlog.append(job)
+                while backlog:
+                    self._seal_one(*backlog[0])
+                    backlog.pop(0)
+                self._seal_error = None
+            except Exception as exc:  # kept in order, retried by the next job or seal()
                 self._seal_error = exc
-                logger.error("sealing segment failed: %s", exc)
+                logger.error("sealing segment failed (will retry): %s", exc)
             finally:
                 self._seal_jobs.task_done()
+
+    def _seal_one(self, first: int, nxt: int) -> None:
+        assert self.log_id is not None and self._seals is not None
+        name = fmt.segment_name(first)
+        if self.fsync == "never" and self._writer is not None:
+            # Segments were finished without syncs.  Writing the seals syncs the
+            # directory, which would make their names durable before their
+            # data: make everything written so far durable first.
+            self._writer.sync()
+        prev = bytes.fromhex(self._seals[-1].seal) if self._seals else genesis(self.log_id)
+        new = seal_segment(self._fs, self.path, name, first, nxt - 1, prev)
+        write_seals(self.path, [*self._seals, new], self._fs)
+        self._seals.append(new)
 
     def seal(self) -> str | None:
         """Finish and seal the current segment; returns the head hash (hex).
 
         Call it at the end of an observation and keep the hash: a later
         ``verify`` that reproduces it proves nothing before it changed.
+        Raises LogError if sealing fails (a later call retries).
         """
         if self._writer is None:
             raise ReadOnlyError("a read-only backend cannot seal")
@@ -377,6 +433,7 @@ class LogBackend(StateBackend):
             if not self._writable:
                 self._check_writable()
             self._writer.rotate_now()
+        self._seal_jobs.put((0, 0))
         self._seal_jobs.join()
         if self._seal_error is not None:
             raise LogError(f"sealing failed: {self._seal_error}")

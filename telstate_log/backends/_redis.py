@@ -34,10 +34,11 @@ reports missing (``NOSCRIPT``).  The first contact (the constructor's
 katsdptelstate's ``TelescopeState`` does.
 
 ``monitor_keys`` gives each monitor its own pub/sub connection subscribed to
-``update/<key>`` for its keys.  redis-py reconnects and resubscribes by
-itself inside ``get_message``; when it cannot (server down), the monitor
-drops the connection and resubscribes later with backoff, never sleeping
-past the caller's timeout.  Messages published while unsubscribed are lost,
+``update/<key>`` for its keys, from a pool whose connections never retry.
+When the connection fails, the monitor drops it and resubscribes on a new
+one, with backoff, never sleeping past the caller's timeout (one connection
+attempt aside: it fails at once if the server is down, within the socket
+timeout if it is unreachable).  Messages published while unsubscribed are lost,
 so whenever the server confirms the last channel of a (re)subscription the
 monitor yields a plain :class:`KeyUpdateBase` and the caller re-reads: a
 condition that became true meanwhile is never missed.
@@ -66,6 +67,7 @@ from ._redis_endpoint import (
     connection_error,
     describe_pool,
     parse_endpoint,
+    pubsub_pool_options,
 )
 from ._redis_messages import channel_key, update_channel
 
@@ -101,6 +103,7 @@ class RedisBackend(Backend):
         check_client(client)
         self.client = client
         self._closed = False
+        self._pubsub_client: redis.Redis | None = None
         self._scripts = {name: client.register_script(text)
                          for name, text in common.SCRIPTS.items()}
         try:
@@ -191,6 +194,13 @@ class RedisBackend(Backend):
         finally:
             link.close()
 
+    def _pubsub(self) -> redis.client.PubSub:
+        """A PubSub whose connections fail fast (the monitor does the retrying)."""
+        if self._pubsub_client is None:
+            pool = redis.ConnectionPool(**pubsub_pool_options(self.client.connection_pool, Retry))
+            self._pubsub_client = redis.Redis(connection_pool=pool)
+        return self._pubsub_client.pubsub()  # type: ignore[no-untyped-call,no-any-return]
+
     def _next_update(self, link: _Subscription, timeout: float | None) -> KeyUpdateBase | None:
         """The next update within `timeout` seconds (None: wait indefinitely)."""
         deadline = math.inf if timeout is None else time.monotonic() + timeout
@@ -214,6 +224,8 @@ class RedisBackend(Backend):
         self._closed = True
         self.client.close()
         self.client.connection_pool.disconnect()
+        if self._pubsub_client is not None:
+            self._pubsub_client.connection_pool.disconnect()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {describe_pool(self.client.connection_pool)}>"
@@ -233,7 +245,7 @@ class _Subscription:
         """Subscribe on a new connection (or schedule a retry if the server is down)."""
         if not self.channels:
             return
-        pubsub = self.backend.client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self.backend._pubsub()
         try:
             pubsub.subscribe(*self.channels)
         except REDIS_DOWN as exc:
@@ -246,10 +258,11 @@ class _Subscription:
         self._pubsub = pubsub
 
     def _lost(self, exc: BaseException) -> None:
+        level = logging.DEBUG if self._delay else logging.WARNING   # warn once per outage
         self._delay = min(self._delay * 2 or _RESUBSCRIBE_FIRST, _RESUBSCRIBE_MAX)
         self._retry_at = time.monotonic() + self._delay
-        logger.warning("Redis pub/sub connection failed (%s); resubscribing in %.2fs",
-                       exc, self._delay)
+        logger.log(level, "Redis pub/sub connection failed (%s); resubscribing in %.2fs",
+                   exc, self._delay)
 
     def receive(self, deadline: float) -> dict[str, Any] | None:
         """The next pub/sub message, or None at `deadline` (a ``time.monotonic`` value)."""

@@ -27,7 +27,8 @@ command that failed with a connection error or timeout, with jittered
 exponential backoff capped at :data:`RETRY_CAP` -- about a second and a
 half in all, enough to ride out a dropped connection or a quick server
 restart.  Why retrying is safe for every command we send is explained in
-:mod:`telstate_log.backends._redis`.
+:mod:`telstate_log.backends._redis`.  Pub/sub connections do not retry:
+the monitors handle reconnection themselves (:func:`pubsub_pool_options`).
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.backoff import EqualJitterBackoff
+from redis.backoff import EqualJitterBackoff, NoBackoff
 
 from .._errors import ConnectionError
 
 __all__ = [
     "DEFAULT_PORT", "HEALTH_CHECK_INTERVAL", "RETRIES", "RETRY_BASE", "RETRY_CAP",
     "SOCKET_TIMEOUT", "RedisEndpoint", "check_client", "client_options", "connection_error",
-    "describe_pool", "parse_endpoint", "redact_url",
+    "describe_pool", "parse_endpoint", "pubsub_pool_options", "redact_url",
 ]
 
 DEFAULT_PORT = 6379
@@ -161,6 +162,17 @@ def client_options(retry_class: type[_RetryT]) -> dict[str, Any]:
     backoff = EqualJitterBackoff(cap=RETRY_CAP, base=RETRY_BASE)
     return {"socket_timeout": SOCKET_TIMEOUT, "health_check_interval": HEALTH_CHECK_INTERVAL,
             "retry": retry_class(backoff, RETRIES)}  # type: ignore[call-arg]
+
+
+def pubsub_pool_options(pool: Any, retry_class: type[_RetryT]) -> dict[str, Any]:
+    """Arguments for a connection pool like `pool` whose connections never retry.
+
+    Pub/sub connections come from such a pool: the monitors reconnect by
+    themselves, with backoff that respects their caller's deadline, rather
+    than block in redis-py's retries.
+    """
+    return {"connection_class": pool.connection_class, **pool.connection_kwargs,
+            "retry": retry_class(NoBackoff(), 0)}  # type: ignore[call-arg]
 
 
 def describe_pool(pool: Any) -> str:

@@ -23,6 +23,8 @@ import threading
 from collections.abc import Generator, Iterable, Sequence
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from .._asof import AsOfState, Changes, changes_between
 from .._errors import HistoryUnavailableError, ReadOnlyError
 from .._history import Event
@@ -243,24 +245,49 @@ class StateBackend(Backend):
             self._hub.publish_all(KeyUpdateBase())
             return self._state.position
 
+    #: a bulk write is recorded and applied in atomic chunks of about this many bytes
+    BULK_CHUNK_BYTES = 4 << 20
+
     def _w_add_mutable_many(self, key: bytes, values: Sequence[bytes],
                             timestamps: Any) -> tuple[int, int]:
-        with self._lock:
-            if not self._writable:
-                self._check_writable()
-            state = self._state
-            added = state.add_mutable_batch(key, values, timestamps, self._commit_batch)
-            if not added:
-                return 0, 0
-            self._hub.publish(key, KeyUpdateBase)
-            return added, state.position
+        ts = np.asarray(timestamps, np.float64)
+        if len(ts) != len(values):
+            raise ValueError("values and timestamps differ in length")
+        added = pos = 0
+        i = 0
+        n = len(values)
+        while i < n:
+            size = 0
+            j = i
+            while j < n and (j == i or size + len(values[j]) + 44 <= self.BULK_CHUNK_BYTES):
+                size += len(values[j]) + 44
+                j += 1
+            try:
+                with self._lock:
+                    if not self._writable:
+                        self._check_writable()
+                    state = self._state
+                    k = state.add_mutable_batch(key, values[i:j], ts[i:j], self._commit_batch)
+                    if k:
+                        added += k
+                        pos = state.position
+                        self._hub.publish(key, KeyUpdateBase)
+            except Exception as exc:
+                # Earlier chunks stay recorded and applied: say how many.
+                exc.recorded = added  # type: ignore[attr-defined]
+                raise
+            i = j
+        return added, pos
 
     def add_mutable_many(self, key: bytes, values: Sequence[bytes], timestamps: Any) -> int:
         """Add many samples to one mutable key at once; returns how many were new.
 
         The same as calling :meth:`add_mutable` for each pair (duplicates are
         dropped), but recorded and applied in bulk: the log writes one
-        ADD_BATCH frame per few MiB instead of a frame per sample.
+        ADD_BATCH frame per few MiB instead of a frame per sample.  Each chunk
+        of about :attr:`BULK_CHUNK_BYTES` is atomic; if a chunk fails (e.g.
+        :exc:`LogWriteError` on a full disk) the exception's ``recorded``
+        attribute says how many samples earlier chunks recorded.
         """
         added, pos = self._w_add_mutable_many(key, values, timestamps)
         if pos:

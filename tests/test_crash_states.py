@@ -1,0 +1,392 @@
+"""Power-loss crash states of the log (ALICE/CrashMonkey-style enumeration).
+
+Workloads run through ``LogBackend(fs=RecordingFileSystem)``; every state a
+power loss could leave (``tests/_crashfs.py`` explains the model) must reopen
+with a plain LogBackend to exactly the state after some prefix of the
+writes, holding everything the caller was told was durable.  The CI-sized
+sample here takes a few seconds; ``tools/crash_states.py`` checks every
+state of larger workloads and prints the figures.
+
+The first group checks the crash model itself, the second the log under it,
+and the last pins down specific failures found by the enumeration.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _crashfs import (
+    POLICIES,
+    WORKLOADS,
+    CrashState,
+    Driver,
+    RecordingFileSystem,
+    Reference,
+    add_event,
+    check_state,
+    crash_states,
+    durable_image,
+    materialise,
+    record_workload,
+    run_states,
+    scratch_root,
+)
+
+from telstate_log import LogCorruptError
+from telstate_log._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from telstate_log._encoding import encode_value
+from telstate_log._fileio import OsFileSystem
+from telstate_log._recovery import list_segments
+from telstate_log._repair import repair_log, verify_log
+from telstate_log._retention import read_pruned
+from telstate_log._seal import file_digest, read_seals
+from telstate_log.backends import LogBackend
+
+CI_BUDGET = 40  # states per (workload, policy): a few seconds in all
+
+
+@pytest.fixture
+def scratch() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="crash-", dir=scratch_root())
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tally(request: pytest.FixtureRequest) -> Iterator[collections.Counter[str]]:
+    """Counts states checked by this module and prints them after it ran."""
+    counts: collections.Counter[str] = collections.Counter()
+    yield counts
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
+    if reporter is None or capture is None or not counts["checked"]:
+        return
+    with capture.global_and_fixture_disabled():  # past output capturing
+        reporter.write_line(
+            f"\ncrash states: {counts['checked']} checked ({counts['ordered']} of the "
+            f"ordered model, {counts['relaxed']} relaxed), {counts['violation']} violations; "
+            f"{counts['fail-closed']} relaxed states refused with LogCorruptError")
+
+
+# ------------------------------------------------------------ the model
+def _files(states: list[CrashState]) -> list[dict[str, bytes]]:
+    return [s.files for s in states]
+
+
+def test_recorder_records_in_order_and_matches_disk(tmp_path: Path) -> None:
+    fs = RecordingFileSystem(tmp_path)
+    fs.makedirs(str(tmp_path / "a" / "b"))
+    fd = fs.create(str(tmp_path / "a" / "b" / "f.tmp"))
+    assert fs.write(fd, b"hello") == 5
+    fs.sync(fd)
+    fs.close(fd)
+    fs.rename(str(tmp_path / "a" / "b" / "f.tmp"), str(tmp_path / "a" / "b" / "f"))
+    fs.sync_dir(str(tmp_path / "a" / "b"))
+    fd = fs.open_append(str(tmp_path / "a" / "b" / "f"))
+    fs.write(fd, b" world")
+    fs.truncate(fd, 7)
+    fs.close(fd)
+    fs.mark("ack", 1)
+    assert [op.kind for op in fs.trace] == [
+        "mkdir", "mkdir", "create", "write", "sync", "close", "rename", "sync_dir", "open",
+        "write", "truncate", "close", "mark"]
+    assert fs.trace[9].offset == 5  # appends land at the end of the file
+    fs.check_against_disk()
+    assert (tmp_path / "a" / "b" / "f").read_bytes() == b"hello w"
+    (tmp_path / "a" / "sneaky").write_bytes(b"x")  # a write behind the recorder's back
+    with pytest.raises(AssertionError, match="files differ"):
+        fs.check_against_disk()
+    with pytest.raises(RuntimeError, match="not created through"):
+        fs.open_append(str(tmp_path / "a" / "sneaky"))
+
+
+def test_synced_data_survives_and_unsynced_renames_may_not(tmp_path: Path) -> None:
+    fs = RecordingFileSystem(tmp_path)
+    fd = fs.create(str(tmp_path / "f.tmp"))
+    fs.write(fd, b"x" * 1000)
+    fs.sync(fd)
+    fs.close(fd)
+    fs.rename(str(tmp_path / "f.tmp"), str(tmp_path / "f"))
+    space = crash_states(fs.trace, fs.initial)
+    seen = _files(space.states)
+    # The name may be lost (create or rename not durable), never the synced data.
+    assert {} in seen and {"f.tmp": b"x" * 1000} in seen and {"f": b"x" * 1000} in seen
+    # Before the sync the write may be torn; once renamed (after it) it is whole.
+    assert any(0 < len(files.get("f.tmp", b"")) < 1000 for files in seen)
+    assert all(files["f"] == b"x" * 1000 for files in seen if "f" in files)
+    fs.sync_dir(str(tmp_path))
+    after = durable_image(fs.trace, fs.initial)
+    assert after.files == {"f": b"x" * 1000}
+
+
+def test_unsynced_write_is_torn_at_sector_boundaries(tmp_path: Path) -> None:
+    fs = RecordingFileSystem(tmp_path)
+    fd = fs.create(str(tmp_path / "f"))
+    fs.sync_dir(str(tmp_path))
+    data = bytes(range(1, 256)) * 20  # 5100 bytes, no zeros
+    fs.write(fd, data)
+    space = crash_states(fs.trace, fs.initial, max_cuts=100)
+    sizes = set()
+    zero_from = set()
+    for files in _files(space.states):
+        got = files.get("f")
+        if got is None:
+            continue
+        if len(got) < len(data):
+            assert got == data[:len(got)]
+            sizes.add(len(got))
+        else:
+            kept = len(got.rstrip(b"\0"))
+            assert got[:kept] == data[:kept] and not any(got[kept:])
+            zero_from.add(kept)
+    assert sizes == {0, *range(512, 5100, 512)}
+    assert zero_from == {0, *range(512, 5100, 512), 5100}
+
+
+def test_removed_file_reappears_until_directory_sync(tmp_path: Path) -> None:
+    (tmp_path / "old").write_bytes(b"old")
+    fs = RecordingFileSystem(tmp_path)
+    fs.remove(str(tmp_path / "old"))
+    assert {"old": b"old"} in _files(crash_states(fs.trace, fs.initial).states)
+    fs.sync_dir(str(tmp_path))
+    fs.mark("durable", 7)
+    final = crash_states(fs.trace, fs.initial)
+    assert [s.files for s in final.states if s.floor == 7] == [{}]
+
+
+def test_floor_is_the_strictest_crash_point(tmp_path: Path) -> None:
+    """A state producible at several crash points must satisfy the latest one."""
+    fs = RecordingFileSystem(tmp_path)
+    fd = fs.create(str(tmp_path / "f"))
+    fs.sync_dir(str(tmp_path))
+    fs.mark("durable", 3)
+    fs.write(fd, b"a")
+    fs.sync(fd)
+    fs.mark("durable", 4)
+    fs.close(fd)
+    states = {s.files.get("f"): s for s in crash_states(fs.trace, fs.initial).states}
+    assert states[b""].floor == 3  # only before the write was synced
+    assert states[b"a"].floor == 4
+
+
+def test_identical_states_are_merged_and_budget_samples(tmp_path: Path) -> None:
+    fs = RecordingFileSystem(tmp_path)
+    fd = fs.create(str(tmp_path / "f"))
+    for _ in range(50):
+        fs.write(fd, b"y" * 100)
+        fs.close(fd)
+        fd = fs.open_append(str(tmp_path / "f"))
+    full = crash_states(fs.trace, fs.initial, relaxed=True)
+    keys = {(tuple(sorted(s.files.items())), tuple(s.dirs)) for s in full.states}
+    assert len(keys) == len(full.states) < full.candidates
+    sample = crash_states(fs.trace, fs.initial, budget=10, seed=3, relaxed=True)
+    assert len(sample.states) == 10
+
+
+# ------------------------------------------------------------- the log
+@pytest.mark.parametrize("policy", [p[0] for p in POLICIES])
+@pytest.mark.parametrize("workload", sorted(WORKLOADS))
+def test_crash_states(workload: str, policy: str, scratch: str,
+                      tally: collections.Counter[str]) -> None:
+    """Every sampled crash state reopens to a prefix holding all durable writes."""
+    rec = record_workload(scratch, workload, policy, seed=1)
+    space = crash_states(rec.trace, rec.initial, budget=CI_BUDGET, seed=1, relaxed=True,
+                         max_cuts=4, relaxed_fraction=0.2)
+    assert space.unique_ordered >= 40, "the workload produced too few states"
+    problems: collections.Counter[str] = collections.Counter()
+    example: dict[str, str] = {}
+    for state, out in run_states(rec, space.states, scratch):
+        tally["checked"] += 1
+        tally["ordered" if state.ordered else "relaxed"] += 1
+        tally[out.status] += 1
+        if out.status == "violation":
+            kind = out.detail.split(" in ")[0][:90]
+            problems[kind] += 1
+            example.setdefault(kind, f"{state.variant}: {state.where}")
+    assert not problems, "\n".join(f"{n} x {k}\n    e.g. {example[k]}"
+                                   for k, n in problems.most_common())
+
+
+# --------------------------------------------- failures found by the enumeration
+def _frame_at(b: LogBackend, target: int) -> None:
+    """Append a sample of key "s" whose frame ends exactly at `target`."""
+    writer = b._writer
+    assert writer is not None
+    length = target - writer.offset - 44  # 8 header + 32 body prefix + 4 CRC
+    assert length > 0
+    b.add_mutable(b"s", b"\xa5" * length, 2.0 + b.position)
+    assert writer.offset == target
+
+
+@pytest.mark.parametrize("persisted", [1, 2, 5, 7])
+def test_frame_header_torn_at_sector_boundary_is_a_torn_tail(tmp_path: Path,
+                                                             persisted: int) -> None:
+    """A power loss during an append can persist the sector holding a frame's
+    first bytes and the file's new size but not the next sector, which then
+    reads as zeros: that is a torn tail to truncate, not corruption.
+
+    Recovery (``classify_tail``) only accepts a zero-filled remainder that
+    starts at least 8 bytes into the frame, so a sector boundary inside a
+    frame header makes the log refuse to open after an ordinary crash.
+    """
+    path = tmp_path / "log"
+    with LogBackend(path, fsync="never", flush_interval=0, checkpoint_bytes=None) as b:
+        b.add_mutable(b"s", encode_value(0.0), 1.0)
+        writer = b._writer
+        assert writer is not None
+        boundary = (writer.offset // 512 + 2) * 512
+        _frame_at(b, boundary - persisted)  # the next frame starts `persisted` bytes before it
+        kept = b.position
+        b.add_mutable(b"s", b"\xa5" * 200, 1e6)  # the frame the crash tears
+    seg = path / list_segments(OsFileSystem(), str(path))[-1][1]
+    data = seg.read_bytes()
+    seg.write_bytes(data[:boundary] + bytes(len(data) - boundary))
+    with LogBackend(path) as b2:
+        assert b2.position == kept
+
+
+def _never_workload(path: str, *, seal: bool = False, prune: bool = False,
+                    sync: bool = False) -> tuple[RecordingFileSystem, int]:
+    """About three segments of samples under ``fsync="never"``, then the
+    optional seal, prune or sync; returns the recorder and the position."""
+    fs = RecordingFileSystem(path)
+    d = Driver(fs, path, fsync="never", flush_interval=0.0)
+    for i in range(200):
+        d.add(b"m001_pos_azim", encode_value(float(i) * 1.5), 1e9 + i)
+    if seal:
+        d.seal()
+    if prune:
+        assert d.backend.prune(before=160).removed
+    if sync:
+        d.sync()
+    pos = d.backend.position
+    d.close()  # waits for the background sealer: a deterministic trace
+    return fs, pos
+
+
+def test_never_policy_sync_makes_every_write_durable(scratch: str) -> None:
+    """``sync()`` returns a position as durable, whatever the policy.
+
+    With ``fsync="never"`` a rotation neither syncs the finished segment nor
+    the new segment's directory entry, and ``sync()`` then fdatasyncs only the
+    current segment: after a power loss the earlier segments can be empty,
+    torn or missing although ``sync()`` said their events were durable.
+    """
+    path = os.path.join(scratch, "log")
+    fs, pos = _never_workload(path, sync=True)
+    state = durable_image(fs.trace, fs.initial)
+    assert state.floor == pos
+    out = check_state(state, os.path.join(scratch, "crashed"), _reference(pos))
+    assert out.status == "ok", out.detail
+
+
+def test_never_policy_seal_leaves_an_openable_log(scratch: str) -> None:
+    """Sealing syncs the seals file and the log directory, which makes the
+    names of segments created without sync (``fsync="never"``) durable
+    before their contents: after a power loss a sealed segment reads as
+    empty, the log refuses to open and its seal refers to lost bytes."""
+    path = os.path.join(scratch, "log")
+    fs, pos = _never_workload(path, seal=True)
+    state = durable_image(fs.trace, fs.initial)
+    dest = os.path.join(scratch, "crashed")
+    materialise(state, dest)
+    seals = read_seals(dest)
+    assert seals, "nothing was sealed"
+    for s in seals:  # every durable seal must describe durable bytes
+        seg = os.path.join(dest, s.segment)
+        assert os.path.exists(seg), f"{s.segment} is sealed but missing"
+        digest, size = file_digest(OsFileSystem(), seg)
+        assert (digest.hex(), size) == (s.digest, s.size), \
+            f"{s.segment} is sealed but only {size} of its {s.size} bytes are durable"
+    shutil.rmtree(dest)
+    out = check_state(state, dest, _reference(pos))
+    assert out.status == "ok", out.detail
+
+
+def test_never_policy_prune_keeps_a_durable_checkpoint(scratch: str) -> None:
+    """Pruning durably removes segments (and records ``pruned``) but, with
+    ``fsync="never"``, writes the checkpoint that replaces them without
+    syncing it: after a power loss no checkpoint covers the pruned part and
+    the log cannot be opened at all."""
+    path = os.path.join(scratch, "log")
+    fs, _ = _never_workload(path, prune=True)
+    state = durable_image(fs.trace, fs.initial)
+    dest = os.path.join(scratch, "crashed")
+    materialise(state, dest)
+    pruned = read_pruned(OsFileSystem(), dest)
+    assert pruned > 1, "the prune did not happen"
+    usable = []
+    for cp in list_checkpoints(dest):
+        try:
+            load_checkpoint(cp.path, None)
+            usable.append(cp.position)
+        except CheckpointError:
+            pass
+    assert any(p >= pruned - 1 for p in usable), \
+        f"segments before {pruned} are durably gone but no durable checkpoint covers them"
+
+
+def _reference(events: int) -> Reference:
+    """The reference of `_never_workload` (one sample per event)."""
+    ref = Reference()
+    for i in range(events):
+        ref.apply(add_event(b"m001_pos_azim", encode_value(float(i) * 1.5), 1e9 + i))
+    return ref
+
+
+def _pruned_log(path: Path) -> int:
+    """A pruned log whose newest segment has a damaged frame followed by intact
+    ones; returns the offset of the damage."""
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(300):
+            b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+        assert b.prune(before=150).removed
+        writer = b._writer
+        assert writer is not None
+        b.sync()
+        offset = writer.offset
+        for i in range(5):
+            b.add_mutable(b"t", encode_value(i), 2e9 + i)
+    return offset
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != "LOCK"}
+
+
+def test_damaged_segment_after_a_checkpoint_changes_nothing(tmp_path: Path) -> None:
+    """Opening refuses damage "and changes nothing" (README).  But a damaged
+    frame in a segment replayed after a (valid) checkpoint makes recovery
+    blame the checkpoint and rename it to ``.bad``; in a pruned log that
+    checkpoint is the only copy of the pruned state, so the log can then no
+    longer be opened even after ``repair``."""
+    path = tmp_path / "log"
+    offset = _pruned_log(path)
+    seg = path / list_segments(OsFileSystem(), str(path))[-1][1]
+    data = bytearray(seg.read_bytes())
+    data[offset + 20] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    before = _tree(path)
+    with pytest.raises(LogCorruptError):
+        LogBackend(path)
+    assert _tree(path) == before
+
+
+def test_repair_keeps_a_healthy_pruned_log(tmp_path: Path) -> None:
+    """``repair_log`` replays from position 1 and ignores ``pruned`` and the
+    checkpoints, so it calls a healthy pruned log damaged ("segment starts at
+    position N but the log so far ends at 0") and would move every segment
+    aside."""
+    path = tmp_path / "log"
+    _pruned_log(path)
+    assert verify_log(path).ok
+    report = repair_log(path, dry_run=True)
+    assert not report.damaged, report.problem
