@@ -207,15 +207,23 @@ def encode_event(kind: int, pos: int, rec: float, sess: int, key_id: int, sub_ke
 
 
 def encode_batch(pos: int, rec: float, sess: int, key_id: int, ts: np.ndarray,
-                 values: list[bytes]) -> bytes:
-    """An ADD_BATCH frame (without its CRC) for samples at positions pos, pos+1, ..."""
+                 values: list[bytes] | np.ndarray) -> bytes:
+    """An ADD_BATCH frame (without its CRC) for samples at positions pos, pos+1, ...
+
+    `values` is a list of encoded values or a ``V<width>`` array of them.
+    """
     count = len(values)
-    width = len(values[0]) if count else 0
-    if width == 0 or any(len(v) != width for v in values):
-        width = 0
-        tail = np.fromiter(map(len, values), "<u4", count).tobytes() + b"".join(values)
+    if isinstance(values, np.ndarray):
+        width = values.dtype.itemsize
+        tail = values.tobytes()
     else:
-        tail = b"".join(values)
+        lengths = np.fromiter(map(len, values), np.int64, count)
+        width = int(lengths[0]) if count else 0
+        if width and bool((lengths == width).all()):
+            tail = b"".join(values)
+        else:
+            width = 0
+            tail = lengths.astype("<u4").tobytes() + b"".join(values)
     stamps = np.ascontiguousarray(ts, "<f8").tobytes()
     length = EVENT_PREFIX + 8 + len(stamps) + len(tail)
     return _BATCH.pack(FRAME_MAGIC, ADD_BATCH, check_byte(ADD_BATCH, length), length, pos, rec,

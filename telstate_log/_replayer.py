@@ -63,6 +63,18 @@ class Tables:
 
     TIME_STRIDE = 1024
 
+    def next_key_id(self) -> int:
+        """An id no key has yet (the writer registers the key once its record is written).
+
+        Our writers assign ids densely from 0, so the count is normally the
+        answer (O(1)); a log with gaps in its ids falls back to ``max + 1``.
+        """
+        keys = self.keys
+        n = len(keys)
+        if n not in keys and (n == 0 or n - 1 in keys):
+            return n
+        return max(keys) + 1
+
     def note_times(self, pos: np.ndarray, rec: np.ndarray, offsets: np.ndarray,
                    segment: int, counts: np.ndarray | None = None) -> None:
         """Sample event frames into the sparse index (every TIME_STRIDE-th position,

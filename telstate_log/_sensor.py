@@ -89,11 +89,14 @@ class SensorColumn:
         self._list: list[bytes] | None = None
         self._intern: dict[bytes, bytes] | None = None
         vlen = len(first_value)
+        self._vals: np.ndarray | None = None
+        self._prefix = b""
+        self._vlen = -1
         if vlen >= 2:
             plen = 2 if vlen > 2 else 1
             self._prefix = first_value[:plen]
             self._vlen = vlen
-            self._vals: np.ndarray | None = np.empty(self._cap, f"V{vlen - plen}")
+            self._vals = np.empty(self._cap, f"V{vlen - plen}")
         else:
             self._to_var()
 
@@ -232,16 +235,7 @@ class SensorColumn:
             self._grow(n + k + (n >> 2))
         if int(rel.max()) > _U32_MAX and self._pos.dtype != np.uint64:
             self._pos = self._pos.astype(np.uint64)
-        if isinstance(values, np.ndarray):
-            width = values.dtype.itemsize
-            if self._vals is not None and prefix == self._prefix \
-                    and self._vals.dtype.itemsize == width:
-                self._vals[n:n + k] = values
-            else:
-                raw = values.tobytes()
-                self._extend_values([prefix + raw[i:i + width] for i in range(0, len(raw), width)])
-        else:
-            self._extend_values(values)
+        self._store_values(values, prefix)
         self._ts[n:n + k] = ts
         self._pos[n:n + k] = rel
         self._n = n + k
@@ -249,8 +243,29 @@ class SensorColumn:
         self._last_val = self.value_at(n + k - 1)
         return True
 
+    def _store_values(self, values: Sequence[bytes] | np.ndarray, prefix: bytes = b"") -> None:
+        """Store values at ``[_n, _n + len(values))`` (capacity already ensured).
+
+        `values` is a list of encoded values, or a ``V<width>`` array of
+        encoded values with `prefix` removed.  Fixed-width batches are checked
+        and copied with numpy (no Python step per value) whenever they fit
+        the column's layout; anything else goes value by value.
+        """
+        n = self._n
+        k = len(values)
+        if self._vals is not None:
+            mat = _as_matrix(values, prefix)
+            if mat is not None and mat.shape[1] == self._vlen:
+                plen = len(self._prefix)
+                head = mat[:, :plen]
+                if plen == 0 or bool((head == np.frombuffer(self._prefix, np.uint8)).all()):
+                    body = np.ascontiguousarray(mat[:, plen:])
+                    self._vals[n:n + k] = body.view(self._vals.dtype).reshape(k)
+                    return
+        self._extend_values(_as_list(values, prefix))
+
     def _extend_values(self, values: Sequence[bytes]) -> None:
-        """Store `values` at ``[_n, _n + len(values))`` (capacity already ensured)."""
+        """Store `values` one by one at ``[_n, _n + len(values))``."""
         if self._vals is not None:
             for v in values:  # make the layout fit every value first
                 if not self._fits(v):
@@ -502,6 +517,37 @@ class SensorColumn:
             col.last_ts = -np.inf
             col._last_val = b""
         return col
+
+
+def _as_matrix(values: Sequence[bytes] | np.ndarray, prefix: bytes) -> np.ndarray | None:
+    """Fixed-width values (with `prefix` restored) as a (k, width) uint8 matrix, or None."""
+    k = len(values)
+    if isinstance(values, np.ndarray):
+        w = values.dtype.itemsize
+        body = np.frombuffer(values.tobytes(), np.uint8).reshape(k, w) \
+            if not values.flags.c_contiguous else values.view(np.uint8).reshape(k, w)
+        if not prefix:
+            return body
+        mat = np.empty((k, len(prefix) + w), np.uint8)
+        mat[:, :len(prefix)] = np.frombuffer(prefix, np.uint8)
+        mat[:, len(prefix):] = body
+        return mat
+    if not k:
+        return None
+    joined = b"".join(values)
+    w = len(values[0])
+    if w == 0 or len(joined) != w * k or max(map(len, values)) != w:
+        return None
+    return np.frombuffer(joined, np.uint8).reshape(k, w)
+
+
+def _as_list(values: Sequence[bytes] | np.ndarray, prefix: bytes) -> list[bytes]:
+    """Values as a list of encoded bytes."""
+    if isinstance(values, np.ndarray):
+        raw = values.tobytes()
+        w = values.dtype.itemsize
+        return [prefix + raw[i:i + w] for i in range(0, len(raw), w)]
+    return list(values)
 
 
 class SensorRange:

@@ -68,7 +68,7 @@ EVENT_NAMES = {IMMUTABLE: "set", ADD: "add", INDEXED: "set_indexed", DELETE: "de
 #: commit(kind, position, key, sub_key, value, timestamp)
 Commit = Callable[[int, int, bytes, bytes, bytes, float], None]
 #: commit_batch(first position, key, timestamps, values): samples at consecutive positions
-CommitBatch = Callable[[int, bytes, np.ndarray, list[bytes]], None]
+CommitBatch = Callable[[int, bytes, np.ndarray, "list[bytes] | np.ndarray"], None]
 
 
 class Immutable:
@@ -165,12 +165,15 @@ class State:
         self.position = pos
         return True
 
-    def add_mutable_batch(self, key: bytes, values: Sequence[bytes], ts: np.ndarray,
-                          commit: CommitBatch | None = None) -> int:
+    def add_mutable_batch(self, key: bytes, values: Sequence[bytes] | np.ndarray,
+                          ts: np.ndarray, commit: CommitBatch | None = None) -> int:
         """Add many samples to one key; returns how many were new (one event each).
 
-        Samples already stored, and repeats within the batch, are dropped;
-        the new ones get consecutive positions in the order given.
+        `values` is a list of encoded values or a ``V<width>`` numpy array of
+        fixed-width encoded values (kept as an array end to end, so a big
+        sensor costs no Python step per sample).  Samples already stored, and
+        repeats within the batch, are dropped; the new ones get consecutive
+        positions in the order given.
         """
         ts = np.asarray(ts, np.float64)
         if len(ts) != len(values):
@@ -185,18 +188,20 @@ class State:
         if entry is not None and type(entry) is not SensorColumn:
             raise _type_error(key, entry, "mutable")
         increasing = len(ts) == 1 or bool(np.all(ts[1:] > ts[:-1]))
+        new_vals: list[bytes] | np.ndarray
         if increasing and (entry is None or ts[0] > entry.last_ts):
-            new_vals = list(values)
+            new_vals = values if isinstance(values, np.ndarray) else list(values)
             new_ts = ts
         else:
+            vals = values.tolist() if isinstance(values, np.ndarray) else values
             seen: set[tuple[float, bytes]] = set()
             keep = []
-            for i, (t, v) in enumerate(zip(ts.tolist(), values)):
+            for i, (t, v) in enumerate(zip(ts.tolist(), vals)):
                 if (t, v) in seen or (entry is not None and entry.contains(t, v)):
                     continue
                 seen.add((t, v))
                 keep.append(i)
-            new_vals = [values[i] for i in keep]
+            new_vals = [vals[i] for i in keep]
             new_ts = ts[keep]
         k = len(new_vals)
         if k == 0:
@@ -206,9 +211,12 @@ class State:
             commit(first, key, new_ts, new_vals)
         pos = np.arange(first, first + k, dtype=np.int64)
         if entry is None:
-            entry = self._keys[key] = SensorColumn(first, new_vals[0], capacity=k)
+            first_value = new_vals[0] if not isinstance(new_vals, np.ndarray) \
+                else new_vals[0].tobytes()
+            entry = self._keys[key] = SensorColumn(first, first_value, capacity=k)
         if not entry.extend_sorted(new_ts, new_vals, pos):
-            for t, v, p in zip(new_ts.tolist(), new_vals, pos.tolist()):
+            vals2 = new_vals.tolist() if isinstance(new_vals, np.ndarray) else new_vals
+            for t, v, p in zip(new_ts.tolist(), vals2, pos.tolist()):
                 entry.add(t, v, p)
         self.position = first + k - 1
         return k

@@ -33,6 +33,7 @@ import zlib
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from . import _format as fmt
 from ._errors import LogFailedError, LogWriteError
@@ -189,7 +190,7 @@ class LogWriter:
             kid = fmt.NO_KEY
         new_key = kid is None
         if kid is None:
-            kid = max(tables.keys, default=-1) + 1
+            kid = tables.next_key_id()
         frame = fmt.encode_event(kind, pos, rec, self.session_id, kid, sub_key, value, ts)
         size = len(frame) + 4
         if kind != fmt.CLEAR and kid not in self._seg_keys:
@@ -233,7 +234,8 @@ class LogWriter:
         self._seg_keys = set()
         return self.session_id
 
-    def commit_batch(self, first: int, key: bytes, ts: Any, values: list[bytes]) -> None:
+    def commit_batch(self, first: int, key: bytes, ts: Any,
+                     values: list[bytes] | np.ndarray) -> None:
         """State batch hook: samples of `key` at positions first, first + 1, ...
 
         Written as ADD_BATCH frames of at most MAX_BATCH_BODY bytes each, all
@@ -250,16 +252,19 @@ class LogWriter:
         kid = tables.key_ids.get(key)
         new_key = kid is None
         if kid is None:
-            kid = max(tables.keys, default=-1) + 1
+            kid = tables.next_key_id()
         frames = []
-        i = 0
         n = len(values)
+        if isinstance(values, np.ndarray):
+            sizes = np.full(n, values.dtype.itemsize + 12, np.int64)
+        else:
+            sizes = np.fromiter(map(len, values), np.int64, n) + 12
+        ends = np.cumsum(sizes)
+        i = 0
         while i < n:
-            size = 0
-            j = i
-            while j < n and (j == i or size + len(values[j]) + 12 <= self.MAX_BATCH_BODY):
-                size += len(values[j]) + 12
-                j += 1
+            # the longest run from i whose frame body stays within MAX_BATCH_BODY
+            base = int(ends[i - 1]) if i else 0
+            j = max(i + 1, int(np.searchsorted(ends, base + self.MAX_BATCH_BODY, "right")))
             frames.append(fmt.encode_batch(first + i, rec, self.session_id, kid, ts[i:j],
                                            values[i:j]))
             i = j

@@ -104,11 +104,16 @@ class _Samples:
         else:
             self.blob, self.width, self.members = b"", 0, members
 
-    def columns(self) -> tuple[np.ndarray, list[bytes]]:
-        """``(float64 timestamps, encoded values)`` of the samples, in member order."""
+    def columns(self) -> tuple[np.ndarray, list[bytes] | np.ndarray]:
+        """``(float64 timestamps, encoded values)`` of the samples, in member order.
+
+        Fixed-width values come as a ``V<width>`` array, which the bulk write
+        path keeps as an array end to end.
+        """
         if self.members is None:
             records = np.frombuffer(self.blob, _record_layout(self.width))
-            return records["ts"].astype(np.float64), records["value"].tolist()
+            values = np.ascontiguousarray(records["value"])
+            return records["ts"].astype(np.float64), values
         members = self.members
         stamps = b"".join([m[:8] for m in members])
         return np.frombuffer(stamps, ">f8").astype(np.float64), [m[8:] for m in members]
@@ -184,7 +189,8 @@ def _conflict(key: bytes, label: str, reason: str) -> ImmutableKeyError:
 def _plan_samples(backend: StateBackend, key: bytes, samples: _Samples
                   ) -> tuple[np.ndarray, list[bytes]]:
     """The samples of `key` not already stored (compared over the overlapping time span)."""
-    ts, values = samples.columns()
+    ts, column = samples.columns()
+    values = column.tolist() if isinstance(column, np.ndarray) else column
     stored = backend.get_range_arrays(key, float(ts[0]), float(ts[-1]), False, True)
     if stored is None or not len(stored):
         return ts, values

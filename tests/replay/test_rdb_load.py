@@ -255,8 +255,6 @@ def test_async_wrapper_loads_in_a_thread(tmp_path: Path) -> None:
     assert count == 1 and latest == (sensor(10)[-1][8:], 1.7e9 + 9 * 0.5)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="SensorColumn cannot start with a value shorter than 2 bytes")
 def test_sensor_starting_with_one_byte_value(tmp_path: Path) -> None:
     rdb = _write(tmp_path / "in.rdb", {b"s": (KeyType.MUTABLE, [pack_member(0.0, b"\x00")])})
     backend = MemoryBackend()
