@@ -12,7 +12,7 @@ usage errors (argparse's own, and options this build cannot honour).
 and streams a consistent snapshot through
 :func:`telstate_log.replay._export.export_rdb`.  ``--at POSITION`` and
 ``--as-of TIME`` export the state as it was at an earlier point; they need
-the backend's ``as_of_items(pattern, position=..., time=...)`` and exit 2 if
+the backend's as-of view (``as_of(position=..., time=...).snapshot_items(pattern)``) and exit 2 if
 it does not exist yet.  ``import IN.rdb LOG`` opens (or creates) the log for
 writing and calls :func:`telstate_log.replay._rdb_load.import_rdb`; nothing
 is imported if the file is malformed or conflicts with the log.
@@ -125,13 +125,10 @@ def run_export(args: argparse.Namespace) -> int:
         return _fail("export", exc)
     with backend:
         if args.at is not None or args.as_of is not None:
-            as_of_items = getattr(backend, "as_of_items", None)
-            if as_of_items is None:
-                print("telstate-log export: time travel not available yet", file=sys.stderr)
-                return EXIT_USAGE
             try:
-                items = as_of_items(pattern, position=args.at, time=args.as_of)
-            except TelstateError as exc:
+                view = backend.as_of(position=args.at, time=args.as_of)
+                items = view.snapshot_items(pattern)
+            except (TelstateError, ValueError) as exc:
                 return _fail("export", exc)
         else:
             items = backend.snapshot_items(pattern)

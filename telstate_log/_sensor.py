@@ -583,3 +583,9 @@ class SensorRange:
     def floats(self) -> np.ndarray | None:
         """The values as float64 if every one is a msgpack double, else None."""
         return self._float
+
+    def fixed(self) -> tuple[bytes, np.ndarray] | None:
+        """``(shared prefix, V<width> array of the rest)`` for fixed-width values, else None."""
+        if self._vals is None:
+            return None
+        return self._prefix, self._vals

@@ -17,7 +17,7 @@ from telstate_log import _progress
 from telstate_log._cli_rdb import add_export_parser, add_import_parser, parse_time
 from telstate_log._encoding import encode_value
 from telstate_log._progress import Progress
-from telstate_log.backends import LogBackend
+from telstate_log.backends import LogBackend, MemoryBackend
 
 V = encode_value
 
@@ -118,27 +118,28 @@ def test_export_of_a_log_with_a_live_writer(tmp_path: Path,
     assert json.loads(capsys.readouterr().out)["keys"] == 1
 
 
-def test_time_travel_options(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_time_travel_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--at/--as-of export the state as it was: here before the immutable and the table."""
     make_log(tmp_path / "log")
     out = str(tmp_path / "out.rdb")
-    monkeypatch.delattr(LogBackend, "as_of_items", raising=False)
-    assert run("export", str(tmp_path / "log"), out, "--at", "5") == 2
-    assert "time travel not available yet" in capsys.readouterr().err
-    assert not os.path.exists(out)
-    calls: list[tuple[Any, ...]] = []
-
-    def as_of_items(self: LogBackend, pattern: bytes, *, position: int | None,
-                    time: float | None) -> list[Any]:
-        calls.append((pattern, position, time))
-        return [(b"old", 1, V("then"))]
-
-    monkeypatch.setattr(LogBackend, "as_of_items", as_of_items, raising=False)
-    assert run("export", str(tmp_path / "log"), out, "--at", "5", "--keys", "o*") == 0
-    assert run("export", str(tmp_path / "log"), out, "--as-of", "2024-01-01T00:00:00Z") == 0
-    assert run("export", str(tmp_path / "log"), out, "--as-of", "1700000000.5") == 0
-    assert calls == [(b"o*", 5, None), (b"*", None, 1704067200.0), (b"*", None, 1700000000.5)]
-    assert "exported 1 keys" in capsys.readouterr().out
+    assert run("export", str(tmp_path / "log"), out, "--at", "300", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["keys"], summary["samples"]) == (3, 300)
+    mem = MemoryBackend()
+    mem.load_from_file(out)
+    assert sorted(mem.keys(b"*")) == [b"sensor_0", b"sensor_1", b"sensor_2"]
+    assert run("export", str(tmp_path / "log"), out, "--at", "150", "--keys", "sensor_1") == 0
+    mem = MemoryBackend()
+    mem.load_from_file(out)
+    assert len(mem.get_range(b"sensor_1", 0.0, float("inf"), False, False) or []) == 50
+    with LogBackend(tmp_path / "log", readonly=True, follow=False) as log:
+        recorded = log.events(301, 301)[0].recorded
+    assert run("export", str(tmp_path / "log"), out, "--as-of", str(recorded)) == 0
+    mem = MemoryBackend()
+    mem.load_from_file(out)
+    assert mem.get(b"obs_name")[0] == V("scan") and b"table" not in mem
+    assert run("export", str(tmp_path / "log"), out, "--at", "9999") == 1
+    assert "beyond the end of the log" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [

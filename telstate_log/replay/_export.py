@@ -85,19 +85,20 @@ class _Snapshotting(Protocol):
 def _fixed_layout(columns: Any, count: int) -> tuple[bytes, np.ndarray] | None:
     """``(shared prefix, (count, width) uint8 matrix of the rest)`` of fixed-width values.
 
-    Float sensors go through the public ``floats()``; other fixed-width
-    :class:`SensorRange` columns through its value array (a private
-    attribute of the same package, read-only), so no per-sample list is built.
+    Float sensors go through ``floats()``, other fixed-width
+    :class:`SensorRange` columns through ``fixed()``, so no per-sample list
+    is built.
     """
     floats = columns.floats() if hasattr(columns, "floats") else None
     if floats is not None:
         body = np.ascontiguousarray(floats, ">f8")
         return _FLOAT_PREFIX, body.view(np.uint8).reshape(count, 8)
     if isinstance(columns, SensorRange):
-        values = columns._vals
-        if values is not None and values.dtype.itemsize > 0:
+        fixed = columns.fixed()
+        if fixed is not None and fixed[1].dtype.itemsize > 0:
+            prefix, values = fixed
             body = np.ascontiguousarray(values)
-            return columns._prefix, body.view(np.uint8).reshape(count, values.dtype.itemsize)
+            return prefix, body.view(np.uint8).reshape(count, values.dtype.itemsize)
     return None
 
 
