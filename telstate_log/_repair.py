@@ -35,7 +35,7 @@ from ._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from ._errors import LogCorruptError, LogError
 from ._fileio import OsFileSystem
 from ._lockfile import acquire_lock, release_lock
-from ._recovery import classify_tail, list_segments, replay_segments
+from ._recovery import classify_tail, list_segments
 from ._replayer import Replayer, Tables
 from ._retention import read_pruned
 from ._seal import SealFileError, read_seals, verify_seals, write_seals

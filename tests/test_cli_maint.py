@@ -193,7 +193,7 @@ def test_seal_refuses_to_claim_what_it_did_not_seal(capsys: pytest.CaptureFixtur
                                                     log: Path) -> None:
     with LogBackend(log, checkpoint_bytes=None) as backend:
         TelescopeState(backend).add("more", -1.0, ts=3e9)
-    rc, out, err = cli(capsys, "seal", str(log), "--json")
+    rc, out, _err = cli(capsys, "seal", str(log), "--json")
     data = json.loads(out)
     [new] = data["newly_sealed"]
     assert rc == 0 and new["last"] == LOG_EVENTS + 301 and new["seal"] == data["head"]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import pytest

@@ -22,7 +22,8 @@ ops = st.lists(st.one_of(
 ), min_size=1, max_size=40)
 
 
-def run(seq: list[tuple[object, ...]]) -> tuple[SensorColumn | None, list[tuple[float, bytes, int]]]:
+def run(seq: list[tuple[object, ...]]
+        ) -> tuple[SensorColumn | None, list[tuple[float, bytes, int]]]:
     """Apply ops to a column and to a model; returns both (model: sorted, with positions)."""
     col: SensorColumn | None = None
     model: dict[tuple[float, bytes], int] = {}
@@ -81,7 +82,7 @@ def test_column_matches_model(seq: list[tuple[object, ...]]) -> None:
     if floats is not None:
         assert floats.tolist() == [np.frombuffer(v[2:], ">f8")[0] for _, v, _ in model]
     # Views up to every position show exactly the samples added by then.
-    for upto in range(0, max(p for _, _, p in model) + 1):
+    for upto in range(max(p for _, _, p in model) + 1):
         view = col.upto(upto)
         expected = [(t, v) for t, v, p in model if p <= upto]
         if not expected:
