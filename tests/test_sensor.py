@@ -24,7 +24,6 @@ ops = st.lists(st.one_of(
 
 def run(seq: list[tuple[object, ...]]
         ) -> tuple[SensorColumn | None, list[tuple[float, bytes, int]]]:
-        ) -> tuple[SensorColumn | None, list[tuple[float, bytes, int]]]:
     """Apply ops to a column and to a model; returns both (model: sorted, with positions)."""
     col: SensorColumn | None = None
     model: dict[tuple[float, bytes], int] = {}
