@@ -27,11 +27,13 @@ channel, so it is kept (and health-checked) between monitors.
 
 The pub/sub connection comes from a pool whose connections never retry:
 if it fails, the pump discards it, waits with backoff and subscribes afresh
-to every wanted channel; the confirmations then make every monitor re-read, so a condition
-that became true meanwhile is not missed.  A monitor yields a plain
-:class:`KeyUpdateBase` first; consecutive rechecks collapse into one.  When
-the backend is closed (or the pump fails unexpectedly), waiting monitors
-raise :exc:`~telstate_log.ConnectionError`.
+to every wanted channel; the confirmations then make every monitor re-read,
+so a condition that became true meanwhile is not missed.  A monitor yields
+a plain :class:`KeyUpdateBase` first; consecutive rechecks collapse into
+one.  When the backend is closed (or the pump fails unexpectedly), waiting
+monitors raise :exc:`~telstate_log.ConnectionError`.  The pump stops on
+its own once closing starts, not only when cancelled: before Python 3.12,
+``asyncio.wait_for`` (used inside redis-py) can swallow a cancellation.
 """
 
 from __future__ import annotations
@@ -164,10 +166,7 @@ class _PubSubHub:
         self._changed.set()
         task, self._task = self._task, None
         if task is not None:
-            # The pump also stops by itself once it sees _closed_reason:
-            # before Python 3.12, asyncio.wait_for (used inside redis-py) can
-            # swallow a cancellation that races with its inner future.
-            task.cancel()
+            task.cancel()       # (and it stops by itself: see the module docstring)
             await asyncio.wait((task,))
         await self._client.connection_pool.disconnect()
 

@@ -38,10 +38,10 @@ katsdptelstate's ``TelescopeState`` does.
 When the connection fails, the monitor drops it and resubscribes on a new
 one, with backoff, never sleeping past the caller's timeout (one connection
 attempt aside: it fails at once if the server is down, within the socket
-timeout if it is unreachable).  Messages published while unsubscribed are lost,
-so whenever the server confirms the last channel of a (re)subscription the
-monitor yields a plain :class:`KeyUpdateBase` and the caller re-reads: a
-condition that became true meanwhile is never missed.
+timeout if it is unreachable).  Messages published while unsubscribed are
+lost, so whenever the server confirms the last channel of a
+(re)subscription the monitor yields a plain :class:`KeyUpdateBase` and the
+caller re-reads: a condition that became true meanwhile is never missed.
 """
 
 from __future__ import annotations
@@ -103,7 +103,9 @@ class RedisBackend(Backend):
         check_client(client)
         self.client = client
         self._closed = False
-        self._pubsub_client: redis.Redis | None = None
+        # Pub/sub connections come from their own pool (no I/O until used).
+        pool = redis.ConnectionPool(**pubsub_pool_options(client.connection_pool, Retry))
+        self._pubsub_client = redis.Redis(connection_pool=pool)
         self._scripts = {name: client.register_script(text)
                          for name, text in common.SCRIPTS.items()}
         try:
@@ -196,9 +198,6 @@ class RedisBackend(Backend):
 
     def _pubsub(self) -> redis.client.PubSub:
         """A PubSub whose connections fail fast (the monitor does the retrying)."""
-        if self._pubsub_client is None:
-            pool = redis.ConnectionPool(**pubsub_pool_options(self.client.connection_pool, Retry))
-            self._pubsub_client = redis.Redis(connection_pool=pool)
         return self._pubsub_client.pubsub()  # type: ignore[no-untyped-call,no-any-return]
 
     def _next_update(self, link: _Subscription, timeout: float | None) -> KeyUpdateBase | None:
@@ -224,8 +223,7 @@ class RedisBackend(Backend):
         self._closed = True
         self.client.close()
         self.client.connection_pool.disconnect()
-        if self._pubsub_client is not None:
-            self._pubsub_client.connection_pool.disconnect()
+        self._pubsub_client.connection_pool.disconnect()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {describe_pool(self.client.connection_pool)}>"

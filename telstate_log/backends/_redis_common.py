@@ -144,18 +144,18 @@ async def run_plan_async(plan: Plan[_R], execute: Callable[[Op], Awaitable[Any]]
     plan's own steps, for plans that do slow work between operations (the
     RDB loader parses the file).
     """
-    done, value = _advance(plan.send, None) if in_thread is None else \
-        await in_thread(_advance, plan.send, None)
+    async def advance(method: Callable[[Any], Op], arg: Any) -> tuple[bool, Any]:
+        return _advance(method, arg) if in_thread is None else \
+            await in_thread(_advance, method, arg)
+
+    done, value = await advance(plan.send, None)
     while not done:
-        method: Callable[[Any], Op]
         try:
             reply = await execute(value)
         except Exception as exc:
-            method, arg = plan.throw, exc
+            done, value = await advance(plan.throw, exc)
         else:
-            method, arg = plan.send, reply
-        done, value = _advance(method, arg) if in_thread is None else \
-            await in_thread(_advance, method, arg)
+            done, value = await advance(plan.send, reply)
     return value  # type: ignore[no-any-return]
 
 
@@ -167,13 +167,10 @@ _KEY_TYPES: dict[str, KeyType | None] = {
 REDIS_TYPES = {kind: name for name, kind in _KEY_TYPES.items() if kind is not None}
 
 
-def _text(reply: Any) -> str:
-    return reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
-
-
 def key_type_from_redis(key: bytes, type_name: Any) -> KeyType | None:
     """Map a ``TYPE`` reply to a KeyType; other Redis types raise ImmutableKeyError."""
-    name = _text(type_name)
+    name = type_name.decode("ascii", "replace") if isinstance(type_name, bytes) \
+        else str(type_name)
     try:
         return _KEY_TYPES[name]
     except KeyError:
