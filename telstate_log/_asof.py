@@ -173,8 +173,7 @@ class AsOfState:
         col = self.sensor(key)
         if col is None:
             return None
-        i0, i1 = col.index_range(st, et, include_previous, include_end)
-        return list(zip(col.values(i0, i1), col.timestamps(i0, i1).tolist()))
+        return col.range_list(st, et, include_previous, include_end)
 
     def nbytes(self) -> int:
         return sum(e.nbytes() for e in self._cache.values() if type(e) is SensorColumn)

@@ -17,7 +17,7 @@ import errno
 import os
 from typing import Any
 
-__all__ = ["FileSystem", "OsFileSystem", "write_all"]
+__all__ = ["FileSystem", "OsFileSystem", "replace_file", "write_all"]
 
 _HAS_FDATASYNC = hasattr(os, "fdatasync")
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -146,3 +146,23 @@ def write_all(fs: FileSystem, fd: int, data: bytes | memoryview) -> None:
         if n <= 0:
             raise OSError(errno.EIO, "write made no progress")
         view = view[n:]
+
+
+def replace_file(fs: FileSystem, directory: str, name: str, data: bytes) -> None:
+    """Replace ``directory/name`` with `data` crash-safely.
+
+    Writes ``name.tmp``, syncs it, renames it over `name` and syncs the
+    directory: after a crash the file holds either the old or the new bytes.
+    """
+    path = f"{directory}/{name}"
+    tmp = path + ".tmp"
+    if fs.exists(tmp):
+        fs.remove(tmp)
+    fd = fs.create(tmp)
+    try:
+        write_all(fs, fd, data)
+        fs.sync(fd)
+    finally:
+        fs.close(fd)
+    fs.rename(tmp, path)
+    fs.sync_dir(directory)

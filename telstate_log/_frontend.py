@@ -343,59 +343,49 @@ class TelescopeStateBase(Generic[_B]):
         except KeyError:
             return default
 
-    def _plan_get_range(self, key: Key, st: float | None, et: float | None,
-                        include_previous: bool | None, include_end: bool,
-                        return_encoded: bool) -> Plan[list[tuple[Any, float]]]:
+    def _plan_range_samples(self, key: Key, st: float | None, et: float | None,
+                            include_previous: bool | None, include_end: bool) -> Plan[Any]:
+        """The samples of the first prefix holding `key`: a backend SensorRange
+        (columnar backends) or a list of (encoded value, timestamp)."""
         st, et, include_previous = range_args(st, et, include_previous)
         key = ensure_binary(key)
-        columnar = self._columnar
+        method = "get_range_arrays" if self._columnar else "get_range"
         for prefix in self._prefixes:
             full_key = prefix + key
             try:
-                if columnar:
-                    rng = yield "get_range_arrays", (full_key, st, et, include_previous,
-                                 include_end)
-                    if rng is None:
-                        continue
-                    if return_encoded:
-                        return _zip_list(rng.encoded(), rng.timestamps.tolist())
-                    return decode_range(rng)
-                ret = yield "get_range", (full_key, st, et, include_previous, include_end)
+                samples = yield method, (full_key, st, et, include_previous, include_end)
             except ImmutableKeyError:
                 raise ImmutableKeyError(
                     f"{display_str(full_key)} is immutable, cannot use get_range") from None
-            if ret is not None:
-                if return_encoded:
-                    return list(ret)
-                return [(decode_value(v), t) for v, t in ret]
+            if samples is not None:
+                return samples
         raise KeyError(f"{display_str(key)} not found")
+
+    def _plan_get_range(self, key: Key, st: float | None, et: float | None,
+                        include_previous: bool | None, include_end: bool,
+                        return_encoded: bool) -> Plan[list[tuple[Any, float]]]:
+        samples = yield from self._plan_range_samples(key, st, et, include_previous,
+                                                      include_end)
+        if isinstance(samples, list):
+            if return_encoded:
+                return samples
+            return [(decode_value(v), t) for v, t in samples]
+        if return_encoded:
+            return _zip_list(samples.encoded(), samples.timestamps.tolist())
+        return decode_range(samples)
 
     def _plan_get_range_arrays(self, key: Key, st: float | None, et: float | None,
                                include_previous: bool | None,
                                include_end: bool) -> Plan[tuple[np.ndarray, Any]]:
-        st, et, include_previous = range_args(st, et, include_previous)
-        key = ensure_binary(key)
-        columnar = self._columnar
-        for prefix in self._prefixes:
-            full_key = prefix + key
-            try:
-                if columnar:
-                    rng = yield "get_range_arrays", (full_key, st, et, include_previous,
-                                 include_end)
-                    if rng is None:
-                        continue
-                    floats = rng.floats()
-                    values = floats.astype(np.float64) if floats is not None else \
-                        _as_array(decode_values(rng.encoded()))
-                    return np.array(rng.timestamps, np.float64), values
-                ret = yield "get_range", (full_key, st, et, include_previous, include_end)
-            except ImmutableKeyError:
-                raise ImmutableKeyError(
-                    f"{display_str(full_key)} is immutable, cannot use get_range") from None
-            if ret is not None:
-                timestamps = np.array([t for _, t in ret], np.float64)
-                return timestamps, _as_array(decode_values([v for v, _ in ret]))
-        raise KeyError(f"{display_str(key)} not found")
+        samples = yield from self._plan_range_samples(key, st, et, include_previous,
+                                                      include_end)
+        if isinstance(samples, list):
+            timestamps = np.array([t for _, t in samples], np.float64)
+            return timestamps, _as_array(decode_values([v for v, _ in samples]))
+        floats = samples.floats()
+        values = floats.astype(np.float64) if floats is not None else \
+            _as_array(decode_values(samples.encoded()))
+        return np.array(samples.timestamps, np.float64), values
 
     def _plan_check_condition(self, key: bytes,
                               condition: Callable[[Any, float | None], bool] | None,

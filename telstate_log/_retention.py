@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _format as fmt
 from ._errors import LogError
-from ._fileio import FileSystem, write_all
+from ._fileio import FileSystem, replace_file
 from ._recovery import list_segments
 
 if TYPE_CHECKING:
@@ -68,18 +68,7 @@ def read_pruned(fs: FileSystem, path: str) -> int:
 
 
 def _write_pruned(fs: FileSystem, path: str, position: int) -> None:
-    p = os.path.join(path, PRUNED_FILE)
-    tmp = p + ".tmp"
-    if fs.exists(tmp):
-        fs.remove(tmp)
-    fd = fs.create(tmp)
-    try:
-        write_all(fs, fd, f"{position}\n".encode())
-        fs.sync(fd)
-    finally:
-        fs.close(fd)
-    fs.rename(tmp, p)
-    fs.sync_dir(path)
+    replace_file(fs, path, PRUNED_FILE, f"{position}\n".encode())
 
 
 def _cut(fs: FileSystem, path: str, before: int | None,

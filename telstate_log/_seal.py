@@ -39,7 +39,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ._fileio import FileSystem, OsFileSystem, write_all
+from ._fileio import FileSystem, OsFileSystem, replace_file
 
 __all__ = ["SEALS_FILE", "Seal", "genesis", "read_seals", "seal_segment", "verify_seals",
            "write_seals"]
@@ -118,20 +118,8 @@ def read_seals(log_path: str, fs: FileSystem | None = None) -> list[Seal]:
 
 def write_seals(log_path: str, seals: list[Seal], fs: FileSystem | None = None) -> None:
     """Replace the seals file crash-safely."""
-    fs = fs or OsFileSystem()
-    path = os.path.join(log_path, SEALS_FILE)
-    tmp = path + ".tmp"
-    if fs.exists(tmp):
-        fs.remove(tmp)
     data = "\n".join([_HEADER, *(s.line() for s in seals)]).encode("ascii") + b"\n"
-    fd = fs.create(tmp)
-    try:
-        write_all(fs, fd, data)
-        fs.sync(fd)
-    finally:
-        fs.close(fd)
-    fs.rename(tmp, path)
-    fs.sync_dir(log_path)
+    replace_file(fs or OsFileSystem(), log_path, SEALS_FILE, data)
 
 
 def verify_seals(log_path: str, log_id: bytes, segments: list[tuple[int, str]],

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SensorColumn", "SensorRange"]
+__all__ = ["SensorColumn", "SensorRange", "chunks"]
 
 _INTERN_LIMIT = 4096  # distinct values interned per var column
 _MIN_CAPACITY = 16
@@ -413,6 +413,12 @@ class SensorColumn:
             start -= 1
         return start, max(start, end)
 
+    def range_list(self, st: float, et: float, include_previous: bool,
+                   include_end: bool) -> list[tuple[bytes, float]]:
+        """The samples :meth:`index_range` selects, as (encoded value, timestamp)."""
+        i0, i1 = self.index_range(st, et, include_previous, include_end)
+        return list(zip(self.values(i0, i1), self.timestamps(i0, i1).tolist()))
+
     def nbytes(self) -> int:
         """Approximate memory held by the column."""
         total = self._ts.nbytes + self._pos.nbytes
@@ -517,6 +523,26 @@ class SensorColumn:
             col.last_ts = -np.inf
             col._last_val = b""
         return col
+
+
+def chunks(values: Sequence[bytes] | np.ndarray, overhead: int,
+           limit: int) -> list[tuple[int, int]]:
+    """Split `values` into runs ``[i, j)`` of at most `limit` bytes each (counting
+    `overhead` per value; a single value larger than that is a run of its own)."""
+    n = len(values)
+    if isinstance(values, np.ndarray):
+        sizes = np.full(n, values.dtype.itemsize + overhead, np.int64)
+    else:
+        sizes = np.fromiter(map(len, values), np.int64, n) + overhead
+    ends = np.cumsum(sizes)
+    out = []
+    i = 0
+    while i < n:
+        base = int(ends[i - 1]) if i else 0
+        j = max(i + 1, int(np.searchsorted(ends, base + limit, "right")))
+        out.append((i, j))
+        i = j
+    return out
 
 
 def _as_matrix(values: Sequence[bytes] | np.ndarray, prefix: bytes) -> np.ndarray | None:

@@ -395,8 +395,7 @@ class State:
         col = self.sensor(key)
         if col is None:
             return None
-        i0, i1 = col.index_range(st, et, include_previous, include_end)
-        return list(zip(col.values(i0, i1), col.timestamps(i0, i1).tolist()))
+        return col.range_list(st, et, include_previous, include_end)
 
     def nbytes(self) -> int:
         """Approximate memory held by sensor columns."""

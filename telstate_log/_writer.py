@@ -39,6 +39,7 @@ from . import _format as fmt
 from ._errors import LogFailedError, LogWriteError
 from ._fileio import FileSystem, write_all
 from ._replayer import Tables
+from ._sensor import chunks
 from ._version import __version__
 
 __all__ = ["LogWriter", "create_segment", "session_info"]
@@ -207,17 +208,7 @@ class LogWriter:
         pieces.append(frame)
         frame_offset = self.offset + sum(len(p) + 4 for p in pieces[:-1])
         self._append_pieces(pieces)
-        self._seg_events += 1
-        self._seg_session = True
-        self._last_rec = rec
-        self.position = pos
-        if kind != fmt.CLEAR:
-            self._seg_keys.add(kid)
-            if new_key:
-                tables.keys[kid] = key
-                tables.key_ids[key] = kid
-        if self.session_id not in tables.sessions:
-            tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
+        self._committed(pos, 1, rec, None if kind == fmt.CLEAR else kid, key, new_key)
         if (pos - 1) % tables.TIME_STRIDE == 0 or not tables.time_pos or self._seg_events == 1:
             self._note_time(pos, rec, frame_offset)  # also the first event of each segment
         tables.last_recorded = rec
@@ -253,21 +244,9 @@ class LogWriter:
         new_key = kid is None
         if kid is None:
             kid = tables.next_key_id()
-        frames = []
         n = len(values)
-        if isinstance(values, np.ndarray):
-            sizes = np.full(n, values.dtype.itemsize + 12, np.int64)
-        else:
-            sizes = np.fromiter(map(len, values), np.int64, n) + 12
-        ends = np.cumsum(sizes)
-        i = 0
-        while i < n:
-            # the longest run from i whose frame body stays within MAX_BATCH_BODY
-            base = int(ends[i - 1]) if i else 0
-            j = max(i + 1, int(np.searchsorted(ends, base + self.MAX_BATCH_BODY, "right")))
-            frames.append(fmt.encode_batch(first + i, rec, self.session_id, kid, ts[i:j],
-                                           values[i:j]))
-            i = j
+        frames = [fmt.encode_batch(first + i, rec, self.session_id, kid, ts[i:j], values[i:j])
+                  for i, j in chunks(values, 12, self.MAX_BATCH_BODY)]
         total = sum(len(f) + 4 for f in frames) + 16 + len(key) + 16 + \
             len(self._session_payload)
         if self.offset + total > self._segment_bytes and self._seg_events:
@@ -284,16 +263,7 @@ class LogWriter:
             offset += len(f) + 4
         pieces.extend(frames)
         self._append_pieces(pieces)
-        self._seg_events += n
-        self._seg_session = True
-        self._last_rec = tables.last_recorded = rec
-        self.position = first + n - 1
-        self._seg_keys.add(kid)
-        if new_key:
-            tables.keys[kid] = key
-            tables.key_ids[key] = kid
-        if self.session_id not in tables.sessions:
-            tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
+        self._committed(first + n - 1, n, rec, kid, key, new_key)
         for f, off in zip(frames, offsets):
             self._note_time(int.from_bytes(f[8:16], "little"), rec, off)
 
@@ -314,6 +284,23 @@ class LogWriter:
         except BaseException:
             self._crc = saved
             raise
+
+    def _committed(self, last: int, events: int, rec: float, kid: int | None, key: bytes,
+                   new_key: bool) -> None:
+        """Book-keeping after frames were appended: positions, segment contents,
+        and the key and session tables (updated only now that the records exist)."""
+        self._seg_events += events
+        self._seg_session = True
+        self._last_rec = self._tables.last_recorded = rec
+        self.position = last
+        tables = self._tables
+        if kid is not None:
+            self._seg_keys.add(kid)
+            if new_key:
+                tables.keys[kid] = key
+                tables.key_ids[key] = kid
+        if self.session_id not in tables.sessions:
+            tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
 
     def _note_time(self, pos: int, rec: float, offset: int) -> None:
         """Add an entry to the sparse position/time/offset index."""

@@ -29,7 +29,7 @@ from .._asof import AsOfState, Changes, changes_between
 from .._errors import HistoryUnavailableError, ReadOnlyError
 from .._history import Event
 from .._notify import Hub, ThreadSubscription
-from .._sensor import SensorRange
+from .._sensor import SensorRange, chunks
 from .._state import Commit, CommitBatch, State
 from .._types import (
     ImmutableKeyUpdate,
@@ -254,16 +254,7 @@ class StateBackend(Backend):
         if len(ts) != len(values):
             raise ValueError("values and timestamps differ in length")
         added = pos = 0
-        n = len(values)
-        if isinstance(values, np.ndarray):
-            sizes = np.full(n, values.dtype.itemsize + 44, np.int64)
-        else:
-            sizes = np.fromiter(map(len, values), np.int64, n) + 44
-        ends = np.cumsum(sizes)
-        i = 0
-        while i < n:
-            base = int(ends[i - 1]) if i else 0
-            j = max(i + 1, int(np.searchsorted(ends, base + self.BULK_CHUNK_BYTES, "right")))
+        for i, j in chunks(values, 44, self.BULK_CHUNK_BYTES):
             try:
                 with self._lock:
                     if not self._writable:
@@ -278,7 +269,6 @@ class StateBackend(Backend):
                 # Earlier chunks stay recorded and applied: say how many.
                 exc.recorded = added  # type: ignore[attr-defined]
                 raise
-            i = j
         return added, pos
 
     def add_mutable_many(self, key: bytes, values: Sequence[bytes] | np.ndarray,
@@ -338,21 +328,18 @@ class StateBackend(Backend):
     # --------------------------------------------------------------- monitor
     def monitor_keys(self, keys: Iterable[bytes]) \
             -> Generator[KeyUpdateBase | None, float | None, None]:
+        return self._monitor(keys)
+
+    def watch_all(self) -> Generator[KeyUpdateBase | None, float | None, None]:
+        """Like :meth:`monitor_keys` for every key (e.g. a projector tailing the state)."""
+        return self._monitor(None)
+
+    def _monitor(self, keys: Iterable[bytes] | None) \
+            -> Generator[KeyUpdateBase | None, float | None, None]:
         sub = ThreadSubscription(keys)
         self._hub.subscribe(sub)
         try:
             # The condition may already hold: tell the caller to check now.
-            timeout = yield KeyUpdateBase()
-            while True:
-                timeout = yield sub.get(timeout)
-        finally:
-            self._hub.unsubscribe(sub)
-
-    def watch_all(self) -> Generator[KeyUpdateBase | None, float | None, None]:
-        """Like :meth:`monitor_keys` for every key (e.g. a projector tailing the state)."""
-        sub = ThreadSubscription(None)
-        self._hub.subscribe(sub)
-        try:
             timeout = yield KeyUpdateBase()
             while True:
                 timeout = yield sub.get(timeout)
