@@ -188,9 +188,9 @@ class LogBackend(StateBackend):
         if pruned > 1:
             # Without a checkpoint a pruned log cannot be rebuilt: report the
             # real damage (from replaying after a checkpoint) if there was one.
-            for _path, exc in failed:
-                if isinstance(exc, LogCorruptError):
-                    raise exc
+            for _path, error in failed:
+                if isinstance(error, LogCorruptError):
+                    raise error
             raise LogCorruptError(f"the log was pruned before position {pruned} and no valid "
                                   "checkpoint covers the pruned part", self.path)
         # A full replay that fails shows the damage is in the log, not in the
