@@ -54,8 +54,9 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("_cli_events", ("add_history_parser", "add_audit_parser", "add_tail_parser"), True),
     ("_cli_plot", ("add_plot_parser",), True),
     ("_cli_maint", ("add_verify_parser", "add_repair_parser", "add_checkpoint_parser",
-                    "add_seal_parser"), True),
+                    "add_seal_parser", "add_prune_parser"), True),
     ("_cli_rdb", ("add_export_parser", "add_import_parser"), False),
+    ("_cli_redis", ("add_project_parser", "add_record_parser", "add_replay_parser"), False),
 )
 
 _EPILOG = """\

@@ -273,7 +273,38 @@ def run_seal(args: argparse.Namespace) -> int:
             print("nothing new to seal: the current segment holds no events")
         print(f"head hash {head}" if head else "head hash - (nothing sealed)")
     if unsealed is not None:
-        raise CliError(f"positions {current_first}..{position} in {current} were not sealed: "
-                       "this version seals the current segment only from the process that "
-                       "wrote to it")
+        raise CliError(f"positions {current_first}..{position} in {current} were not sealed")
+    return 0
+
+
+def add_prune_parser(subparsers: Any) -> None:
+    p = command_parser(
+        subparsers, "prune", "drop old segments, compacting their history into a checkpoint",
+        "Remove finished segments that end before --before POSITION and/or were\n"
+        "finished more than --older-than SECONDS ago.  The state is kept (a\n"
+        "checkpoint covers the removed part); time travel, history and audit\n"
+        "before the cut then report 'history pruned'.  Needs the writer lock.",
+        ["telstate-log prune obs/log --before 1000000",
+         "telstate-log prune obs/log --older-than 2592000 --json"])
+    add_log_argument(p)
+    p.add_argument("--before", type=int, metavar="POSITION",
+                   help="drop segments whose events all precede this position")
+    p.add_argument("--older-than", type=float, metavar="SECONDS",
+                   help="drop segments finished more than this many seconds ago")
+    add_json_argument(p)
+    p.set_defaults(func=run_prune)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    if args.before is None and args.older_than is None:
+        raise CliError("give --before and/or --older-than")
+    with _open_writer(args.log, "prune") as backend:
+        report = backend.prune(before=args.before, older_than=args.older_than)
+    if args.json:
+        emit_json({"path": args.log, **report.as_dict()})
+    elif report.removed:
+        print(f"removed {len(report.removed)} segments ({report.bytes_freed:,} bytes); "
+              f"history now starts at position {report.history_from}")
+    else:
+        print("nothing to prune")
     return 0

@@ -10,6 +10,7 @@ import pytest
 from test_cli import LOG_EVENTS, build_log, cli, run
 
 from telstate_log import TelescopeState
+from telstate_log._encoding import encode_value
 from telstate_log._fileio import OsFileSystem
 from telstate_log._recovery import list_segments
 from telstate_log._repair import verify_log
@@ -197,3 +198,19 @@ def test_seal_refuses_to_claim_what_it_did_not_seal(capsys: pytest.CaptureFixtur
     data = json.loads(out)
     [new] = data["newly_sealed"]
     assert rc == 0 and new["last"] == LOG_EVENTS + 301 and new["seal"] == data["head"]
+
+
+def test_prune(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as backend:
+        for i in range(400):
+            backend.add_mutable(b"s", encode_value(float(i)), float(i))
+    rc, out, _ = cli(capsys, "prune", str(path))
+    assert rc == 1
+    rc, out, _ = cli(capsys, "prune", str(path), "--before", "200", "--json")
+    data = json.loads(out)
+    assert rc == 0 and data["removed"] and data["history_from"] <= 201
+    rc, out, err = cli(capsys, "get", str(path), "s", "--at", "1")
+    assert rc == 1 and "pruned" in err
+    rc, out, _ = cli(capsys, "verify", str(path))
+    assert rc == 0
