@@ -38,6 +38,7 @@ from ._errors import (
     TimeoutError,
 )
 from ._frontend import HistoryEvent
+from ._repair import RepairReport, VerifyReport, repair_log, verify_log
 from ._telescope_state import TelescopeState
 from ._types import KeyType
 from ._version import __version__
@@ -66,12 +67,16 @@ __all__ = [
     "LogWriteError",
     "RdbParseError",
     "ReadOnlyError",
+    "RepairReport",
     "TelescopeState",
     "TelstateError",
     "TimeoutError",
+    "VerifyReport",
     "__version__",
     "decode_value",
     "encode_value",
     "equal_encoded_values",
+    "repair_log",
     "set_allow_pickle",
+    "verify_log",
 ]
