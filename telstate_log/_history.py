@@ -30,7 +30,7 @@ from ._errors import HistoryUnavailableError, LogCorruptError
 from ._fileio import FileSystem
 from ._replayer import Tables
 
-__all__ = ["KIND_NAMES", "Event", "EventReader"]
+__all__ = ["KIND_NAMES", "Event", "EventReader", "HistoryPlan", "key_history_plan"]
 
 KIND_NAMES = {fmt.IMMUTABLE: "set", fmt.ADD: "add", fmt.ADD_BATCH: "add",
               fmt.INDEXED: "set_indexed", fmt.DELETE: "delete", fmt.CLEAR: "clear"}
@@ -218,3 +218,43 @@ def _crc_after(crc_bytes: bytes, crc: int) -> int:
     import zlib
 
     return zlib.crc32(crc_bytes, crc)
+
+
+@dataclass(frozen=True)
+class HistoryPlan:
+    """Which events changed a key: a position range and a cheap frame filter."""
+
+    start: int
+    end: int
+    key_id: int
+    removals: frozenset[int]  # positions of the deletes and clears that removed it
+    indexed_only: bool  # a sub-key's history: only SET_INDEXED frames of the key
+
+    def wants(self, kind: int, key_id: int, position: int) -> bool:
+        if kind == fmt.CLEAR or kind == fmt.DELETE:
+            return position in self.removals
+        if key_id != self.key_id:
+            return False
+        return not self.indexed_only or kind == fmt.INDEXED
+
+
+def key_history_plan(state: Any, tables: Tables, key: bytes,
+                     sub_key: bytes | None) -> HistoryPlan | None:
+    """Plan the scan for the history of `key` (or its `sub_key`) from the state alone.
+
+    The key's entries, live and buried, bound the positions to read; the
+    graveyard tells which deletes and clears removed it (for a sub-key: only
+    those that removed it while it held that sub-key).  None if the key never
+    existed.  Call with the owner's lock held.
+    """
+    from ._state import Indexed
+
+    kid = tables.key_ids.get(key)
+    live = state.entry(key)
+    buried = state.graveyard.get(key, [])
+    if kid is None or (live is None and not buried):
+        return None
+    start = min([e.created for e, _ in buried] + ([live.created] if live else []))
+    removals = frozenset(d for e, d in buried
+                         if sub_key is None or (type(e) is Indexed and sub_key in e.values))
+    return HistoryPlan(start, state.position, kid, removals, sub_key is not None)

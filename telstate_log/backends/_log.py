@@ -37,35 +37,30 @@ indexes stay current and monitors fire on the writer's events.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import queue
 import threading
-import zlib
 from typing import Any
 
 from .. import _format as fmt
 from .._checkpoint import (
-    CheckpointError,
     list_checkpoints,
-    load_checkpoint,
     snapshot_state,
     write_checkpoint,
 )
 from .._durability import Durability
-from .._errors import HistoryUnavailableError, LogCorruptError, LogError, ReadOnlyError
+from .._errors import HistoryUnavailableError, LogError, ReadOnlyError
 from .._fileio import FileSystem, OsFileSystem
 from .._follower import Follower
-from .._history import Event, EventReader
+from .._history import Event, EventReader, key_history_plan
 from .._lockfile import acquire_lock, release_lock
-from .._recovery import Resume, Tail, classify_tail, list_segments, replay_segments
-from .._replayer import Replayer, ReplayError, Tables
-from .._retention import PruneReport, prune_log, read_pruned
-from .._seal import Seal, SealFileError, genesis, read_seals, seal_segment, write_seals
-from .._state import Indexed, State
-from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
+from .._recovery import Resume, Tail
+from .._retention import PruneReport, prune_log
+from .._seal import SealFileError, read_seals
+from .._sealer import Sealer
 from .._writer import LogWriter, create_segment, session_info
+from ._log_follow import follow_step
+from ._log_open import recover
 from ._state_backend import StateBackend
 
 __all__ = ["FSYNC_POLICIES", "LogBackend"]
@@ -124,6 +119,7 @@ class LogBackend(StateBackend):
         self._writer: LogWriter | None = None
         self._durability: Durability | None = None
         self._follower: Follower | None = None
+        self._sealer: Sealer | None = None
         self._closed = False
         self._checkpointing = threading.Lock()
         self._ckpt_thread: threading.Thread | None = None
@@ -139,7 +135,8 @@ class LogBackend(StateBackend):
         elif not os.path.isdir(self.path):
             raise LogError(f"log directory {self.path!r} does not exist")
         try:
-            state, tables, tail = self._recover(use_checkpoints)
+            state, tables, tail = recover(self._fs, self.path, readonly=readonly,
+                                          use_checkpoints=use_checkpoints)
             super().__init__(state)
             self._tables = tables
             self._tail = tail
@@ -160,68 +157,11 @@ class LogBackend(StateBackend):
         release_lock(self._lock_fd)
         self._lock_fd = -1
 
-    def _recover(self, use_checkpoints: bool) -> tuple[State, Tables, Tail]:
-        mode = "read" if self.readonly else "write"
-        if not self.readonly:
-            for name in self._fs.listdir(self.path):
-                if name.endswith(".seg.tmp"):  # an interrupted segment creation
-                    self._fs.remove(os.path.join(self.path, name))
-        failed: list[tuple[str, BaseException]] = []
-        if use_checkpoints:
-            log_id = self._first_log_id()
-            for cp in list_checkpoints(self.path):
-                try:
-                    state, tables, resume = load_checkpoint(cp.path, log_id)
-                    replayer = Replayer(state, tables)
-                    tail = replay_segments(self._fs, self.path, replayer, resume=resume,
-                                           mode=mode)
-                    if tail.segment_first is None:
-                        raise CheckpointError("log has no segments")
-                    self._set_aside(failed)
-                    return state, tables, tail
-                except (CheckpointError, LogCorruptError) as exc:
-                    logger.warning("ignoring checkpoint %s: %s", cp.path, exc)
-                    failed.append((cp.path, exc))
-        state = State(keep_history=True)
-        tables = Tables()
-        pruned = read_pruned(self._fs, self.path)
-        if pruned > 1:
-            # Without a checkpoint a pruned log cannot be rebuilt: report the
-            # real damage (from replaying after a checkpoint) if there was one.
-            for _path, error in failed:
-                if isinstance(error, LogCorruptError):
-                    raise error
-            raise LogCorruptError(f"the log was pruned before position {pruned} and no valid "
-                                  "checkpoint covers the pruned part", self.path)
-        # A full replay that fails shows the damage is in the log, not in the
-        # checkpoints: then keep them and raise.
-        tail = replay_segments(self._fs, self.path, Replayer(state, tables), mode=mode)
-        self._set_aside(failed)
-        return state, tables, tail
-
-    def _set_aside(self, failed: list[tuple[str, BaseException]]) -> None:
-        """Rename checkpoints proven unusable (the log opened without them)."""
-        if self.readonly:
-            return
-        for path, _exc in failed:
-            try:  # never try it again; keep it for forensics
-                self._fs.rename(path, path + ".bad")
-            except OSError:
-                pass
-
     def _is_sealed(self, first: int) -> bool:
         try:
             return any(s.first == first for s in read_seals(self.path, self._fs))
         except SealFileError:
             return False
-
-    def _first_log_id(self) -> bytes | None:
-        segs = list_segments(self._fs, self.path)
-        if not segs:
-            return None
-        header = fmt.parse_header(self._fs.read(os.path.join(self.path, segs[0][1]), 0,
-                                                fmt.HEADER_SIZE))
-        return None if isinstance(header, str) else header.log_id
 
     def _open_writer(self, tail: Tail, fsync_interval: float) -> None:
         fs = self._fs
@@ -364,59 +304,19 @@ class LogBackend(StateBackend):
 
     # ------------------------------------------------------------- sealing
     def _start_sealer(self) -> None:
-        """Seal finished segments in a background thread (see telstate_log._seal)."""
+        """Seal finished segments in a background thread (see telstate_log._sealer)."""
         assert self._writer is not None and self.log_id is not None
-        self._seals: list[Seal] | None
         try:
-            self._seals = read_seals(self.path, self._fs)
+            seals = read_seals(self.path, self._fs)
         except SealFileError as exc:
             logger.error("not sealing segments: %s", exc)
-            self._seals = None
             return
-        self._seal_jobs: queue.Queue[tuple[int, int] | None] = queue.Queue()
-        self._seal_error: BaseException | None = None
-        segments = list_segments(self._fs, self.path)
-        sealed = {s.segment for s in self._seals}
-        for (first, name), (nxt, _) in itertools.pairwise(segments):
-            if name not in sealed and (not self._seals or first > self._seals[-1].first):
-                self._seal_jobs.put((first, nxt))
-        self._writer.rotated = lambda old, new: self._seal_jobs.put((old, new))
-        self._sealer = threading.Thread(target=self._run_sealer, name="telstate-log-seal",
-                                        daemon=True)
-        self._sealer.start()
-
-    def _run_sealer(self) -> None:
-        assert self.log_id is not None and self._seals is not None
-        backlog: list[tuple[int, int]] = []
-        while True:
-            job = self._seal_jobs.get()
-            try:
-                if job is None:
-                    return
-                if job != (0, 0):  # (0, 0) only asks to retry the backlog
-                    backlog.append(job)
-                while backlog:
-                    self._seal_one(*backlog[0])
-                    backlog.pop(0)
-                self._seal_error = None
-            except Exception as exc:  # kept in order, retried by the next job or seal()
-                self._seal_error = exc
-                logger.error("sealing segment failed (will retry): %s", exc)
-            finally:
-                self._seal_jobs.task_done()
-
-    def _seal_one(self, first: int, nxt: int) -> None:
-        assert self.log_id is not None and self._seals is not None
-        name = fmt.segment_name(first)
-        if self.fsync == "never" and self._writer is not None:
-            # Segments were finished without syncs.  Writing the seals syncs the
-            # directory, which would make their names durable before their
-            # data: make everything written so far durable first.
-            self._writer.sync()
-        prev = bytes.fromhex(self._seals[-1].seal) if self._seals else genesis(self.log_id)
-        new = seal_segment(self._fs, self.path, name, first, nxt - 1, prev)
-        write_seals(self.path, [*self._seals, new], self._fs)
-        self._seals.append(new)
+        # Under "never", segments were finished without syncs; writing the
+        # seals syncs the directory, which would make their names durable
+        # before their data: make everything written so far durable first.
+        self._sealer = Sealer(self._fs, self.path, self.log_id, seals,
+                              self._writer.sync if self.fsync == "never" else None)
+        self._writer.rotated = self._sealer.enqueue
 
     def seal(self) -> str | None:
         """Finish and seal the current segment; returns the head hash (hex).
@@ -427,17 +327,16 @@ class LogBackend(StateBackend):
         """
         if self._writer is None:
             raise ReadOnlyError("a read-only backend cannot seal")
-        if self._seals is None:
+        if self._sealer is None:
             raise LogError("sealing is disabled: the seals file is damaged")
         with self._lock:
             if not self._writable:
                 self._check_writable()
             self._writer.rotate_now()
-        self._seal_jobs.put((0, 0))
-        self._seal_jobs.join()
-        if self._seal_error is not None:
-            raise LogError(f"sealing failed: {self._seal_error}")
-        return self.head_hash
+        self._sealer.seal_pending()
+        if self._sealer.error is not None:
+            raise LogError(f"sealing failed: {self._sealer.error}")
+        return self._sealer.head
 
     def prune(self, before: int | None = None,
               older_than: float | None = None) -> PruneReport:
@@ -447,19 +346,19 @@ class LogBackend(StateBackend):
         See :mod:`telstate_log._retention`."""
         if self._writer is None:
             raise ReadOnlyError("a read-only backend cannot prune the log")
-        if self._seals is not None:
-            self._seal_jobs.join()  # never delete a segment the sealer is reading
+        if self._sealer is not None:
+            self._sealer.wait()  # never delete a segment the sealer is reading
         return prune_log(self, before, older_than)
 
     @property
     def head_hash(self) -> str | None:
         """The latest seal (hex), or None if no segment is sealed yet."""
-        seals = getattr(self, "_seals", None)
-        if seals is None and self._writer is None:
-            try:
-                seals = read_seals(self.path, self._fs)
-            except SealFileError:
-                return None
+        if self._sealer is not None:
+            return self._sealer.head
+        try:
+            seals = read_seals(self.path, self._fs)
+        except SealFileError:
+            return None
         return seals[-1].seal if seals else None
 
     # ------------------------------------------------------ history (audit)
@@ -478,26 +377,11 @@ class LogBackend(StateBackend):
 
     def history(self, key: bytes, sub_key: bytes | None = None) -> list[Event]:
         with self._lock:
-            kid = self._tables.key_ids.get(key)
-            state = self._state
-            live = state.entry(key)
-            buried = state.graveyard.get(key, [])
-            if kid is None or (live is None and not buried):
-                return []
-            start = min([e.created for e, _ in buried] + ([live.created] if live else []))
-            removals = {d for e, d in buried
-                        if sub_key is None or (type(e) is Indexed and sub_key in e.values)}
-            end = state.position
-        self._check_history(start)
-
-        def want(kind: int, key_id: int, pos: int) -> bool:
-            if kind == fmt.CLEAR or kind == fmt.DELETE:
-                return pos in removals
-            if key_id != kid:
-                return False
-            return sub_key is None or kind == fmt.INDEXED
-
-        events = self._reader().events(start, end, want)
+            plan = key_history_plan(self._state, self._tables, key, sub_key)
+        if plan is None:
+            return []
+        self._check_history(plan.start)
+        events = self._reader().events(plan.start, plan.end, plan.wants)
         return [e for e in events if sub_key is None or e.sub_key in (None, sub_key)]
 
     def events(self, since: int = 1, until: int | None = None) -> list[Event]:
@@ -512,72 +396,7 @@ class LogBackend(StateBackend):
 
     # ----------------------------------------------------------- following
     def _follow_step(self) -> bool:
-        """Apply whatever the writer appended since the last step."""
-        fs = self._fs
-        tail = self._tail
-        if tail.segment_first is None:
-            first_name = os.path.join(self.path, fmt.segment_name(1))
-            if not fs.exists(first_name):
-                return False
-            with self._lock:
-                state, tables = self._state, self._tables
-                self._tail = replay_segments(fs, self.path, Replayer(state, tables),
-                                             mode="read")
-                self.log_id = self._tail.log_id
-            return self._tail.segment_first is not None
-        seg_path = os.path.join(self.path, fmt.segment_name(tail.segment_first))
-        size = fs.size(seg_path)
-        if size > tail.offset:
-            data = fs.read(seg_path, tail.offset - 4, size - tail.offset + 4)
-            mv = memoryview(data)
-            scan = fmt.scan_frames(mv, 4, len(data), tail.crc)
-            if scan.problem is not None and scan.end == 4 and not classify_tail(data, scan):
-                raise LogCorruptError(scan.problem, seg_path,
-                                      tail.offset - 4 + scan.problem_offset)
-            if len(scan.offsets):
-                self._apply_followed(mv, scan, seg_path, tail.offset - 4)
-                self._tail = Tail(tail.segment_first, tail.offset - 4 + scan.end, scan.crc,
-                                  tail.log_id, tail.segments)
-                return True
-            if scan.problem is not None:
-                return False  # the writer is mid-write: wait for the rest
-        # Finished this segment?  Move on when the next one exists.
-        next_path = os.path.join(self.path, fmt.segment_name(self._state.position + 1))
-        if self._state.position + 1 != tail.segment_first and fs.exists(next_path):
-            data = fs.read(next_path, 0, fmt.HEADER_SIZE)
-            header = fmt.parse_header(data)
-            if isinstance(header, str):
-                raise LogCorruptError(header, next_path, 0)
-            if header.log_id != self.log_id:
-                raise LogCorruptError("segment belongs to another log", next_path, 32)
-            self._tail = Tail(header.first_position, fmt.HEADER_SIZE, zlib.crc32(data),
-                              tail.log_id, tail.segments + 1)
-            return True
-        return False
-
-    def _apply_followed(self, mv: memoryview, scan: fmt.Scan, seg_path: str,
-                        base: int) -> None:
-        with self._lock:
-            try:
-                dec = Replayer(self._state, self._tables).apply(
-                    mv, scan, segment=self._tail.segment_first or 0, base=base)
-            except ReplayError as exc:
-                raise LogCorruptError(exc.reason, seg_path, base + exc.offset) from None
-            if self._hub.active:
-                self._publish_followed(mv, dec)
-
-    def _publish_followed(self, mv: memoryview, dec: fmt.Decoded) -> None:
-        hub = self._hub
-        keys = self._tables.keys
-        for i in range(len(dec.kinds)):
-            kind = int(dec.kinds[i])
-            if kind == fmt.CLEAR:
-                hub.publish_all(KeyUpdateBase())
-            elif kind in fmt.EVENT_KINDS:
-                key = keys[int(dec.event["key"][i])]
-                if hub.watched(key):
-                    update = _followed_update(mv, dec, i, kind, key)
-                    hub.publish(key, lambda u=update: u)  # type: ignore[misc]
+        return follow_step(self)
 
     @property
     def follow_error(self) -> BaseException | None:
@@ -605,9 +424,8 @@ class LogBackend(StateBackend):
                         self.checkpoint()
                 self._durability.close()
                 self._writer.close()
-                if getattr(self, "_seals", None) is not None:
-                    self._seal_jobs.put(None)
-                    self._sealer.join()
+                if self._sealer is not None:
+                    self._sealer.close()
         finally:
             self._release_lock()
 
@@ -624,19 +442,3 @@ class LogBackend(StateBackend):
             except Exception:  # interpreter shutdown: best effort
                 pass
 
-
-def _followed_update(mv: memoryview, dec: fmt.Decoded, i: int, kind: int,
-                     key: bytes) -> KeyUpdateBase:
-    """The notification for frame `i` of a followed segment."""
-    off, length = int(dec.offsets[i]), int(dec.lengths[i])
-    if kind == fmt.ADD:
-        s, e = fmt.value_span(kind, off, length)
-        return MutableKeyUpdate(key, bytes(mv[s:e]), float(dec.ts[i]))
-    if kind == fmt.IMMUTABLE:
-        s, e = fmt.value_span(kind, off, length)
-        return ImmutableKeyUpdate(key, bytes(mv[s:e]))
-    if kind == fmt.INDEXED:
-        fields = fmt.indexed_fields(mv, off, length)
-        assert fields is not None
-        return IndexedKeyUpdate(key, fields[0], fields[1])
-    return KeyUpdateBase()

@@ -1,0 +1,102 @@
+"""The writer's sealing thread: seals finished segments in order, off the write path.
+
+Theory of operation
+-------------------
+When the writer finishes a segment (rotation, or ``seal()`` forcing one) it
+enqueues ``(first position, next segment's first position)``.  One thread
+seals jobs strictly in order (the chain depends on the previous seal),
+writing the ``seals`` file crash-safely after each (see
+:mod:`telstate_log._seal`).  A failed job stays at the head of a backlog and is
+retried, still in order, by the next job or by :meth:`Sealer.seal_pending`;
+the chain never skips a segment.  At start-up, finished segments left
+unsealed by a crash are enqueued first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from . import _format as fmt
+from ._fileio import FileSystem
+from ._recovery import list_segments
+from ._seal import Seal, genesis, seal_segment, write_seals
+
+__all__ = ["Sealer"]
+
+logger = logging.getLogger("telstate_log")
+_RETRY = (0, 0)  # a job that only asks to retry the backlog
+
+
+class Sealer:
+    """Seals the finished segments of one log (see module docstring)."""
+
+    def __init__(self, fs: FileSystem, path: str, log_id: bytes, seals: list[Seal],
+                 before_seal: Callable[[], None] | None = None) -> None:
+        self._fs = fs
+        self._path = path
+        self._log_id = log_id
+        self.seals = seals
+        #: called before a seal is written (e.g. to make unsynced data durable)
+        self._before_seal = before_seal
+        self.error: BaseException | None = None
+        self._jobs: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        sealed = {s.segment for s in seals}
+        for (first, name), (nxt, _) in itertools.pairwise(list_segments(fs, path)):
+            if name not in sealed and (not seals or first > seals[-1].first):
+                self._jobs.put((first, nxt))
+        self._thread = threading.Thread(target=self._run, name="telstate-log-seal",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def head(self) -> str | None:
+        return self.seals[-1].seal if self.seals else None
+
+    def enqueue(self, first: int, next_first: int) -> None:
+        """Seal segment `first`, finished when `next_first` began."""
+        self._jobs.put((first, next_first))
+
+    def wait(self) -> None:
+        """Wait until every job so far was attempted (no retry)."""
+        self._jobs.join()
+
+    def seal_pending(self) -> None:
+        """Retry any backlog and wait for every job; the error (if any) stays in `error`."""
+        self._jobs.put(_RETRY)
+        self._jobs.join()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        backlog: list[tuple[int, int]] = []
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if job != _RETRY:
+                    backlog.append(job)
+                while backlog:
+                    self._seal_one(*backlog[0])
+                    backlog.pop(0)
+                self.error = None
+            except Exception as exc:  # kept in order, retried by the next job
+                self.error = exc
+                logger.error("sealing segment failed (will retry): %s", exc)
+            finally:
+                self._jobs.task_done()
+
+    def _seal_one(self, first: int, nxt: int) -> None:
+        if self._before_seal is not None:
+            self._before_seal()
+        prev = bytes.fromhex(self.seals[-1].seal) if self.seals else genesis(self._log_id)
+        new = seal_segment(self._fs, self._path, fmt.segment_name(first), first, nxt - 1,
+                           prev)
+        write_seals(self._path, [*self.seals, new], self._fs)
+        self.seals.append(new)

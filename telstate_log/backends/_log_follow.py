@@ -1,0 +1,115 @@
+"""Following a log another process writes: read what is new, apply, notify.
+
+Theory of operation
+-------------------
+A read-only :class:`~telstate_log.backends.LogBackend` keeps a *tail* (segment,
+byte offset, running CRC).  Each step (run by the follower thread whenever
+the directory may have changed) reads the bytes after the tail, keeps the
+complete, checksummed frames, applies them to the state under the
+backend's lock and publishes the updates monitors wait for.  An incomplete
+frame at the end is the writer mid-write: the step waits for the rest.
+Damage followed by intact frames is corruption (:exc:`LogCorruptError`, which
+stops the follower).  When the segment is finished and the next one (named
+by the next position) exists, the tail moves to it.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import TYPE_CHECKING
+
+from .. import _format as fmt
+from .._errors import LogCorruptError
+from .._recovery import Tail, classify_tail, replay_segments
+from .._replayer import Replayer, ReplayError
+from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
+
+if TYPE_CHECKING:
+    from ._log import LogBackend
+
+__all__ = ["follow_step"]
+
+
+def follow_step(b: LogBackend) -> bool:
+    """Apply whatever the writer appended since the last step; whether anything was."""
+    fs = b._fs
+    tail = b._tail
+    if tail.segment_first is None:
+        if not fs.exists(os.path.join(b.path, fmt.segment_name(1))):
+            return False
+        with b._lock:
+            b._tail = replay_segments(fs, b.path, Replayer(b._state, b._tables), mode="read")
+            b.log_id = b._tail.log_id
+        return b._tail.segment_first is not None
+    seg_path = os.path.join(b.path, fmt.segment_name(tail.segment_first))
+    size = fs.size(seg_path)
+    if size > tail.offset:
+        data = fs.read(seg_path, tail.offset - 4, size - tail.offset + 4)
+        mv = memoryview(data)
+        scan = fmt.scan_frames(mv, 4, len(data), tail.crc)
+        if scan.problem is not None and scan.end == 4 and not classify_tail(data, scan):
+            raise LogCorruptError(scan.problem, seg_path, tail.offset - 4 + scan.problem_offset)
+        if len(scan.offsets):
+            _apply(b, mv, scan, seg_path, tail.offset - 4)
+            b._tail = Tail(tail.segment_first, tail.offset - 4 + scan.end, scan.crc,
+                           tail.log_id, tail.segments)
+            return True
+        if scan.problem is not None:
+            return False  # the writer is mid-write: wait for the rest
+    # Finished this segment?  Move on when the next one exists.
+    position = b._state.position
+    next_path = os.path.join(b.path, fmt.segment_name(position + 1))
+    if position + 1 != tail.segment_first and fs.exists(next_path):
+        data = fs.read(next_path, 0, fmt.HEADER_SIZE)
+        header = fmt.parse_header(data)
+        if isinstance(header, str):
+            raise LogCorruptError(header, next_path, 0)
+        if header.log_id != b.log_id:
+            raise LogCorruptError("segment belongs to another log", next_path, 32)
+        b._tail = Tail(header.first_position, fmt.HEADER_SIZE, zlib.crc32(data),
+                       tail.log_id, tail.segments + 1)
+        return True
+    return False
+
+
+def _apply(b: LogBackend, mv: memoryview, scan: fmt.Scan, seg_path: str, base: int) -> None:
+    with b._lock:
+        try:
+            dec = Replayer(b._state, b._tables).apply(mv, scan,
+                                                      segment=b._tail.segment_first or 0,
+                                                      base=base)
+        except ReplayError as exc:
+            raise LogCorruptError(exc.reason, seg_path, base + exc.offset) from None
+        if b._hub.active:
+            _publish(b, mv, dec)
+
+
+def _publish(b: LogBackend, mv: memoryview, dec: fmt.Decoded) -> None:
+    hub = b._hub
+    keys = b._tables.keys
+    for i in range(len(dec.kinds)):
+        kind = int(dec.kinds[i])
+        if kind == fmt.CLEAR:
+            hub.publish_all(KeyUpdateBase())
+        elif kind in fmt.EVENT_KINDS:
+            key = keys[int(dec.event["key"][i])]
+            if hub.watched(key):
+                update = _update(mv, dec, i, kind, key)
+                hub.publish(key, lambda u=update: u)  # type: ignore[misc]
+
+
+def _update(mv: memoryview, dec: fmt.Decoded, i: int, kind: int, key: bytes) -> KeyUpdateBase:
+    """The notification for frame `i` of a followed segment."""
+    off, length = int(dec.offsets[i]), int(dec.lengths[i])
+    if kind == fmt.ADD:
+        s, e = fmt.value_span(kind, off, length)
+        return MutableKeyUpdate(key, bytes(mv[s:e]), float(dec.ts[i]))
+    if kind == fmt.IMMUTABLE:
+        s, e = fmt.value_span(kind, off, length)
+        return ImmutableKeyUpdate(key, bytes(mv[s:e]))
+    if kind == fmt.INDEXED:
+        fields = fmt.indexed_fields(mv, off, length)
+        assert fields is not None
+        return IndexedKeyUpdate(key, fields[0], fields[1])
+    return KeyUpdateBase()
