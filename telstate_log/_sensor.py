@@ -43,7 +43,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SensorColumn", "SensorRange", "chunks"]
+from ._values import as_list, as_matrix
+
+__all__ = ["SensorColumn"]
 
 _INTERN_LIMIT = 4096  # distinct values interned per var column
 _MIN_CAPACITY = 16
@@ -254,7 +256,7 @@ class SensorColumn:
         n = self._n
         k = len(values)
         if self._vals is not None:
-            mat = _as_matrix(values, prefix)
+            mat = as_matrix(values, prefix)
             if mat is not None and mat.shape[1] == self._vlen:
                 plen = len(self._prefix)
                 head = mat[:, :plen]
@@ -262,7 +264,7 @@ class SensorColumn:
                     body = np.ascontiguousarray(mat[:, plen:])
                     self._vals[n:n + k] = body.view(self._vals.dtype).reshape(k)
                     return
-        self._extend_values(_as_list(values, prefix))
+        self._extend_values(as_list(values, prefix))
 
     def _extend_values(self, values: Sequence[bytes]) -> None:
         """Store `values` one by one at ``[_n, _n + len(values))``."""
@@ -523,95 +525,3 @@ class SensorColumn:
             col.last_ts = -np.inf
             col._last_val = b""
         return col
-
-
-def chunks(values: Sequence[bytes] | np.ndarray, overhead: int,
-           limit: int) -> list[tuple[int, int]]:
-    """Split `values` into runs ``[i, j)`` of at most `limit` bytes each (counting
-    `overhead` per value; a single value larger than that is a run of its own)."""
-    n = len(values)
-    if isinstance(values, np.ndarray):
-        sizes = np.full(n, values.dtype.itemsize + overhead, np.int64)
-    else:
-        sizes = np.fromiter(map(len, values), np.int64, n) + overhead
-    ends = np.cumsum(sizes)
-    out = []
-    i = 0
-    while i < n:
-        base = int(ends[i - 1]) if i else 0
-        j = max(i + 1, int(np.searchsorted(ends, base + limit, "right")))
-        out.append((i, j))
-        i = j
-    return out
-
-
-def _as_matrix(values: Sequence[bytes] | np.ndarray, prefix: bytes) -> np.ndarray | None:
-    """Fixed-width values (with `prefix` restored) as a (k, width) uint8 matrix, or None."""
-    k = len(values)
-    if isinstance(values, np.ndarray):
-        w = values.dtype.itemsize
-        body = np.frombuffer(values.tobytes(), np.uint8).reshape(k, w) \
-            if not values.flags.c_contiguous else values.view(np.uint8).reshape(k, w)
-        if not prefix:
-            return body
-        mat = np.empty((k, len(prefix) + w), np.uint8)
-        mat[:, :len(prefix)] = np.frombuffer(prefix, np.uint8)
-        mat[:, len(prefix):] = body
-        return mat
-    if not k:
-        return None
-    joined = b"".join(values)
-    w = len(values[0])
-    if w == 0 or len(joined) != w * k or max(map(len, values)) != w:
-        return None
-    return np.frombuffer(joined, np.uint8).reshape(k, w)
-
-
-def _as_list(values: Sequence[bytes] | np.ndarray, prefix: bytes) -> list[bytes]:
-    """Values as a list of encoded bytes."""
-    if isinstance(values, np.ndarray):
-        raw = values.tobytes()
-        w = values.dtype.itemsize
-        return [prefix + raw[i:i + w] for i in range(0, len(raw), w)]
-    return list(values)
-
-
-class SensorRange:
-    """Samples ``[i0, i1)`` of a column, safe to read without the owner's lock.
-
-    Holds views of the column's immutable prefix (see the module invariant)
-    or copies, never live mutable state.
-    """
-
-    __slots__ = ("_float", "_prefix", "_vals", "_values", "timestamps")
-
-    def __init__(self, col: SensorColumn, i0: int, i1: int) -> None:
-        #: float64 timestamps of the samples
-        self.timestamps: np.ndarray = col._ts[i0:i1]
-        self._vals = col._vals[i0:i1] if col._vals is not None else None
-        self._prefix = col._prefix
-        self._values: list[bytes] | None = None if col._vals is not None else col.values(i0, i1)
-        self._float = col.float_values(i0, i1)
-
-    def __len__(self) -> int:
-        return len(self.timestamps)
-
-    def encoded(self) -> list[bytes]:
-        """The encoded values."""
-        if self._values is not None:
-            return self._values
-        assert self._vals is not None
-        raw = self._vals.tobytes()
-        w = self._vals.dtype.itemsize
-        p = self._prefix
-        return [p + raw[j:j + w] for j in range(0, len(raw), w)]
-
-    def floats(self) -> np.ndarray | None:
-        """The values as float64 if every one is a msgpack double, else None."""
-        return self._float
-
-    def fixed(self) -> tuple[bytes, np.ndarray] | None:
-        """``(shared prefix, V<width> array of the rest)`` for fixed-width values, else None."""
-        if self._vals is None:
-            return None
-        return self._prefix, self._vals

@@ -39,7 +39,7 @@ from . import _format as fmt
 from ._errors import LogFailedError, LogWriteError
 from ._fileio import FileSystem, write_all
 from ._replayer import Tables
-from ._sensor import chunks
+from ._values import chunks
 from ._version import __version__
 
 __all__ = ["LogWriter", "create_segment", "session_info"]

@@ -24,7 +24,7 @@ import anyio.to_thread
 from .._asof import Changes
 from .._history import Event
 from .._notify import TaskSubscription
-from .._sensor import SensorRange
+from .._sensor_range import SensorRange
 from .._types import KeyType, KeyUpdateBase
 from ..backends._base import GetResult, PathType
 from ..backends._state_backend import StateBackend

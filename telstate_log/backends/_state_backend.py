@@ -29,7 +29,7 @@ from .._asof import AsOfState, Changes, changes_between
 from .._errors import HistoryUnavailableError, ReadOnlyError
 from .._history import Event
 from .._notify import Hub, ThreadSubscription
-from .._sensor import SensorRange, chunks
+from .._sensor_range import SensorRange
 from .._state import Commit, CommitBatch, State
 from .._types import (
     ImmutableKeyUpdate,
@@ -38,6 +38,7 @@ from .._types import (
     KeyUpdateBase,
     MutableKeyUpdate,
 )
+from .._values import chunks
 from ._base import Backend, GetResult, PathType
 
 __all__ = ["StateBackend"]

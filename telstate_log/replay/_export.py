@@ -47,7 +47,7 @@ from typing import Any, Protocol, overload
 import numpy as np
 
 from .._progress import ProgressCallback
-from .._sensor import SensorRange
+from .._sensor_range import SensorRange
 from .._types import KeyType
 from ._rdb_writer import RdbWriter
 
