@@ -46,6 +46,7 @@ from telstate_log._encoding import (
     set_allow_pickle,
 )
 from telstate_log._errors import DecodeError, EncodeError
+from telstate_log._msgpack_ext import MAX_NESTING
 
 GOLDEN_FILE = Path(__file__).parent / "data" / "encoding" / "golden.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -841,7 +842,7 @@ def test_nested_depth_bombs() -> None:
 
 
 def test_nesting_limit() -> None:
-    limit = encoding._MAX_NESTING
+    limit = MAX_NESTING
     assert decode_value(encode_value(_nested_tuples(limit))) == _nested_tuples(limit)
     assert decode_value(_nested_tuple_bytes(limit)) == _nested_tuples(limit)
     with pytest.raises(EncodeError, match="deep"):
@@ -862,7 +863,7 @@ def test_nesting_limit() -> None:
 def test_nesting_on_small_thread_stack() -> None:
     """Decoding the deepest allowed nesting needs little C stack."""
     results: list[Any] = []
-    data = encode_value(_nested_tuples(encoding._MAX_NESTING))
+    data = encode_value(_nested_tuples(MAX_NESTING))
 
     def run() -> None:
         results.append(decode_value(data))
@@ -878,7 +879,7 @@ def test_nesting_on_small_thread_stack() -> None:
     finally:
         threading.stack_size(old)
     thread.join()
-    assert results[0] == _nested_tuples(encoding._MAX_NESTING)
+    assert results[0] == _nested_tuples(MAX_NESTING)
     assert isinstance(results[1], DecodeError)
 
 
