@@ -4,47 +4,48 @@ Theory of operation
 -------------------
 Everything a front end does -- key prefixes and views, validation, encoding,
 decoding, error messages, the condition checks behind ``wait_key`` -- is
-written once here as *plans*: generators that yield backend calls and
-receive their results::
-
-    def _plan_get(self, key, ...):
-        raw, ts = yield "get", (full_key,)
-        return decode(raw)
-
-A call is a pair ``(method, args)`` naming an async-Backend method.  The sync
-front end runs a plan with :func:`run_sync` (calling the sync backend
-directly, ``exists`` mapping to ``in``) and the async front end with
-``run_async`` (awaiting the async backend).  An exception raised by the
-backend is thrown into the plan at the yield, so the plan's own ``try``
-blocks handle it exactly as straight-line code would.  Only waiting differs
-between the two front ends, and it lives in their modules.
+written once here as *plans* (see :mod:`telstate_log._plan`): generators
+that yield backend calls and receive their results.  The sync front end runs
+them with ``run_sync`` and the async one with ``run_async``; only waiting
+differs between the two front ends, and it lives in their modules.  The
+time-travel and audit plans live in :mod:`telstate_log._frontend_history`.
 """
 
 from __future__ import annotations
 
-import gc
-import logging
 import math
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from ._asof import Changes
-from ._encoding import (
-    ENCODING_MSGPACK,
-    decode_value,
-    decode_values,
-    encode_value,
-    equal_encoded_values,
+from ._encoding import ENCODING_MSGPACK, decode_value, decode_values, encode_value
+from ._errors import ImmutableKeyError
+from ._frontend_history import HistoryEvent, HistoryPlans
+from ._plan import (
+    NO_SUB_KEY,
+    Key,
+    Plan,
+    as_array,
+    as_key_update,
+    check_immutable_change,
+    check_sample_timestamp,
+    decode_range,
+    display_str,
+    ensure_binary,
+    ensure_str,
+    is_indexed_update,
+    range_args,
+    run_sync,
+    zip_list,
 )
-from ._errors import DecodeError, ImmutableKeyError, InvalidTimestampError
-from ._types import KeyType, KeyUpdate
+from ._types import KeyType
 
 __all__ = [
+    "NO_SUB_KEY",
     "HistoryEvent",
+    "Key",
     "Plan",
     "TelescopeStateBase",
     "as_key_update",
@@ -54,136 +55,13 @@ __all__ = [
     "run_sync",
 ]
 
-logger = logging.getLogger("telstate_log")
 _time = time.time
 
 _B = TypeVar("_B")
-_R = TypeVar("_R")
 _T = TypeVar("_T", bound="TelescopeStateBase[Any]")
-Key = bytes | str
-Call = tuple[str, tuple[Any, ...]]
-Plan = Generator[Call, Any, _R]
 
 
-def ensure_binary(s: Key) -> bytes:
-    """Key as bytes (str encoded as UTF-8, surrogates escaped)."""
-    if type(s) is bytes:
-        return s
-    if isinstance(s, str):
-        return s.encode("utf-8", "surrogateescape")
-    if isinstance(s, bytes | bytearray | memoryview):
-        return bytes(s)
-    raise TypeError(f"key must be str or bytes, not {type(s).__name__}")
-
-
-def ensure_str(s: Key) -> str:
-    """Key as str (undecodable bytes kept as surrogates)."""
-    if isinstance(s, str):
-        return s
-    return bytes(s).decode("utf-8", "surrogateescape")
-
-
-def display_str(s: bytes) -> str:
-    """Human-readable but exact rendering of a key."""
-    try:
-        return repr(s.decode("utf-8"))
-    except UnicodeDecodeError:
-        return repr(s)
-
-
-def as_key_update(message: Any) -> Any:
-    """`message` if it is a key update with content (ours or katsdptelstate's)."""
-    if isinstance(message, KeyUpdate):
-        return message
-    if hasattr(message, "key") and hasattr(message, "value") and hasattr(message, "key_type"):
-        return message
-    return None
-
-
-def _is_indexed_update(message: Any) -> bool:
-    return bool(KeyType.coerce(message.key_type) == KeyType.INDEXED)
-
-
-def check_immutable_change(key: str, old_enc: bytes, new_enc: bytes, new: Any) -> None:
-    """Raise ImmutableKeyError unless `new_enc` is equivalent to `old_enc`."""
-    try:
-        if not equal_encoded_values(new_enc, old_enc):
-            raise ImmutableKeyError(
-                f"Attempt to change value of immutable key {key} from "
-                f"{decode_value(old_enc)!r} to {new!r}")
-        logger.debug("Attribute %s updated with the same value", key)
-    except DecodeError as error:
-        raise ImmutableKeyError(
-            f"Attempt to set value of immutable key {key} to {new!r} but "
-            f"failed to decode the previous value to compare: {error}") from error
-
-
-def check_sample_timestamp(ts: float | None) -> float:
-    """Default and validate a sample timestamp (front-end rules)."""
-    ts = float(ts) if ts is not None else time.time()
-    if math.isnan(ts) or math.isinf(ts):
-        raise InvalidTimestampError(f"Non-finite timestamps ({ts}) are not supported")
-    if ts < 0.0:
-        raise InvalidTimestampError(f"Negative timestamps ({ts}) are not supported")
-    return ts
-
-
-def range_args(st: float | None, et: float | None,
-               include_previous: bool | None) -> tuple[float, float, bool]:
-    """Resolve katsdptelstate's get_range defaults."""
-    if include_previous is None:
-        include_previous = st is None
-    et = math.inf if et is None else float(et)
-    st = et if st is None else float(st)
-    if math.isnan(st) or math.isnan(et):
-        raise InvalidTimestampError("cannot use NaN start or end time")
-    return st, et, include_previous
-
-
-def _zip_list(values: list[Any], ts: list[float]) -> list[tuple[Any, float]]:
-    """``list(zip(values, ts))``, pausing the cyclic GC for big results.
-
-    A million fresh tuples trigger dozens of pointless generation-0
-    collections (tuples of floats cannot form cycles); pausing the collector
-    while building the list makes it about 30% faster.
-    """
-    if len(ts) < 50_000 or not gc.isenabled():
-        return list(zip(values, ts))
-    gc.disable()
-    try:
-        return list(zip(values, ts))
-    finally:
-        gc.enable()
-
-
-def decode_range(rng: Any) -> list[tuple[Any, float]]:
-    """Decode a backend SensorRange in bulk."""
-    ts = rng.timestamps.tolist()
-    floats = rng.floats()
-    if floats is not None:
-        return _zip_list(floats.tolist(), ts)
-    return _zip_list(decode_values(rng.encoded()), ts)
-
-
-def run_sync(plan: Plan[_R], backend: Any) -> _R:
-    """Run a plan against a sync backend."""
-    try:
-        name, args = plan.send(None)
-        while True:
-            try:
-                if name == "exists":
-                    result: Any = args[0] in backend
-                else:
-                    result = getattr(backend, name)(*args)
-            except Exception as exc:
-                name, args = plan.throw(exc)
-            else:
-                name, args = plan.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
-class TelescopeStateBase(Generic[_B]):
+class TelescopeStateBase(HistoryPlans, Generic[_B]):
     """Prefixes, views and the shared plans of both front ends."""
 
     SEPARATOR = "_"
@@ -371,7 +249,7 @@ class TelescopeStateBase(Generic[_B]):
                 return samples
             return [(decode_value(v), t) for v, t in samples]
         if return_encoded:
-            return _zip_list(samples.encoded(), samples.timestamps.tolist())
+            return zip_list(samples.encoded(), samples.timestamps.tolist())
         return decode_range(samples)
 
     def _plan_get_range_arrays(self, key: Key, st: float | None, et: float | None,
@@ -381,10 +259,10 @@ class TelescopeStateBase(Generic[_B]):
                                                       include_end)
         if isinstance(samples, list):
             timestamps = np.array([t for _, t in samples], np.float64)
-            return timestamps, _as_array(decode_values([v for v, _ in samples]))
+            return timestamps, as_array(decode_values([v for v, _ in samples]))
         floats = samples.floats()
         values = floats.astype(np.float64) if floats is not None else \
-            _as_array(decode_values(samples.encoded()))
+            as_array(decode_values(samples.encoded()))
         return np.array(samples.timestamps, np.float64), values
 
     def _plan_check_condition(self, key: bytes,
@@ -402,7 +280,7 @@ class TelescopeStateBase(Generic[_B]):
         for prefix in self._prefixes:
             full_key = prefix + key
             if message is not None and full_key == message.key \
-                    and not _is_indexed_update(message):
+                    and not is_indexed_update(message):
                 value: Any = message.value
                 timestamp = getattr(message, "timestamp", None)
             else:
@@ -436,116 +314,14 @@ class TelescopeStateBase(Generic[_B]):
             return True if not condition else bool(condition(decode_value(value)))
         return False
 
-    # ----------------------------------------------------- time travel, audit
-    def _plan_as_of(self, position: int | None, time: float | None) -> Plan[Any]:
-        backend = yield "as_of", (position, time)
-        return self.__class__(backend, prefixes=self._prefixes)  # type: ignore[call-arg]
-
-    def _plan_decode_events(self, events: list[Any]) -> Plan[list[HistoryEvent]]:
-        sources: dict[int, dict[str, Any]] = {}
-        for sess in sorted({e.session for e in events}):
-            sources[sess] = yield "session_info", (sess,)
-        return [HistoryEvent.decode(e, sources[e.session]) for e in events]
-
-    def _plan_history(self, key: Key, sub_key: Any) -> Plan[list[HistoryEvent]]:
-        key = ensure_binary(key)
-        sub_enc = None if sub_key is _NO_SUB_KEY else encode_value(sub_key, ENCODING_MSGPACK)
-        for prefix in self._prefixes:
-            events = yield "history", (prefix + key, sub_enc)
-            if events:
-                return (yield from self._plan_decode_events(events))
-        return []
-
-    def _plan_audit(self, since: int | None, until: int | None, since_time: float | None,
-                    until_time: float | None) -> Plan[list[HistoryEvent]]:
-        if since_time is not None:
-            # after the last event recorded strictly before since_time
-            since = 1 + (yield "resolve_time", (math.nextafter(since_time, -math.inf),))
-        if until_time is not None:
-            until = yield "resolve_time", (until_time,)
-        events = yield "events", (1 if since is None else since, until)
-        return (yield from self._plan_decode_events(events))
-
-    def _plan_changes(self, since: int, until: int | None) -> Plan[Changes]:
-        if until is None:
-            until = self.position
-        raw = yield "changes", (since, until)
-        return Changes(raw.since, raw.until,
-                       keys_added=[ensure_str(k) for k in raw.keys_added],
-                       keys_deleted=[ensure_str(k) for k in raw.keys_deleted],
-                       samples_added={ensure_str(k): n for k, n in raw.samples_added.items()},
-                       sub_keys_added={ensure_str(k): [decode_value(s) for s in subs]
-                                       for k, subs in raw.sub_keys_added.items()},
-                       immutables_set=[ensure_str(k) for k in raw.immutables_set],
-                       events=raw.events)
-
-    @property
-    def position(self) -> int:
-        """Position of the last event (for an as-of view: the position it shows)."""
-        return int(self._backend.position)  # type: ignore[attr-defined]
-
     def _check_indexed_message(self, message: Any, key_str: str) -> Any:
         """Classify a monitor message for wait_indexed (None: re-read)."""
         update = as_key_update(message)
-        if update is not None and not _is_indexed_update(update):
+        if update is not None and not is_indexed_update(update):
             raise ImmutableKeyError(f"wait_indexed called on non-indexed key {key_str}")
         return update
 
     def _monitor_keys(self, key: bytes) -> list[bytes]:
         return [prefix + key for prefix in self._prefixes]
 
-
-_NO_SUB_KEY: Any = object()
-
-
-@dataclass(frozen=True)
-class HistoryEvent:
-    """One recorded event, decoded: who wrote what, when, and what it said.
-
-    ``recorded`` and ``position`` are *system time* (when the store learned
-    it); ``timestamp`` is the sample's *valid time* (when it was true).
-    """
-
-    position: int
-    recorded: float
-    source: str
-    kind: str  # "set", "add", "set_indexed", "delete" or "clear"
-    key: str | None
-    sub_key: Any
-    value: Any
-    timestamp: float | None
-    session: dict[str, Any]
-
-    @classmethod
-    def decode(cls, event: Any, session: dict[str, Any]) -> HistoryEvent:
-        def dec(raw: bytes | None) -> Any:
-            if raw is None:
-                return None
-            try:
-                return decode_value(raw)
-            except DecodeError as exc:  # keep the audit readable even for odd data
-                return f"<undecodable: {exc}>"
-
-        return cls(event.position, event.recorded, str(session.get("source", "")), event.kind,
-                   None if event.key is None else ensure_str(event.key), dec(event.sub_key),
-                   dec(event.value), event.timestamp, session)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (values as repr when not JSON types)."""
-        out = dict(self.__dict__)
-        for name in ("sub_key", "value"):
-            v = out[name]
-            if not isinstance(v, (str, int, float, bool, type(None), list, dict)):
-                out[name] = repr(v)
-        return out
-
-
-def _as_array(values: list[Any]) -> Any:
-    """Values as a numpy array when they are uniformly numeric, else the list."""
-    if values and all(type(v) in (int, float, bool) for v in values):
-        try:
-            return np.asarray(values)
-        except (OverflowError, ValueError):
-            return values
-    return values
 

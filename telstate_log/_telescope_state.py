@@ -21,7 +21,7 @@ from ._asof import Changes
 from ._encoding import ENCODING_DEFAULT, ENCODING_MSGPACK, encode_value
 from ._errors import CancelledError, TimeoutError
 from ._frontend import (
-    _NO_SUB_KEY,
+    NO_SUB_KEY,
     HistoryEvent,
     Key,
     TelescopeStateBase,
@@ -241,7 +241,7 @@ class TelescopeState(TelescopeStateBase[Backend]):
         """
         return self._run(self._plan_as_of(position, time))  # type: ignore[no-any-return]
 
-    def history(self, key: Key, sub_key: Any = _NO_SUB_KEY) -> list[HistoryEvent]:
+    def history(self, key: Key, sub_key: Any = NO_SUB_KEY) -> list[HistoryEvent]:
         """Every event that changed `key` (or just its sub-key `sub_key`), oldest first.
 
         Each :class:`HistoryEvent` gives the position, recorded time, source

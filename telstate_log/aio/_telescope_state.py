@@ -17,7 +17,7 @@ import numpy as np
 from .._asof import Changes
 from .._encoding import ENCODING_DEFAULT, ENCODING_MSGPACK, encode_value
 from .._frontend import (
-    _NO_SUB_KEY,
+    NO_SUB_KEY,
     HistoryEvent,
     Key,
     Plan,
@@ -152,7 +152,7 @@ class TelescopeState(TelescopeStateBase[Backend]):
         """A read-only view of the state after event `position` or at wall-clock `time`."""
         return await self._run(self._plan_as_of(position, time))
 
-    async def history(self, key: Key, sub_key: Any = _NO_SUB_KEY) -> list[HistoryEvent]:
+    async def history(self, key: Key, sub_key: Any = NO_SUB_KEY) -> list[HistoryEvent]:
         """Every event that changed `key` (or its sub-key `sub_key`), oldest first."""
         return await self._run(self._plan_history(key, sub_key))
 
