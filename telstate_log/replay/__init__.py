@@ -1,1 +1,47 @@
-"""Export and import of telescope state as Redis RDB files and DUMP payloads."""
+"""Export and import of telescope state as Redis RDB files and DUMP payloads; projecting
+a log into a live Redis, recording a live Redis into a log, and paced replay.
+
+The projection, recording and replay names are imported on first use: the
+backends import this package's RDB codec, so importing them eagerly here
+would be circular.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._marker import DEFAULT_MARKER_KEY, ForeignDatabaseError, ProjectionError
+    from ._paced import ReplayStats, paced_events, replay_into
+    from ._projector import Projector, ProjectorStatus
+    from ._recorder import Recorder, RecorderStats
+
+__all__ = [
+    "DEFAULT_MARKER_KEY",
+    "ForeignDatabaseError",
+    "ProjectionError",
+    "Projector",
+    "ProjectorStatus",
+    "Recorder",
+    "RecorderStats",
+    "ReplayStats",
+    "paced_events",
+    "replay_into",
+]
+
+_HOMES = {
+    "DEFAULT_MARKER_KEY": "_marker", "ForeignDatabaseError": "_marker",
+    "ProjectionError": "_marker", "Projector": "_projector", "ProjectorStatus": "_projector",
+    "Recorder": "_recorder", "RecorderStats": "_recorder", "ReplayStats": "_paced",
+    "paced_events": "_paced", "replay_into": "_paced",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

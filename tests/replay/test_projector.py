@@ -1,0 +1,415 @@
+"""Projecting a log into a real redis-server, checked through katsdptelstate 1.0.0.
+
+* backfill: every key shape reads back identically through katsdptelstate's
+  RedisBackend; RESTORE payloads are byte-identical to the reference DUMP
+  encoder; a backfill killed (SIGKILL) mid-way and restarted ends with the
+  same DUMP of every key as an uninterrupted one;
+* follow: new events (in-process, or from a writer process through a
+  read-only follower) reach Redis and wake katsdptelstate's ``wait_key``;
+  deletes and clears; exactly-once with two racing projectors;
+* claiming: foreign databases are refused unless overwrite, failures inside
+  a transaction are recorded in the marker.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+pytest.importorskip("katsdptelstate")
+
+import katsdptelstate
+import katsdptelstate.redis
+from _import_export_helpers import fill, view
+
+from telstate_log import KeyType, TelescopeState
+from telstate_log._encoding import encode_value
+from telstate_log.backends import LogBackend
+from telstate_log.replay import (
+    DEFAULT_MARKER_KEY,
+    ForeignDatabaseError,
+    ProjectionError,
+    Projector,
+)
+from telstate_log.replay._dump import parse_dump
+from telstate_log.replay._rdb_format import pack_member
+from telstate_log.replay._translate import zset_payload
+
+pytestmark = [pytest.mark.redis, pytest.mark.interop]
+
+HERE = Path(__file__).resolve().parent
+WRITER = str(HERE.parent / "_writer_proc.py")
+PROJECTOR = str(HERE / "_projector_proc.py")
+MARKER = DEFAULT_MARKER_KEY.decode()
+V = encode_value
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[LogBackend]:
+    backend = LogBackend(tmp_path / "log", fsync="never", checkpoint_bytes=None)
+    yield backend
+    backend.close()
+
+
+def theirs(client: redis.Redis) -> Any:
+    return katsdptelstate.TelescopeState(katsdptelstate.redis.RedisBackend(client))
+
+
+def redis_view(client: redis.Redis) -> dict[str, Any]:
+    state = view(theirs(client))
+    state.pop(MARKER, None)
+    return state
+
+
+def dumps(client: redis.Redis) -> dict[bytes, bytes]:
+    """Redis's own DUMP of every key but the marker."""
+    return {key: client.dump(key) for key in sorted(client.keys()) if key != DEFAULT_MARKER_KEY}
+
+
+def test_backfill_reads_back_identically_through_katsdptelstate(
+        log: LogBackend, client: redis.Redis) -> None:
+    ts = TelescopeState(log)
+    fill(ts)
+    projector = Projector(log, client)
+    assert projector.backfill() == log.position
+    assert redis_view(client) == view(ts)
+    k = theirs(client)
+    assert k.get_range("big_sensor", st=0) == ts.get_range("big_sensor", st=0)
+    assert k.get("small_table") == ts.get("small_table") == {"a": 1, "b": "two"}
+    # The marker is a well-formed indexed key: katsdptelstate decodes it.
+    assert MARKER in k.keys()  # noqa: SIM118 - a TelescopeState
+    marker = k[MARKER]
+    assert marker["log_id"] == log.log_id.hex() and marker["position"] == log.position
+    status = projector.status()
+    assert (status.position, status.lag, status.backfill_target) == (log.position, 0, None)
+    assert status.keys_restored == len(ts.keys())
+
+
+@pytest.mark.parametrize("shape", ["float", "bool", "ragged", "long", "few"])
+def test_sensor_payloads_restore_exactly(log: LogBackend, client: redis.Redis,
+                                         shape: str) -> None:
+    n = {"few": 3}.get(shape, 300)
+    stamps = np.concatenate([[-0.0], 1.7e9 + np.arange(n - 1.0)])
+    values = {"float": [V(float(i) / 7) for i in range(n)],
+              "bool": [V(i % 3 == 0) for i in range(n)],
+              "ragged": [V("x" * (i % 5)) for i in range(n)],
+              "long": [V(f"{i:05d}" * 20) for i in range(n)],     # 2-byte length prefixes
+              "few": [V(1.0), V(2.0), V(3.0)]}[shape]
+    log.add_mutable_many(b"s", values, stamps)
+    columns = log.snapshot_items(b"s")[0][2]
+    members = [pack_member(t, v) for t, v in zip(columns.timestamps.tolist(), columns.encoded())]
+    payload = zset_payload(columns)
+    assert parse_dump(payload) == (KeyType.MUTABLE, members)
+    assert zset_payload(members) == payload            # the list path agrees byte for byte
+    client.restore(b"s", 0, payload)
+    assert client.zrange(b"s", 0, -1) == members
+    assert set(client.zrange(b"s", 0, -1, withscores=True)) == {(m, 0.0) for m in members}
+    assert parse_dump(client.dump(b"s")) == (KeyType.MUTABLE, members)
+    with pytest.raises(ValueError, match="empty"):
+        zset_payload([])
+
+
+def test_backfill_upto_then_catch_up_through_events(log: LogBackend,
+                                                    client: redis.Redis) -> None:
+    ts = TelescopeState(log)
+    for i in range(20):
+        ts.add("s", float(i), ts=100.0 + i)
+    ts["attr"] = "x"
+    projector = Projector(log, client)
+    assert projector.backfill(upto=10) == 10
+    assert theirs(client).get_range("s", st=0) == [(float(i), 100.0 + i) for i in range(10)]
+    assert "attr" not in theirs(client)
+    assert projector.backfill() == log.position      # catches up through events
+    assert redis_view(client) == view(ts)
+    with pytest.raises(ValueError, match=r"beyond|ends"):
+        projector.backfill(upto=log.position + 1)
+
+
+def test_follow_wakes_katsdptelstate_wait_key(log: LogBackend, client: redis.Redis) -> None:
+    ts = TelescopeState(log)
+    ts["ready"] = True
+    projector = Projector(log, client)
+    stop = threading.Event()
+    follower = threading.Thread(target=projector.follow, args=(stop,), kwargs={"poll_interval": 1})
+    follower.start()
+    latencies = []
+    k = theirs(client)
+    try:
+        k.wait_key("ready", timeout=5)
+        for i in range(15):
+            woke = threading.Event()
+
+            def wait(i: int = i, woke: threading.Event = woke) -> None:
+                k.wait_key("counter", lambda value, t, i=i: value == i, timeout=5)
+                woke.set()
+
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            time.sleep(0.02)                   # let it subscribe
+            started = time.perf_counter()
+            ts.add("counter", i, ts=1000.0 + i)
+            assert woke.wait(5)
+            latencies.append(time.perf_counter() - started)
+            waiter.join()
+    finally:
+        stop.set()
+        follower.join(5)
+    assert not follower.is_alive()
+    median, worst = statistics.median(latencies), max(latencies)
+    print(f"\nlog write -> katsdptelstate wait_key wake-up: median {median * 1e3:.1f} ms, "
+          f"max {worst * 1e3:.1f} ms")
+    assert worst < 2.0
+    assert projector.status().position == log.position
+    assert redis_view(client) == view(ts)
+
+
+def test_follow_a_writer_process(tmp_path: Path, client: redis.Redis) -> None:
+    path = tmp_path / "log"
+    count = 300
+    writer = subprocess.Popen([sys.executable, WRITER, str(path), "interval", str(count),
+                               "0.002", "4096"], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline().startswith("ready")
+    follower = LogBackend(path, readonly=True)
+    stop = threading.Event()
+    projector = Projector(follower, client)
+    thread = threading.Thread(target=projector.follow, args=(stop,))
+    thread.start()
+    try:
+        theirs(client).wait_key("done", timeout=20)
+        assert writer.wait(20) == 0
+    finally:
+        stop.set()
+        thread.join(5)
+        if writer.poll() is None:
+            writer.kill()
+        follower.close()
+    samples = theirs(client).get_range("k", st=0)
+    assert samples == [(float(i), float(i)) for i in range(count)]
+
+
+def test_sigkill_mid_backfill_then_restart_gives_identical_redis(
+        tmp_path: Path, redis_server: Any, client: redis.Redis) -> None:
+    path = tmp_path / "log"
+    with LogBackend(path, fsync="never", checkpoint_bytes=None) as backend:
+        ts = TelescopeState(backend)
+        for k in range(60):
+            backend.add_mutable_many(b"sensor_%02d" % k, [V(float(i * k)) for i in range(200)],
+                                     1.7e9 + np.arange(200.0))
+            ts.set_indexed("table", f"row{k}", k)
+            ts[f"attr_{k:02d}"] = {"k": k}
+    url = redis_server.url
+    proc = subprocess.Popen([sys.executable, PROJECTOR, str(path), url, "8", "0.05"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(4)]
+    proc.kill()
+    proc.wait()
+    assert all(line.startswith("batch") for line in lines), lines
+    marker = theirs(client)[MARKER]
+    assert marker["position"] == 0 and "backfill_target" in marker, marker
+    assert 32 <= len(client.keys()) - 1 < 121               # killed mid-way
+    with LogBackend(path, readonly=True, follow=False) as backend:
+        assert Projector(backend, client, batch_events=8).backfill() == backend.position
+        other = redis.Redis(host="127.0.0.1", port=redis_server.port, db=1)
+        try:
+            assert Projector(backend, other).backfill() == backend.position
+            assert dumps(client) == dumps(other)
+            assert theirs(client)[MARKER]["position"] == theirs(other)[MARKER]["position"]
+            assert redis_view(client) == view(TelescopeState(backend))
+        finally:
+            other.flushdb()
+            other.close()
+
+
+def test_deletes_and_clears_are_projected(log: LogBackend, client: redis.Redis) -> None:
+    ts = TelescopeState(log)
+    projector = Projector(log, client)
+    ts["a"] = 1
+    ts.add("s", 1.0, ts=1.0)
+    ts.set_indexed("t", "x", 1)
+    ts.delete("a")
+    assert projector.step() == 4
+    assert sorted(client.keys()) == sorted([b"s", b"t", DEFAULT_MARKER_KEY])
+    ts["a"] = 2                      # re-created with another value after the delete
+    ts.clear()
+    ts["after"] = "clear"
+    ts.add("s", 2.0, ts=2.0)
+    assert projector.step() == 4
+    assert sorted(client.keys()) == sorted([b"after", b"s", DEFAULT_MARKER_KEY])
+    assert redis_view(client) == view(ts)
+    assert theirs(client).get_range("s", st=0) == [(2.0, 2.0)]
+
+
+def test_two_racing_projectors_apply_each_event_once(log: LogBackend,
+                                                     client: redis.Redis) -> None:
+    ts = TelescopeState(log)
+    ts["start"] = 1
+    Projector(log, client).backfill()
+    for i in range(400):
+        ts.add("s", float(i), ts=float(i))
+    channel = client.pubsub()
+    channel.subscribe(b"update/s")
+    first, second = Projector(log, client, batch_events=30), Projector(log, client, batch_events=20)
+    # Alternate: each commit moves the marker under the other projector, whose next
+    # transaction is then refused (nothing applied), so it re-reads and carries on.
+    refused = 0
+    while first.position < log.position or second.position < log.position:
+        for projector in (first, second):
+            if projector.position < log.position and not projector.step():
+                refused += 1
+                projector.step()               # the marker it re-read is current now
+    print(f"\nalternating projectors applied {first.events_applied} + "
+          f"{second.events_applied} events, {refused} transactions refused")
+    assert first.events_applied + second.events_applied == 400
+    assert first.events_applied and second.events_applied and refused
+    # Racing in threads: still every event exactly once.
+    for i in range(400, 800):
+        ts.add("s", float(i), ts=float(i))
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.follow, args=(stop,), kwargs={"poll_interval": 0.05})
+               for p in (first, second)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while first.status().position < log.position and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+    assert first.events_applied + second.events_applied == 800
+    assert redis_view(client) == view(ts)
+    published = []
+    while (message := channel.get_message(timeout=0.2)) is not None:
+        if message["type"] == "message":
+            published.append(message["data"])
+    channel.close()
+    assert published == [pack_member(float(i), V(float(i))) for i in range(800)]
+
+
+def test_refuses_foreign_databases_unless_overwrite(tmp_path: Path, log: LogBackend,
+                                                    client: redis.Redis) -> None:
+    TelescopeState(log)["x"] = 1
+    client.set(b"someone", b"else")
+    with pytest.raises(ForeignDatabaseError, match="1 key"):
+        Projector(log, client)
+    assert client.get(b"someone") == b"else"
+    Projector(log, client, overwrite=True).backfill()
+    assert sorted(client.keys()) == [b"telstate-log:projector", b"x"]
+    with LogBackend(tmp_path / "other", fsync="never") as other:
+        TelescopeState(other)["y"] = 2
+        with pytest.raises(ForeignDatabaseError, match="another log"):
+            Projector(other, client)
+        Projector(other, client, overwrite=True).backfill()
+        assert sorted(client.keys()) == [b"telstate-log:projector", b"y"]
+    client.flushdb()
+    client.hset(DEFAULT_MARKER_KEY, b"not", b"ours")
+    with pytest.raises(ForeignDatabaseError, match="not a telstate-log projector marker"):
+        Projector(log, client)
+    assert Projector(log, client, overwrite=True).backfill() == log.position
+
+
+def test_database_ahead_of_the_log_is_refused(tmp_path: Path, client: redis.Redis) -> None:
+    with LogBackend(tmp_path / "log", fsync="never") as log:
+        ts = TelescopeState(log)
+        ts["a"] = 1
+        ts["b"] = 2
+        Projector(log, client).backfill()
+    with LogBackend(tmp_path / "log", readonly=True, follow=False) as view_:
+        projector = Projector(view_, client)
+        assert projector.position == 2
+    client.hset(DEFAULT_MARKER_KEY, V("position"), V(5))
+    with LogBackend(tmp_path / "log", readonly=True, follow=False) as view_:
+        with pytest.raises(ForeignDatabaseError, match="ahead of the log"):
+            Projector(view_, client)
+
+
+def test_stop_mid_backfill_leaves_the_target_pending(log: LogBackend,
+                                                     client: redis.Redis) -> None:
+    for k in range(10):
+        log.set_immutable(b"k%d" % k, V(k))
+    stop = threading.Event()
+    projector = Projector(log, client, batch_events=3,
+                          progress=lambda stage, done, total: stop.set())
+    assert projector.backfill(stop=stop) == 0
+    status = projector.status()
+    assert (status.position, status.backfill_target, status.keys_restored) == (0, 10, 3)
+    log.set_immutable(b"late", V(1))       # after the target: not part of this backfill
+    assert projector.step() == 10          # step finishes the pending backfill first
+    assert len(client.keys()) == 11
+    assert projector.step() == 1
+    assert client.get(b"late") == V(1)
+
+
+def test_failure_inside_a_transaction_poisons_the_marker(log: LogBackend,
+                                                         client: redis.Redis) -> None:
+    ts = TelescopeState(log)
+    ts.add("s", 1.0, ts=1.0)
+    projector = Projector(log, client)
+    projector.backfill()
+    client.delete(b"s")
+    client.set(b"s", b"a string now")          # another client writes the projected db
+    ts.add("s", 2.0, ts=2.0)
+    ts["other"] = 5
+    with pytest.raises(ProjectionError, match=r"WRONGTYPE|wrong kind"):
+        projector.step()
+    assert "error" in theirs(client)[MARKER]
+    with pytest.raises(ForeignDatabaseError, match="failed"):
+        Projector(log, client)
+    Projector(log, client, overwrite=True).backfill()
+    assert redis_view(client) == view(ts)
+
+
+def test_follow_restarts_when_redis_loses_everything(log: LogBackend,
+                                                     client: redis.Redis) -> None:
+    ts = TelescopeState(log)
+    ts["a"] = 1
+    projector = Projector(log, client)
+    projector.backfill()
+    client.flushdb()                           # e.g. a restart without persistence
+    ts["b"] = 2
+    assert projector.step() == 0               # the marker vanished: starts afresh
+    assert projector.backfill() == log.position
+    assert redis_view(client) == view(ts)
+
+
+def test_projector_needs_a_log(client: redis.Redis) -> None:
+    from telstate_log.backends import MemoryBackend
+
+    with pytest.raises(TypeError, match="LogBackend"):
+        Projector(MemoryBackend(), client)
+    with pytest.raises(ValueError, match="decode_responses"):
+        Projector(_FakeLog(), redis.Redis(decode_responses=True))
+
+
+class _FakeLog:
+    log_id = b"\x00" * 16
+    position = 0
+
+    def events(self, since: int, until: int) -> list[Any]:
+        return []
+
+
+def test_empty_log_and_infinite_values(log: LogBackend, client: redis.Redis) -> None:
+    projector = Projector(log, client)
+    assert projector.backfill() == 0 and projector.step() == 0
+    TelescopeState(log).add("inf", math.inf, ts=1.0)
+    assert projector.step() == 1
+    assert theirs(client).get("inf") == math.inf
