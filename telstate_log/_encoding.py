@@ -141,6 +141,7 @@ __all__ = [
     "decode_values",
     "encode_value",
     "equal_encoded_values",
+    "same_immutable_value",
     "set_allow_pickle",
 ]
 
@@ -395,3 +396,17 @@ def equal_encoded_values(a: bytes, b: bytes) -> bool:
     except UnicodeEncodeError:
         return isinstance(value_a, str) and isinstance(value_b, str) and value_a == value_b
     return bytes_a is not None and bytes_a == bytes_b
+
+
+def same_immutable_value(old: bytes, new: bytes) -> bool:
+    """Whether writing immutable `new` over `old` changes nothing (katsdptelstate's rule).
+
+    Like :func:`equal_encoded_values`, but a value that cannot be decoded is
+    the same only as identical bytes (instead of raising).
+    """
+    if old == new:
+        return True
+    try:
+        return equal_encoded_values(old, new)
+    except DecodeError:
+        return False

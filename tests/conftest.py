@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -35,6 +36,14 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A redis-py client of the empty database at `redis_url`."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture

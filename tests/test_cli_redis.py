@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,6 @@ from telstate_log.replay import DEFAULT_MARKER_KEY
 pytestmark = [pytest.mark.redis, pytest.mark.interop]
 MARKER = DEFAULT_MARKER_KEY.decode()
 SECRET = "s3cret-Pa55"
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

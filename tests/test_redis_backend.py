@@ -64,13 +64,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.interop]
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def backend(redis_url: str) -> Iterator[RedisBackend]:
     backend = RedisBackend.from_url(redis_url)
     yield backend

@@ -53,8 +53,8 @@ from typing import IO, TYPE_CHECKING, Any, Union, cast
 
 import numpy as np
 
-from .._encoding import equal_encoded_values
-from .._errors import DecodeError, ImmutableKeyError, RdbParseError
+from .._encoding import same_immutable_value
+from .._errors import ImmutableKeyError, RdbParseError
 from .._progress import ProgressCallback
 from .._types import KeyType
 from ._rdb_reader import RdbReader, Source
@@ -171,16 +171,6 @@ def _read(source: Source, filename: str | None, db: int | None,
     return entries, samples
 
 
-def _same(old: bytes, new: bytes) -> bool:
-    """Whether writing `new` over `old` is a no-op under immutable-key semantics."""
-    if old == new:
-        return True
-    try:
-        return equal_encoded_values(old, new)
-    except DecodeError:
-        return False
-
-
 def _conflict(key: bytes, label: str, reason: str) -> ImmutableKeyError:
     return ImmutableKeyError(f"cannot import key {key!r} from {label}: {reason}; "
                              "nothing was imported")
@@ -216,7 +206,7 @@ def _plan(backend: StateBackend, entries: Iterable[tuple[bytes, KeyType, _Payloa
             assert isinstance(value, bytes)
             if have is None:
                 steps.append(_Step(key, kind, value, 1))
-            elif not _same(backend.get(key)[0], value):
+            elif not same_immutable_value(backend.get(key)[0], value):
                 raise _conflict(key, label, "the immutable value differs")
         elif kind is KeyType.INDEXED:
             assert isinstance(value, dict)
@@ -226,7 +216,7 @@ def _plan(backend: StateBackend, entries: Iterable[tuple[bytes, KeyType, _Payloa
                 old = current.get(sub_key)
                 if old is None:
                     new[sub_key] = sub_value
-                elif not _same(old, sub_value):
+                elif not same_immutable_value(old, sub_value):
                     raise _conflict(key, label, f"the value of sub-key {sub_key!r} differs")
             if new:
                 steps.append(_Step(key, kind, new, len(new)))

@@ -65,6 +65,7 @@ import redis
 import redis.client
 from redis.retry import Retry
 
+from .._encoding import same_immutable_value
 from .._errors import ConnectionError, ImmutableKeyError, InvalidTimestampError
 from .._types import IndexedKeyUpdate, MutableKeyUpdate
 from ..backends._redis import REDIS_DOWN
@@ -77,7 +78,7 @@ from ._record_messages import (
     keyspace_flags,
     plan_confirmation,
 )
-from ._resync import ReconcileReport, decode_dump, reconcile, reconcile_key, same_value
+from ._resync import ReconcileReport, decode_dump, reconcile, reconcile_key
 
 __all__ = ["Recorder", "RecorderStats"]
 
@@ -368,11 +369,11 @@ class Recorder:
                 backend.add_mutable(key, update.value, update.timestamp)
             elif isinstance(update, IndexedKeyUpdate):
                 old = backend.set_indexed(key, update.sub_key, update.value)
-                if old is not None and not same_value(old, update.value):
+                if old is not None and not same_immutable_value(old, update.value):
                     self._repair(key)
             else:
                 old = backend.set_immutable(key, update)
-                if old is not None and not same_value(old, update):
+                if old is not None and not same_immutable_value(old, update):
                     self._repair(key)
         except (ImmutableKeyError, InvalidTimestampError):
             self._repair(key)

@@ -45,13 +45,13 @@ from typing import Any, cast
 import numpy as np
 import redis
 
-from .._encoding import equal_encoded_values
-from .._errors import DecodeError, RdbParseError
+from .._encoding import same_immutable_value
+from .._errors import RdbParseError
 from .._types import KeyType
 from ._dump import parse_dump
 from ._marker import DEFAULT_MARKER_KEY
 
-__all__ = ["ReconcileReport", "dump_keys", "reconcile", "reconcile_key", "same_value"]
+__all__ = ["ReconcileReport", "dump_keys", "reconcile", "reconcile_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +77,6 @@ class ReconcileReport:
     @property
     def changed(self) -> int:
         return self.added + self.updated + self.replaced + self.deleted
-
-
-def same_value(old: bytes, new: bytes) -> bool:
-    """Whether writing immutable `new` over `old` changes nothing (katsdptelstate's rule)."""
-    if old == new:
-        return True
-    try:
-        return equal_encoded_values(old, new)
-    except DecodeError:
-        return False
 
 
 def decode_dump(key: bytes, payload: Any) -> RedisValue | None:
@@ -144,7 +134,7 @@ def _indexed_additions(current: dict[bytes, bytes], wanted: dict[bytes, bytes]
     """Sub-keys to add, or None if `current` is not contained in `wanted`."""
     for sub_key, old in current.items():
         new = wanted.get(sub_key)
-        if new is None or not same_value(old, new):
+        if new is None or not same_immutable_value(old, new):
             return None
     return {sub: v for sub, v in wanted.items() if sub not in current}
 
@@ -184,7 +174,7 @@ def reconcile_key(backend: Any, key: bytes, found: RedisValue | None,
         return report
     if have == kind:
         if kind == KeyType.IMMUTABLE:
-            if same_value(cast(bytes, backend.get(key)[0]), value):
+            if same_immutable_value(cast(bytes, backend.get(key)[0]), value):
                 return report
         elif kind == KeyType.INDEXED:
             subs = _indexed_additions(backend.get(key)[0], value)

@@ -139,13 +139,6 @@ async def test_replay_into_backends_sync_and_async(tmp_path: Path, log: LogBacke
         assert snapshot(copy) == snapshot(log.as_of(position=8))
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 @pytest.mark.redis
 async def test_replay_into_redis_wakes_katsdptelstate(
         log: LogBackend, client: redis.Redis, redis_url: str,

@@ -56,13 +56,6 @@ V = encode_value
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def log(tmp_path: Path) -> Iterator[LogBackend]:
     backend = LogBackend(tmp_path / "log", fsync="never", checkpoint_bytes=None)
     yield backend

@@ -30,11 +30,9 @@ pytestmark = [pytest.mark.redis, pytest.mark.interop]
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+def client(client: redis.Redis) -> redis.Redis:
     client.config_set("notify-keyspace-events", "")
-    yield client
-    client.close()
+    return client
 
 
 @pytest.fixture
