@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-from collections.abc import AsyncIterator
 from typing import Any
-from unittest import mock
 
 import pytest
 
@@ -30,8 +28,7 @@ import katsdptelstate.aio
 import katsdptelstate.aio.test.test_telescope_state as kt_aio_tests
 import katsdptelstate.backend
 import katsdptelstate.test.test_telescope_state as kt_sync_tests
-import pytest_asyncio
-from _rebind import rebind
+from _rebind import AioFixtures, rebind
 
 import telstate_log
 import telstate_log.aio
@@ -105,35 +102,11 @@ _AIO_NAMES = dict(_OUR_NAMES, TelescopeState=telstate_log.aio.TelescopeState,
                   MemoryBackend=telstate_log.aio.MemoryBackend, katsdptelstate=telstate_log)
 
 
-class _AioFixtures:
-    @pytest.fixture(autouse=True)
-    def _pickles_as_katsdptelstate(self, request: pytest.FixtureRequest) -> Any:
-        # The aio test patches katsdptelstate's pickle switch with a string
-        # target inside its body; mirror it on ours for that test.
-        if request.node.name.startswith("test_immutable_same_value_str"):
-            with mock.patch("telstate_log._encoding._allow_pickle", True), \
-                    mock.patch("telstate_log._encoding._warn_on_pickle", False):
-                yield
-        else:
-            yield
-
-    @pytest_asyncio.fixture
-    async def ts(self) -> AsyncIterator[Any]:
-        ts = await self.make_telescope_state()
-        yield ts
-        ts.backend.close()
-        await ts.backend.wait_closed()
-
-    @pytest_asyncio.fixture
-    async def ns(self, ts: Any) -> Any:
-        return ts.view("ns")
-
-
 _AioRebound: Any = rebind(kt_aio_tests.TestTelescopeState, _AIO_NAMES, "_AioRebound")
 
 
 @pytest.mark.asyncio
-class TestAioReboundMemory(_AioFixtures, _AioRebound):
+class TestAioReboundMemory(AioFixtures, _AioRebound):
     """katsdptelstate's aio tests with telstate_log's names, memory backend."""
 
     async def make_telescope_state(self) -> Any:
@@ -141,7 +114,7 @@ class TestAioReboundMemory(_AioFixtures, _AioRebound):
 
 
 @pytest.mark.asyncio
-class TestAioReboundLog(_AioFixtures, _AioRebound):
+class TestAioReboundLog(AioFixtures, _AioRebound):
     """katsdptelstate's aio tests with telstate_log's names, log backend."""
 
     async def make_telescope_state(self) -> Any:

@@ -13,9 +13,7 @@ the sync and the aio suite:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
-from unittest import mock
 
 import pytest
 
@@ -29,8 +27,7 @@ import katsdptelstate.aio
 import katsdptelstate.aio.test.test_telescope_state as kt_aio_tests
 import katsdptelstate.backend
 import katsdptelstate.test.test_telescope_state as kt_sync_tests
-import pytest_asyncio
-from _rebind import rebind
+from _rebind import AioFixtures, rebind
 
 import telstate_log
 import telstate_log.aio
@@ -94,30 +91,6 @@ class TestSyncReboundRedis(_RedisURL, rebind(kt_sync_tests.TestTelescopeState,  
 
 
 # ------------------------------------------------------------------------ aio
-class _AioFixtures:
-    @pytest.fixture(autouse=True)
-    def _pickles_as_katsdptelstate(self, request: pytest.FixtureRequest) -> Any:
-        # This aio test patches katsdptelstate's pickle switch by a string
-        # target inside its body; mirror it on ours.
-        if request.node.name.startswith("test_immutable_same_value_str"):
-            with mock.patch("telstate_log._encoding._allow_pickle", True), \
-                    mock.patch("telstate_log._encoding._warn_on_pickle", False):
-                yield
-        else:
-            yield
-
-    @pytest_asyncio.fixture
-    async def ts(self) -> AsyncIterator[Any]:
-        ts = await self.make_telescope_state()  # type: ignore[attr-defined]
-        yield ts
-        ts.backend.close()
-        await ts.backend.wait_closed()
-
-    @pytest_asyncio.fixture
-    async def ns(self, ts: Any) -> Any:
-        return ts.view("ns")
-
-
 @pytest.mark.asyncio
 class TestAioUnchangedRedis(_RedisURL, kt_aio_tests.TestTelescopeState):
     """katsdptelstate's aio tests, unmodified, over our aio RedisBackend."""
@@ -128,7 +101,7 @@ class TestAioUnchangedRedis(_RedisURL, kt_aio_tests.TestTelescopeState):
 
 
 @pytest.mark.asyncio
-class TestAioReboundRedis(_RedisURL, _AioFixtures,
+class TestAioReboundRedis(_RedisURL, AioFixtures,
                           rebind(kt_aio_tests.TestTelescopeState,  # type: ignore[misc]
                                  _AIO_NAMES, "_AioRebound")):
     """katsdptelstate's aio tests with telstate_log's names, over our aio RedisBackend."""
