@@ -103,6 +103,10 @@ def _type_error(key: bytes, entry: Entry, wanted: str) -> ImmutableKeyError:
     return ImmutableKeyError(f"key {key!r} is {have}, not {wanted}")
 
 
+_EMPTY_SAMPLE = ("a sample value cannot be empty (an encoded value is at least one byte, "
+                 "and a Redis sensor member needs one after its timestamp)")
+
+
 def check_timestamp(ts: float) -> float:
     """Validate a sample timestamp; returns it with -0.0 normalised to 0.0."""
     if not (ts >= 0.0 and ts != math.inf):
@@ -145,6 +149,8 @@ class State:
         """Add a sample; returns False (no event) if it is already stored."""
         if not 0.0 <= ts < _INF:
             check_timestamp(ts)  # raises the right error
+        if not value:
+            raise ValueError(_EMPTY_SAMPLE)
         ts += 0.0  # -0.0 -> 0.0
         entry = self._keys.get(key)
         pos = self.position + 1
@@ -184,6 +190,8 @@ class State:
             bad = float(ts[~((ts >= 0.0) & (ts < _INF))][0])
             check_timestamp(bad)  # raises the right error
         ts = ts + 0.0
+        if values.dtype.itemsize == 0 if isinstance(values, np.ndarray) else not all(values):
+            raise ValueError(_EMPTY_SAMPLE)
         entry = self._keys.get(key)
         if entry is not None and type(entry) is not SensorColumn:
             raise _type_error(key, entry, "mutable")

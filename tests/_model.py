@@ -21,8 +21,14 @@ def pack(ts: float) -> bytes:
 
 
 class Model:
-    def __init__(self) -> None:
+    def __init__(self, redis_ranges: bool = False) -> None:
         self.data: dict[bytes, Any] = {}
+        # katsdptelstate's two backends differ on get_range with st > et and
+        # include_previous: its memory backend returns items[start:end] (the
+        # previous sample only if it is before et); its Redis Lua script returns the
+        # previous sample followed by the (empty) range.  Each of our backends
+        # matches its katsdptelstate twin.
+        self.redis_ranges = redis_ranges
 
     def set_immutable(self, key: bytes, value: bytes) -> bytes | None:
         old = self.data.get(key)
@@ -109,7 +115,13 @@ class Model:
             return bisect.bisect_left(items, packed)
 
         start = lo(st)
-        if include_previous and start > 0:
-            start -= 1
         end = hi(et)
-        return [(m[8:], struct.unpack(">d", m[:8])[0]) for m in items[start:end]]
+        if self.redis_ranges:
+            found = items[start:max(start, end)]
+            if include_previous and start > 0:
+                found.insert(0, items[start - 1])
+        else:
+            if include_previous and start > 0:
+                start -= 1
+            found = items[start:end]
+        return [(m[8:], struct.unpack(">d", m[:8])[0]) for m in found]

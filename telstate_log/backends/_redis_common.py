@@ -236,6 +236,9 @@ def plan_add_mutable(key: bytes, value: bytes, timestamp: float) -> Plan[None]:
     timestamp = float(timestamp)
     if not 0.0 <= timestamp < math.inf:
         raise InvalidTimestampError(f"Timestamp {timestamp} is negative or not finite")
+    if not value:
+        raise ValueError("a sample value cannot be empty (a sensor member needs at least one "
+                         "byte after its timestamp)")
     with _wrongtype_as_immutable(key):
         yield ("script", "add_mutable", (key,), (fmt.pack_member(timestamp, value),))
 
