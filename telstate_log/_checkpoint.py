@@ -221,15 +221,42 @@ class CheckpointError(Exception):
     """The checkpoint is damaged or does not belong to this log."""
 
 
-def _array(mm: Any, base: int, ref: list[Any]) -> np.ndarray:
+def _array(mm: Any, base: int, ref: list[Any], kinds: str) -> np.ndarray:
+    """The array `ref` names, whose dtype must be a plain number of one of `kinds`."""
     offset, nbytes, dtype, count = ref
     dt = np.dtype(dtype)
+    if dt.kind not in kinds or dt.fields is not None or dt.subdtype is not None:
+        raise CheckpointError(f"array of unexpected dtype {dt}")
     if nbytes != dt.itemsize * count or offset + nbytes > len(mm) - HEAD_SIZE - base:
         raise CheckpointError("array reference out of bounds")
     return np.frombuffer(mm, dt, count, base + offset)
 
 
-def _entry(mm: Any, base: int, m: list[Any]) -> Any:
+def _check_column(snap: dict[str, Any], position: int) -> None:
+    """The invariants a sensor column of a valid state keeps (see _sensor)."""
+    ts, rel = snap["ts"], snap["pos"]
+    n = len(ts)
+    if n == 0:
+        raise CheckpointError("sensor without samples")
+    if not bool(np.all((ts >= 0.0) & (ts < np.inf))):
+        raise CheckpointError("sensor sample with a bad timestamp")
+    created, pos_base = int(snap["created"]), int(snap["pos_base"])
+    if not 1 <= pos_base <= created <= position or int(rel.max()) > position - pos_base:
+        raise CheckpointError("sensor positions outside the checkpoint")
+    step = ts[1:] - ts[:-1]
+    if bool((step < 0).any()):
+        raise CheckpointError("sensor samples out of timestamp order")
+    vals = snap.get("vals")
+    for i in np.nonzero(step == 0)[0].tolist():  # ties: ordered by value, no duplicates
+        if vals is not None:
+            a, b = vals[i].tobytes(), vals[i + 1].tobytes()
+        else:
+            a, b = snap["list"][i], snap["list"][i + 1]
+        if not a < b:
+            raise CheckpointError("sensor samples out of order or repeated")
+
+
+def _entry(mm: Any, base: int, m: list[Any], position: int) -> Any:
     tag = m[0]
     if tag == "i":
         return Immutable(bytes(m[2]), int(m[1]))
@@ -243,25 +270,27 @@ def _entry(mm: Any, base: int, m: list[Any]) -> Any:
         raise CheckpointError(f"unknown entry tag {tag!r}")
     _, created, pos_base, ts_ref, pos_ref, vals = m
     snap: dict[str, Any] = {"created": created, "pos_base": pos_base,
-                            "ts": _array(mm, base, ts_ref), "pos": _array(mm, base, pos_ref)}
+                            "ts": _array(mm, base, ts_ref, "f"),
+                            "pos": _array(mm, base, pos_ref, "u")}
     n = len(snap["ts"])
     if vals[0] == "f":
-        raw = _array(mm, base, vals[3])
+        raw = _array(mm, base, vals[3], "uV")
         width = int(vals[2])
         if width <= 0 or len(raw) != width * n:
             raise CheckpointError("fixed values do not match the sample count")
         snap["prefix"] = bytes(vals[1])
         snap["vals"] = raw.view(f"V{width}")
     else:
-        lengths = _array(mm, base, vals[1])
-        data = _array(mm, base, vals[2]).tobytes()
-        if len(lengths) != n or int(lengths.sum()) != len(data) or (lengths < 0).any():
+        lengths = _array(mm, base, vals[1], "iu")
+        data = _array(mm, base, vals[2], "uV").tobytes()
+        if len(lengths) != n or int(lengths.sum()) != len(data) or (lengths <= 0).any():
             raise CheckpointError("var values do not match the sample count")
         ends = np.cumsum(lengths).tolist()
         starts = [0, *ends[:-1]]
         snap["list"] = [data[a:b] for a, b in zip(starts, ends)]
     if len(snap["pos"]) != n:
         raise CheckpointError("position column does not match the sample count")
+    _check_column(snap, position)
     return SensorColumn.from_snapshot(snap)
 
 
@@ -300,19 +329,19 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
             state = State(keep_history=True)
             state.position = position
             for key, m in man["entries"]:
-                state._keys[bytes(key)] = _entry(mm, 0, m)
+                state._keys[bytes(key)] = _entry(mm, 0, m, position)
             for key, lst in man["graveyard"]:
-                state.graveyard[bytes(key)] = [(_entry(mm, 0, m), int(d)) for m, d in lst]
+                state.graveyard[bytes(key)] = [(_entry(mm, 0, m, position), int(d)) for m, d in lst]
             tables = Tables()
             for kid, key in man["keys"]:
                 tables.keys[int(kid)] = bytes(key)
                 tables.key_ids[bytes(key)] = int(kid)
             tables.sessions = {int(s): dict(meta) for s, meta in man["sessions"]}
             tables.last_recorded = float(man["last_recorded"])
-            tables.time_pos = _array(mm, 0, man["time_pos"]).tolist()
-            tables.time_rec = _array(mm, 0, man["time_rec"]).tolist()
-            tables.time_seg = _array(mm, 0, man["time_seg"]).tolist()
-            tables.time_off = _array(mm, 0, man["time_off"]).tolist()
+            tables.time_pos = _array(mm, 0, man["time_pos"], "iu").tolist()
+            tables.time_rec = _array(mm, 0, man["time_rec"], "f").tolist()
+            tables.time_seg = _array(mm, 0, man["time_seg"], "iu").tolist()
+            tables.time_off = _array(mm, 0, man["time_off"], "iu").tolist()
             if not (len(tables.time_pos) == len(tables.time_rec) == len(tables.time_seg)
                     == len(tables.time_off)):
                 raise CheckpointError("time index columns differ in length")

@@ -64,6 +64,8 @@ Meta records carry no position:
 * ``0x40 KEY``: key id u32 + key bytes.  Defines a key id; a segment defines
   every key id it uses before the first use, so each segment can be read on
   its own.  Ids are global: the same key has the same id in every segment.
+  Id 0xFFFFFFFF is reserved (CLEAR events carry it); a KEY record with it
+  is corruption.
 * ``0x41 SESSION``: session id u32 + msgpack map (source, host, pid, user,
   started, version).  Each writer session gets an id; each segment declares
   the sessions it uses.  The session of an event says who wrote it.
@@ -395,6 +397,9 @@ def decode_frames(buf: memoryview, scan: Scan) -> Decoded:
     if n == 0:
         return Decoded(scan.kinds, offs, scan.lengths, np.zeros(0, EVENT_DTYPE),
                        np.zeros(0, np.float64), np.zeros(0, np.int64))
+    if len(arr) < EVENT_PREFIX:
+        # only short meta frames: the dummy gathers at offset 0 need the room
+        arr = np.concatenate((arr, np.zeros(EVENT_PREFIX, np.uint8)))
     is_event = scan.lengths >= EVENT_PREFIX
     is_add = (scan.kinds == ADD) & (scan.lengths >= EVENT_PREFIX + 8)
     event = np.empty(n, EVENT_DTYPE)

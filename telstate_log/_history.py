@@ -57,14 +57,17 @@ class EventReader:
     WINDOW = 256 << 10
 
     def __init__(self, fs: FileSystem, path: str, tables: Tables,
-                 lock: Any = None, flush: Callable[[], None] | None = None) -> None:
+                 lock: Any = None, flush: Callable[[], None] | None = None,
+                 log_id: bytes | None = None) -> None:
         self._fs = fs
         self._path = path
         self._tables = tables
         self._lock = lock
         self._flush = flush
+        self._log_id = log_id
 
-    def _start(self, position: int) -> tuple[int, int]:
+    def _start(self, position: int) -> tuple[int, int, int]:
+        """(segment, offset, position of the event there) to start a walk for `position`."""
         if self._flush is not None:
             self._flush()  # buffered events must be in the files before we read them
         if self._lock is not None:
@@ -76,26 +79,48 @@ class EventReader:
             from ._recovery import list_segments
 
             segments = list_segments(self._fs, self._path)
-            return (segments[0][0] if segments else 1), fmt.HEADER_SIZE
-        return where[0], where[1]
+            first = segments[0][0] if segments else 1
+            return first, fmt.HEADER_SIZE, first
+        return where
 
     def _segment_path(self, first: int) -> str:
         return os.path.join(self._path, fmt.segment_name(first))
 
-    def frames(self, start: int) -> Iterator[tuple[memoryview, fmt.Decoded, int]]:
+    def _check_header(self, path: str, first: int) -> None:
+        """The segment file named for `first` must be that segment of this log."""
+        header = fmt.parse_header(self._fs.read(path, 0, fmt.HEADER_SIZE))
+        if isinstance(header, str):
+            raise LogCorruptError(header, path, 0)
+        if header.first_position != first:
+            raise LogCorruptError(f"segment header says it starts at position "
+                                  f"{header.first_position}", path, 16)
+        if self._log_id is not None and header.log_id != self._log_id:
+            raise LogCorruptError("segment belongs to another log (log id differs)", path, 32)
+
+    def frames(self, start: int, stop: int | None = None
+               ) -> Iterator[tuple[memoryview, fmt.Decoded, int]]:
         """Yield (buffer, decoded frames, index) for every frame from event `start` on.
 
-        Stops at the end of the log, or before a frame the writer has not
-        finished writing; damage raises :exc:`LogCorruptError`.
+        With `stop` (a position the log is known to hold), every event up to
+        it must be found, in sequence, in the segments named for them: a
+        segment that is missing, cut short, misnamed or of another log raises
+        :exc:`LogCorruptError`, and nothing after `stop` is read (so a torn
+        tail beyond it is never met).  Without `stop` the walk ends at the end
+        of the log or before a frame the writer has not finished.
         """
-        seg, off = self._start(start)
+        seg, off, expect = self._start(start)
         while True:
             path = self._segment_path(seg)
             if not self._fs.exists(path):
+                if stop is not None and expect <= stop:
+                    raise LogCorruptError(f"the segment holding position {expect} is missing",
+                                          path, 0)
                 return
+            self._check_header(path, seg)
             size = self._fs.size(path)
-            next_first: int | None = None
             while off < size:
+                if stop is not None and expect > stop:
+                    return
                 window = self.WINDOW
                 while True:  # grow the window until it holds a whole frame
                     data = self._fs.read(path, off - 4, window + 4)
@@ -107,24 +132,31 @@ class EventReader:
                         break
                     window *= 4
                 if not len(scan.offsets):
-                    if scan.problem == "incomplete frame":
+                    if scan.problem == "incomplete frame" and stop is None:
                         return  # the writer has not finished this frame yet
                     raise LogCorruptError(scan.problem or "no frames", path,
                                           off - 4 + scan.problem_offset)
                 dec = fmt.decode_frames(mv, scan)
-                for i in range(len(dec.kinds)):
+                kinds = dec.kinds.tolist()
+                for i, kind in enumerate(kinds):
+                    if kind in fmt.EVENT_KINDS:
+                        pos = int(dec.event["pos"][i])
+                        if pos != expect:
+                            raise LogCorruptError(f"event position {pos} where {expect} was "
+                                                  "expected", path,
+                                                  off - 4 + int(dec.offsets[i]))
+                        if stop is not None and pos > stop:
+                            return
+                        expect = pos + int(dec.counts[i])
                     yield mv, dec, i
-                    if int(dec.kinds[i]) in fmt.EVENT_KINDS:
-                        next_first = int(dec.event["pos"][i]) + int(dec.counts[i])
                 off += scan.end - 4
-            if next_first is None:
-                from ._recovery import list_segments
-
-                later = [f for f, _ in list_segments(self._fs, self._path) if f > seg]
-                if not later:
-                    return
-                next_first = later[0]
-            seg, off = next_first, fmt.HEADER_SIZE
+            if stop is not None and expect > stop:
+                return
+            if expect == seg:  # a segment without events is the newest: the end
+                if stop is not None:
+                    raise LogCorruptError(f"segment ends before position {expect}", path, size)
+                return
+            seg, off = expect, fmt.HEADER_SIZE
 
     def events(self, start: int = 1, stop: int | None = None,
                want: Callable[[int, int, int], bool] | None = None) -> Iterator[Event]:
@@ -136,7 +168,7 @@ class EventReader:
         """
         keys = self._tables.keys
         first_seen = False
-        for mv, dec, i in self.frames(start):
+        for mv, dec, i in self.frames(start, stop):
             kind = int(dec.kinds[i])
             if kind not in fmt.EVENT_KINDS:
                 continue

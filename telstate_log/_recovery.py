@@ -70,7 +70,7 @@ def list_segments(fs: FileSystem, path: str) -> list[tuple[int, str]]:
     return out
 
 
-def classify_tail(data: bytes, scan: fmt.Scan) -> bool:
+def classify_tail(data: bytes, scan: fmt.Scan, base: int = 0) -> bool:
     """Whether the damage `scan` stopped at is a torn tail (else corruption).
 
     A crash leaves, after the last complete frame, a prefix of the frame being
@@ -78,7 +78,8 @@ def classify_tail(data: bytes, scan: fmt.Scan) -> bool:
     the file system extended the file but the sectors never reached the disk.
     So the tail is torn if no intact frame follows and either the frame runs
     past the end of the file, or everything from some 512-byte boundary after
-    its start to the end of the file is zero.
+    its start to the end of the file is zero.  `base` is the file offset of
+    ``data[0]`` (sector boundaries are file offsets).
     """
     x = scan.problem_offset
     end = len(data)
@@ -91,8 +92,8 @@ def classify_tail(data: bytes, scan: fmt.Scan) -> bool:
     zero_from = x + len(rest.rstrip(b"\0"))
     if zero_from == x:
         return True  # zero-filled: allocated but never written
-    boundary = -(-zero_from // 512) * 512
-    return x < boundary < end
+    boundary = -(-(base + zero_from) // 512) * 512
+    return base + x < boundary < base + end
 
 
 def _torn_creation(data: bytes) -> bool:
@@ -162,15 +163,15 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
             if not newest or mode == "strict" or not classify_tail(data, scan):
                 raise LogCorruptError(scan.problem, seg_path, scan.problem_offset)
             end = scan.end
-            if mode == "write":
-                dropped = len(data) - end
-                logger.warning("%s: dropped a torn tail of %d bytes at offset %d (%s)",
-                               seg_path, dropped, end, scan.problem)
-                _truncate(fs, seg_path, end)
         try:
             replayer.apply(mv, scan, segment=first)
         except ReplayError as exc:
             raise LogCorruptError(exc.reason, seg_path, exc.offset) from None
+        if end < len(data) and mode == "write":
+            # Only once the frames before it replayed: a refused open changes nothing.
+            logger.warning("%s: dropped a torn tail of %d bytes at offset %d (%s)",
+                           seg_path, len(data) - end, end, scan.problem)
+            _truncate(fs, seg_path, end)
         tail = Tail(first, end if scan.problem is None else scan.end, scan.crc, tail.log_id,
                     len(segments), header.created)
     return tail

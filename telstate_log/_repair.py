@@ -121,11 +121,12 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
             checkpoints = {p: c for p, c in checkpoints.items() if p >= state.position}
     report.pruned_before = pruned
     expected = [segments[0][0] if segments else 1]
+    log_id: list[bytes | None] = [None]
     try:
         for i, (first, name) in enumerate(segments):
             seg = os.path.join(path, name)
             _replay_one(fs, seg, first, replayer, checkpoints, snapshots, report, apply_from,
-                        expected, newest=i == len(segments) - 1)
+                        expected, log_id, newest=i == len(segments) - 1)
     except LogCorruptError as exc:
         report.ok = False
         report.problems.append({"file": exc.path, "offset": exc.offset, "problem": exc.message})
@@ -147,8 +148,10 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
                                             "problem": p["problem"]})
     for pos, cp in sorted(checkpoints.items()):
         try:
-            cp_state, _, _ = load_checkpoint(cp.path, None)
+            cp_state, _, _ = load_checkpoint(cp.path, log_id[0])
         except CheckpointError as exc:
+            if "another log" in str(exc):  # not damage: a file that does not belong here
+                report.ok = False
             report.problems.append({"file": cp.path, "offset": None,
                                     "problem": f"damaged checkpoint (ignored on open): {exc}"})
             continue
@@ -179,7 +182,7 @@ def _oldest_checkpoint(checkpoints: dict[int, Any], first: int) -> Any:
 def _replay_one(fs: OsFileSystem, seg: str, first: int, replayer: Replayer,
                 checkpoints: dict[int, Any], snapshots: dict[int, dict[bytes, Any]],
                 report: VerifyReport, apply_from: tuple[int, int] | None,
-                expected: list[int], newest: bool = False) -> None:
+                expected: list[int], log_id: list[bytes | None], newest: bool = False) -> None:
     """Check one segment strictly; apply its events from `apply_from` on."""
     data = fs.read(seg)
     header = fmt.parse_header(data)
@@ -188,6 +191,10 @@ def _replay_one(fs: OsFileSystem, seg: str, first: int, replayer: Replayer,
     state = replayer.state
     if header.first_position != first or first != expected[0]:
         raise LogCorruptError(f"segment should start at position {expected[0]}", seg, 16)
+    if log_id[0] is None:
+        log_id[0] = header.log_id
+    elif header.log_id != log_id[0]:
+        raise LogCorruptError("segment belongs to another log (log id differs)", seg, 32)
     mv = memoryview(data)
     scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(data), zlib.crc32(mv[:fmt.HEADER_SIZE]))
     if scan.problem is not None:

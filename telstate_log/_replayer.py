@@ -18,7 +18,10 @@ Everything a valid log guarantees is checked, and a violation raises
 positions that are not consecutive, undefined key or session ids,
 conflicting definitions, recorded times that go backwards, bad sample
 timestamps, and events that contradict the state (a sample for an immutable
-key, say).  Pure: no I/O.
+key, say).  A run is validated as a whole before any of it is applied
+(:mod:`telstate_log._replay_check`), so a refused run leaves the state as
+the previous run left it: always the state at some position of the log.
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 
 from . import _format as fmt
 from ._errors import ImmutableKeyError, InvalidTimestampError
+from ._replay_check import check_run
 from ._state import State
 
 __all__ = ["ReplayError", "Replayer", "Tables"]
@@ -64,16 +68,12 @@ class Tables:
     TIME_STRIDE = 1024
 
     def next_key_id(self) -> int:
-        """An id no key has yet (the writer registers the key once its record is written).
+        """An id no key has yet (the writer registers the key once its record is written)."""
+        return _free_id(self.keys)
 
-        Our writers assign ids densely from 0, so the count is normally the
-        answer (O(1)); a log with gaps in its ids falls back to ``max + 1``.
-        """
-        keys = self.keys
-        n = len(keys)
-        if n not in keys and (n == 0 or n - 1 in keys):
-            return n
-        return max(keys) + 1
+    def next_session_id(self) -> int:
+        """An id no session has yet."""
+        return _free_id(self.sessions)
 
     def note_times(self, pos: np.ndarray, rec: np.ndarray, offsets: np.ndarray,
                    segment: int, counts: np.ndarray | None = None) -> None:
@@ -101,6 +101,23 @@ class Tables:
         return self.time_seg[i], self.time_off[i], self.time_pos[i]
 
 
+def _free_id(ids: dict[int, Any]) -> int:
+    """An unused u32 id other than NO_KEY (reserved for CLEAR events).
+
+    Our writers assign ids densely from 0, so the count is normally the
+    answer (O(1)); a log with gaps in its ids falls back to ``max + 1``,
+    and one (hostile) that used the ids just below the reserved one to the
+    lowest gap.
+    """
+    n = len(ids)
+    if n not in ids and (n == 0 or n - 1 in ids):
+        return n
+    top = max(ids) + 1
+    if top < fmt.NO_KEY:
+        return top
+    return next(i for i in range(n + 1) if i not in ids)
+
+
 class Replayer:
     """Applies scanned frames to a :class:`State` (see module docstring)."""
 
@@ -115,6 +132,8 @@ class Replayer:
         ident, payload = fmt.meta_fields(buf, off, length)
         t = self.tables
         if kind == fmt.KEY:
+            if ident == fmt.NO_KEY:
+                raise ReplayError(f"key id {ident} is reserved (CLEAR events use it)", off)
             known = t.keys.get(ident)
             if known is not None and known != payload:
                 raise ReplayError(f"key id {ident} redefined", off)
@@ -236,20 +255,22 @@ class Replayer:
         kinds = dec.kinds[a:b]
         for i in (np.nonzero(np.isin(kinds, list(fmt.META_KINDS)))[0] + a).tolist():
             self._meta(buf, int(dec.kinds[i]), int(dec.offsets[i]), int(dec.lengths[i]))
-        last_pos = self.state.position
+        events = np.nonzero(np.isin(kinds, list(fmt.EVENT_KINDS)))[0] + a
+        if not len(events):
+            return
+        # all or nothing: nothing of the run is applied unless all of it is valid
+        batches = check_run(self.state, self.tables, buf, dec, events)
         for i in (np.nonzero((kinds == fmt.IMMUTABLE) | (kinds == fmt.INDEXED))[0] + a).tolist():
             self._single(buf, dec, i, in_sequence=False)
         adds = np.nonzero((kinds == fmt.ADD) | (kinds == fmt.ADD_BATCH))[0] + a
         if len(adds):
-            self._check_session(dec, adds)
-            self._adds(buf, dec, adds)
-        events = np.nonzero(np.isin(kinds, list(fmt.EVENT_KINDS)))[0]
-        if len(events):
-            i = a + int(events[-1])
-            last_pos = max(last_pos, int(dec.event["pos"][i]) + int(dec.counts[i]) - 1)
-        self.state.position = last_pos
+            self._adds(buf, dec, adds, batches)
+        i = int(events[-1])
+        self.state.position = max(self.state.position,
+                                  int(dec.event["pos"][i]) + int(dec.counts[i]) - 1)
 
-    def _adds(self, buf: memoryview, dec: fmt.Decoded, idx: np.ndarray) -> None:
+    def _adds(self, buf: memoryview, dec: fmt.Decoded, idx: np.ndarray,
+              batches: dict[int, Any]) -> None:
         """Apply the ADD and ADD_BATCH frames `idx` of one run, one batch per key."""
         parts: dict[int, list[tuple[np.ndarray, np.ndarray, Any, bytes]]] = {}
         single = idx[dec.kinds[idx] == fmt.ADD]
@@ -266,11 +287,7 @@ class Replayer:
                 parts.setdefault(int(dec.event["key"][group[0]]), []).append(
                     (dec.event["pos"][group].astype(np.int64), dec.ts[group], values, prefix))
         for i in idx[dec.kinds[idx] == fmt.ADD_BATCH].tolist():
-            off, length = int(dec.offsets[i]), int(dec.lengths[i])
-            fields = fmt.batch_fields(buf, off, length)
-            if fields is None:
-                raise ReplayError("malformed ADD_BATCH body", off)
-            ts, values, width = fields
+            ts, values, width = batches[i]
             first = int(dec.event["pos"][i])
             pos = np.arange(first, first + len(ts), dtype=np.int64)
             if width >= 2:

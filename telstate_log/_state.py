@@ -327,6 +327,8 @@ class State:
         `values` is a list of encoded values, or a ``V<width>`` array of
         values with the common `prefix` removed.
         """
+        if (len(ts) and float(ts.min()) < 0) or not bool(np.all(np.isfinite(ts))):
+            raise InvalidTimestampError(f"recorded sample of {key!r} has a bad timestamp")
         entry = self._keys.get(key)
         if entry is None:
             first = values[0] if not isinstance(values, np.ndarray) else \
@@ -334,8 +336,6 @@ class State:
             entry = self._keys[key] = SensorColumn(int(pos[0]), first, capacity=len(ts))
         elif type(entry) is not SensorColumn:
             raise _type_error(key, entry, "mutable")
-        if (len(ts) and float(ts.min()) < 0) or not bool(np.all(np.isfinite(ts))):
-            raise InvalidTimestampError(f"recorded sample of {key!r} has a bad timestamp")
         ts = ts + 0.0  # -0.0 -> 0.0
         if not entry.extend_sorted(ts, values, pos, prefix):
             if isinstance(values, np.ndarray):

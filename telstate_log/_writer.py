@@ -117,7 +117,7 @@ class LogWriter:
         self._seg_session = False
         # events already in the segment we continue (a reopened log)
         self._seg_events = max(0, position - segment_first + 1)
-        self.session_id = max(tables.sessions, default=-1) + 1
+        self.session_id = tables.next_session_id()
         self._session_payload = msgpack.packb(session, use_bin_type=True)
         self._last_rec = tables.last_recorded
         self.failed: BaseException | None = None
@@ -217,7 +217,7 @@ class LogWriter:
 
     def new_session(self, session: dict[str, object]) -> int:
         """Record later events under a new session (e.g. another source label)."""
-        self.session_id = max(max(self._tables.sessions, default=-1), self.session_id) + 1
+        self.session_id = self._tables.next_session_id()
         self._session_payload = msgpack.packb(session, use_bin_type=True)
         self._seg_session = False
         # Forget the segment's key definitions so the next commit takes the

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from telstate_log import LogCorruptError, LogLockedError
+from telstate_log._checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    snapshot_state,
+    write_checkpoint,
+)
 from telstate_log._encoding import encode_value
 from telstate_log._fileio import OsFileSystem
+from telstate_log._format import HEADER_SIZE, parse_header
 from telstate_log._recovery import list_segments
 from telstate_log._repair import repair_log, verify_log
 from telstate_log.backends import LogBackend
@@ -63,7 +70,27 @@ def test_verify_detects_checkpoint_mismatch(tmp_path: Path) -> None:
     target.write_bytes(Path(cp).read_bytes())
     report = verify_log(tmp_path / "log")
     assert not report.ok
-    assert any("differs" in p["problem"] for p in report.problems)
+    assert any("another log" in p["problem"] for p in report.problems)
+
+
+def test_verify_detects_a_forged_checkpoint_of_this_log(tmp_path: Path) -> None:
+    """A well-formed checkpoint of this log whose state is not the log's."""
+    make_log(tmp_path / "log")
+    (cp,) = list_checkpoints(str(tmp_path / "log"))
+    state, tables, resume = load_checkpoint(cp.path, None)
+    keys = state._keys
+    keys[b"s0"], keys[b"s1"] = keys[b"s1"], keys[b"s0"]  # two sensors' samples swapped
+    log_id = _log_id(tmp_path / "log")
+    write_checkpoint(str(tmp_path / "log"), snapshot_state(state, tables), resume, log_id)
+    report = verify_log(tmp_path / "log")
+    assert not report.ok
+    assert any("differs from the replayed log" in p["problem"] for p in report.problems)
+
+
+def _log_id(path: Path) -> bytes:
+    header = parse_header((segments(path)[0]).read_bytes()[:HEADER_SIZE])
+    assert not isinstance(header, str)
+    return header.log_id
 
 
 def test_repair_keeps_prefix_and_moves_damage(tmp_path: Path) -> None:

@@ -365,7 +365,8 @@ class LogBackend(StateBackend):
     def _reader(self) -> EventReader:
         writer = self._writer
         return EventReader(self._fs, self.path, self._tables, lock=self._lock,
-                           flush=writer.flush if writer is not None else None)
+                           flush=writer.flush if writer is not None else None,
+                           log_id=self.log_id)
 
     def _check_history(self, since: int) -> None:
         if since < self._state.history_from:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .. import _format as fmt
 from .._errors import LogCorruptError
-from .._recovery import Tail, classify_tail, replay_segments
+from .._recovery import Tail, classify_tail, list_segments, replay_segments
 from .._replayer import Replayer, ReplayError
 from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
 
@@ -44,19 +44,21 @@ def follow_step(b: LogBackend) -> bool:
         return b._tail.segment_first is not None
     seg_path = os.path.join(b.path, fmt.segment_name(tail.segment_first))
     size = fs.size(seg_path)
+    base = tail.offset - 4
+    problem: tuple[str, int] | None = None
     if size > tail.offset:
-        data = fs.read(seg_path, tail.offset - 4, size - tail.offset + 4)
+        data = fs.read(seg_path, base, size - base)
         mv = memoryview(data)
         scan = fmt.scan_frames(mv, 4, len(data), tail.crc)
-        if scan.problem is not None and scan.end == 4 and not classify_tail(data, scan):
-            raise LogCorruptError(scan.problem, seg_path, tail.offset - 4 + scan.problem_offset)
+        if scan.problem is not None and scan.end == 4 and not classify_tail(data, scan, base):
+            raise LogCorruptError(scan.problem, seg_path, base + scan.problem_offset)
         if len(scan.offsets):
-            _apply(b, mv, scan, seg_path, tail.offset - 4)
-            b._tail = Tail(tail.segment_first, tail.offset - 4 + scan.end, scan.crc,
+            _apply(b, mv, scan, seg_path, base)
+            b._tail = Tail(tail.segment_first, base + scan.end, scan.crc,
                            tail.log_id, tail.segments)
             return True
-        if scan.problem is not None:
-            return False  # the writer is mid-write: wait for the rest
+        # The writer is mid-write (or crashed mid-write): wait for the rest.
+        problem = (scan.problem or "no frames", base + scan.problem_offset)
     # Finished this segment?  Move on when the next one exists.
     position = b._state.position
     next_path = os.path.join(b.path, fmt.segment_name(position + 1))
@@ -65,12 +67,42 @@ def follow_step(b: LogBackend) -> bool:
         header = fmt.parse_header(data)
         if isinstance(header, str):
             raise LogCorruptError(header, next_path, 0)
+        if header.first_position != position + 1:
+            raise LogCorruptError(f"segment header says it starts at position "
+                                  f"{header.first_position}", next_path, 16)
         if header.log_id != b.log_id:
             raise LogCorruptError("segment belongs to another log", next_path, 32)
+        if problem is not None:
+            if fs.size(seg_path) != size:
+                return True  # the write in progress finished meanwhile: read it
+            # the writer moved on without finishing it: that was no write in progress
+            raise LogCorruptError(problem[0], seg_path, problem[1])
         b._tail = Tail(header.first_position, fmt.HEADER_SIZE, zlib.crc32(data),
                        tail.log_id, tail.segments + 1)
         return True
+    _check_no_gap(b, seg_path, size, problem)
     return False
+
+
+def _check_no_gap(b: LogBackend, seg_path: str, size: int,
+                  problem: tuple[str, int] | None) -> None:
+    """Raise if a later segment exists although the next position is not there.
+
+    The writer creates a segment only after writing everything before it,
+    so a later segment means the rest of this one will never come: the
+    events in between are lost (or the bytes after the tail are damage).
+    """
+    tail = b._tail
+    later = [f for f, _ in list_segments(b._fs, b.path) if f > (tail.segment_first or 0)]
+    if not later or later[0] == b._state.position + 1 or b._fs.size(seg_path) != size:
+        # nothing later; or the next segment (just created); or this one grew
+        # meanwhile: the next step reads on
+        return
+    if problem is not None:
+        raise LogCorruptError(problem[0], seg_path, problem[1])
+    raise LogCorruptError(f"positions {b._state.position + 1} to {later[0] - 1} are missing "
+                          f"(the next segment starts at {later[0]})",
+                          os.path.join(b.path, fmt.segment_name(later[0])), 16)
 
 
 def _apply(b: LogBackend, mv: memoryview, scan: fmt.Scan, seg_path: str, base: int) -> None:
