@@ -149,6 +149,8 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
     for pos, cp in sorted(checkpoints.items()):
         try:
             cp_state, _, _ = load_checkpoint(cp.path, log_id[0])
+        except FileNotFoundError:
+            continue  # replaced by a live writer's newer checkpoint since it was listed
         except CheckpointError as exc:
             if "another log" in str(exc):  # not damage: a file that does not belong here
                 report.ok = False
@@ -174,7 +176,7 @@ def _oldest_checkpoint(checkpoints: dict[int, Any], first: int) -> Any:
             continue
         try:
             return load_checkpoint(checkpoints[pos].path, None)
-        except CheckpointError:
+        except (CheckpointError, FileNotFoundError):
             continue
     return None
 

@@ -44,10 +44,15 @@ class Sealer:
         self._before_seal = before_seal
         self.error: BaseException | None = None
         self._jobs: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        # Jobs are numbered: wait() waits for the jobs queued before it, never
+        # for jobs finished later (under steady writes the queue need never empty).
+        self._progress = threading.Condition()
+        self._queued = 0
+        self._attempted = 0
         sealed = {s.segment for s in seals}
         for (first, name), (nxt, _) in itertools.pairwise(list_segments(fs, path)):
             if name not in sealed and (not seals or first > seals[-1].first):
-                self._jobs.put((first, nxt))
+                self._put((first, nxt))
         self._thread = threading.Thread(target=self._run, name="telstate-log-seal",
                                         daemon=True)
         self._thread.start()
@@ -56,21 +61,36 @@ class Sealer:
     def head(self) -> str | None:
         return self.seals[-1].seal if self.seals else None
 
+    def _put(self, job: tuple[int, int] | None) -> int:
+        with self._progress:
+            self._queued += 1
+            ticket = self._queued
+            self._jobs.put(job)
+        return ticket
+
+    def _wait_for(self, ticket: int) -> None:
+        with self._progress:
+            self._progress.wait_for(lambda: self._attempted >= ticket
+                                    or not self._thread.is_alive())
+
     def enqueue(self, first: int, next_first: int) -> None:
         """Seal segment `first`, finished when `next_first` began."""
-        self._jobs.put((first, next_first))
+        self._put((first, next_first))
 
     def wait(self) -> None:
-        """Wait until every job so far was attempted (no retry)."""
-        self._jobs.join()
+        """Wait until every job queued so far was attempted (no retry)."""
+        with self._progress:
+            ticket = self._queued
+        self._wait_for(ticket)
 
     def seal_pending(self) -> None:
-        """Retry any backlog and wait for every job; the error (if any) stays in `error`."""
-        self._jobs.put(_RETRY)
-        self._jobs.join()
+        """Retry any backlog and wait for the jobs queued so far; the error (if any)
+        stays in `error`."""
+        self._wait_for(self._put(_RETRY))
 
     def close(self) -> None:
-        self._jobs.put(None)
+        """Seal every job queued so far, then stop the thread."""
+        self._put(None)
         self._thread.join()
 
     def _run(self) -> None:
@@ -90,7 +110,9 @@ class Sealer:
                 self.error = exc
                 logger.error("sealing segment failed (will retry): %s", exc)
             finally:
-                self._jobs.task_done()
+                with self._progress:
+                    self._attempted += 1
+                    self._progress.notify_all()
 
     def _seal_one(self, first: int, nxt: int) -> None:
         if self._before_seal is not None:

@@ -423,10 +423,10 @@ class LogBackend(StateBackend):
                     if self._checkpoint_bytes is not None and \
                             self._tail_bytes() >= min(self._checkpoint_bytes, 16 << 20):
                         self.checkpoint()
+                if self._sealer is not None:  # while its pre-seal syncs still work
+                    self._sealer.close()
                 self._durability.close()
                 self._writer.close()
-                if self._sealer is not None:
-                    self._sealer.close()
         finally:
             self._release_lock()
 

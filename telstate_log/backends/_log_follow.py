@@ -23,7 +23,9 @@ from .. import _format as fmt
 from .._errors import LogCorruptError
 from .._recovery import Tail, classify_tail, list_segments, replay_segments
 from .._replayer import Replayer, ReplayError
+from .._retention import read_pruned
 from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
+from ._log_open import recover
 
 if TYPE_CHECKING:
     from ._log import LogBackend
@@ -43,11 +45,24 @@ def follow_step(b: LogBackend) -> bool:
             b.log_id = b._tail.log_id
         return b._tail.segment_first is not None
     seg_path = os.path.join(b.path, fmt.segment_name(tail.segment_first))
+    try:
+        return _step(b, seg_path)
+    except FileNotFoundError:
+        if fs.exists(seg_path):
+            raise
+        return _catch_up_after_prune(b, seg_path)
+
+
+def _step(b: LogBackend, seg_path: str) -> bool:
+    """follow_step within the segment at `seg_path` (FileNotFoundError if it vanishes)."""
+    fs = b._fs
+    tail = b._tail
     size = fs.size(seg_path)
+    data = fs.read(seg_path, tail.offset - 4) if size > tail.offset else b""
+    size = tail.offset - 4 + len(data) if data else size
     base = tail.offset - 4
     problem: tuple[str, int] | None = None
     if size > tail.offset:
-        data = fs.read(seg_path, base, size - base)
         mv = memoryview(data)
         scan = fmt.scan_frames(mv, 4, len(data), tail.crc)
         if scan.problem is not None and scan.end == 4 and not classify_tail(data, scan, base):
@@ -82,6 +97,29 @@ def follow_step(b: LogBackend) -> bool:
         return True
     _check_no_gap(b, seg_path, size, problem)
     return False
+
+
+def _catch_up_after_prune(b: LogBackend, seg_path: str) -> bool:
+    """The segment being followed is gone: catch up from the prune's checkpoint.
+
+    A writer prunes only after writing a checkpoint at or after the cut, so
+    a follower that fell behind the cut reloads the state from the newest
+    checkpoint and goes on from there; monitors are told to re-check.  A
+    segment that vanished without a prune past it is damage.
+    """
+    position = b._state.position
+    if read_pruned(b._fs, b.path) <= position + 1:
+        raise LogCorruptError(f"the segment holding position {position + 1} vanished",
+                              seg_path, 0)
+    state, tables, tail = recover(b._fs, b.path, readonly=True, use_checkpoints=True)
+    if state.position < position:
+        raise LogCorruptError(f"after a prune the log ends at {state.position}, before "
+                              f"the {position} events already read", seg_path, 0)
+    with b._lock:
+        b._state, b._tables, b._tail = state, tables, tail
+        b.log_id = tail.log_id
+    b._hub.publish_all(KeyUpdateBase())
+    return True
 
 
 def _check_no_gap(b: LogBackend, seg_path: str, size: int,

@@ -60,6 +60,8 @@ def recover(fs: FileSystem, path: str, *, readonly: bool,
                     raise CheckpointError("log has no segments")
                 _set_aside(fs, failed, readonly)
                 return state, tables, tail
+            except FileNotFoundError:
+                continue  # a live writer replaced it since it was listed (readers)
             except (CheckpointError, LogCorruptError) as exc:
                 logger.warning("ignoring checkpoint %s: %s", cp.path, exc)
                 failed.append((cp.path, exc))
