@@ -26,13 +26,15 @@ import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from . import _format as fmt
 from ._errors import LogCorruptError
 from ._fileio import FileSystem
 from ._replayer import Replayer, ReplayError
 
-__all__ = ["Resume", "Tail", "classify_tail", "list_segments", "replay_segments"]
+__all__ = ["Resume", "Tail", "classify_tail", "finish_recovery", "list_segments",
+           "replay_segments"]
 
 logger = logging.getLogger("telstate_log")
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
@@ -57,6 +59,9 @@ class Tail:
     log_id: bytes | None
     segments: int
     created: float = 0.0
+    #: what a writer must do before appending, once the whole replay succeeded:
+    #: ("remove", segment path) a creation cut short, ("truncate", path, size) a torn tail
+    repairs: tuple[tuple[Any, ...], ...] = ()
 
 
 def list_segments(fs: FileSystem, path: str) -> list[tuple[int, str]]:
@@ -111,8 +116,9 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
                     ) -> Tail:
     """Replay the log at `path` into `replayer`.
 
-    `mode` is ``"write"`` (truncate a torn tail), ``"read"`` (stop before
-    it, leave files alone) or ``"strict"`` (a torn tail is an error too).
+    `mode` is ``"write"`` (a torn tail is to be cut: :func:`finish_recovery`
+    does it once the caller accepts the result), ``"read"`` (stop before it)
+    or ``"strict"`` (a torn tail is an error too).  No mode changes any file.
     """
     segments = list_segments(fs, path)
     if resume is not None:
@@ -131,11 +137,9 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
             if newest and mode != "strict" and _torn_creation(data):
                 # Created (renamed into place) but its header never reached the
                 # disk: it holds no event.  A writer removes it.
-                logger.warning("%s: removing a segment whose creation was cut short", seg_path)
-                if mode == "write":
-                    fs.remove(seg_path)
-                    fs.sync_dir(path)
                 tail.segments -= 1
+                if mode == "write":
+                    tail.repairs = (("remove", seg_path),)
                 break
             raise LogCorruptError(header, seg_path, 0)
         if header.first_position != first:
@@ -167,20 +171,30 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
             replayer.apply(mv, scan, segment=first)
         except ReplayError as exc:
             raise LogCorruptError(exc.reason, seg_path, exc.offset) from None
-        if end < len(data) and mode == "write":
-            # Only once the frames before it replayed: a refused open changes nothing.
-            logger.warning("%s: dropped a torn tail of %d bytes at offset %d (%s)",
-                           seg_path, len(data) - end, end, scan.problem)
-            _truncate(fs, seg_path, end)
-        tail = Tail(first, end if scan.problem is None else scan.end, scan.crc, tail.log_id,
-                    len(segments), header.created)
+        tail = Tail(first, end, scan.crc, tail.log_id, len(segments), header.created,
+                    (("truncate", seg_path, end, len(data) - end, scan.problem),)
+                    if end < len(data) and mode == "write" else ())
     return tail
 
 
-def _truncate(fs: FileSystem, seg_path: str, size: int) -> None:
-    fd = fs.open_append(seg_path)
-    try:
-        fs.truncate(fd, size)
-        fs.sync(fd)
-    finally:
-        fs.close(fd)
+def finish_recovery(fs: FileSystem, path: str, tail: Tail) -> None:
+    """Carry out `tail.repairs` (a writer, once the replay it came from is accepted).
+
+    Deferred so that an open refused for damage anywhere in the log changes
+    nothing: the torn tail or the cut-short segment creation is still there.
+    """
+    for repair in tail.repairs:
+        if repair[0] == "remove":
+            logger.warning("%s: removing a segment whose creation was cut short", repair[1])
+            fs.remove(repair[1])
+            fs.sync_dir(path)
+        else:
+            _, seg_path, size, dropped, problem = repair
+            logger.warning("%s: dropped a torn tail of %d bytes at offset %d (%s)",
+                           seg_path, dropped, size, problem)
+            fd = fs.open_append(seg_path)
+            try:
+                fs.truncate(fd, size)
+                fs.sync(fd)
+            finally:
+                fs.close(fd)

@@ -21,7 +21,7 @@ from .. import _format as fmt
 from .._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from .._errors import LogCorruptError
 from .._fileio import FileSystem
-from .._recovery import Tail, list_segments, replay_segments
+from .._recovery import Tail, finish_recovery, list_segments, replay_segments
 from .._replayer import Replayer, Tables
 from .._retention import read_pruned
 from .._state import State
@@ -44,10 +44,6 @@ def recover(fs: FileSystem, path: str, *, readonly: bool,
             use_checkpoints: bool) -> tuple[State, Tables, Tail]:
     """The state, tables and tail of the log at `path` (see module docstring)."""
     mode = "read" if readonly else "write"
-    if not readonly:
-        for name in fs.listdir(path):
-            if name.endswith(".seg.tmp"):  # an interrupted segment creation
-                fs.remove(os.path.join(path, name))
     failed: list[tuple[str, BaseException]] = []
     if use_checkpoints:
         log_id = first_log_id(fs, path)
@@ -58,7 +54,7 @@ def recover(fs: FileSystem, path: str, *, readonly: bool,
                                        mode=mode)
                 if tail.segment_first is None:
                     raise CheckpointError("log has no segments")
-                _set_aside(fs, failed, readonly)
+                _accept(fs, path, tail, failed, readonly)
                 return state, tables, tail
             except FileNotFoundError:
                 continue  # a live writer replaced it since it was listed (readers)
@@ -79,14 +75,23 @@ def recover(fs: FileSystem, path: str, *, readonly: bool,
     # A full replay that fails shows the damage is in the log, not in the
     # checkpoints: then they are kept and the error propagates.
     tail = replay_segments(fs, path, Replayer(state, tables), mode=mode)
-    _set_aside(fs, failed, readonly)
+    _accept(fs, path, tail, failed, readonly)
     return state, tables, tail
 
 
-def _set_aside(fs: FileSystem, failed: list[tuple[str, BaseException]], readonly: bool) -> None:
-    """Rename checkpoints proven unusable (the log opened without them)."""
+def _accept(fs: FileSystem, path: str, tail: Tail, failed: list[tuple[str, BaseException]],
+            readonly: bool) -> None:
+    """A writer's open succeeded: only now change files (a refused open changes none).
+
+    Interrupted segment creations are removed, the torn tail is cut, and
+    checkpoints proven unusable (the log opened without them) are renamed.
+    """
     if readonly:
         return
+    for name in fs.listdir(path):
+        if name.endswith(".seg.tmp"):  # an interrupted segment creation
+            fs.remove(os.path.join(path, name))
+    finish_recovery(fs, path, tail)
     for cp_path, _exc in failed:
         try:  # never try it again; keep it for forensics
             fs.rename(cp_path, cp_path + ".bad")
