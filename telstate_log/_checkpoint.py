@@ -49,6 +49,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from . import _format as fmt
 from ._fileio import FileSystem, OsFileSystem, write_all
 from ._recovery import Resume
 from ._replayer import Tables
@@ -256,6 +257,21 @@ def _check_column(snap: dict[str, Any], position: int) -> None:
             raise CheckpointError("sensor samples out of order or repeated")
 
 
+def _check_time_index(tables: Tables, position: int) -> None:
+    """Positions increasing within the log, each in a segment starting at or before
+    it, at an offset after the header; recorded times finite and never decreasing."""
+    pos = np.asarray(tables.time_pos, np.int64)
+    seg = np.asarray(tables.time_seg, np.int64)
+    off = np.asarray(tables.time_off, np.int64)
+    rec = np.asarray(tables.time_rec, np.float64)
+    if len(pos) and not (
+            bool(np.all(pos[1:] > pos[:-1])) and int(pos[0]) >= 1 and int(pos[-1]) <= position
+            and bool(np.all((seg >= 1) & (seg <= pos))) and bool(np.all(seg[1:] >= seg[:-1]))
+            and bool(np.all(off >= fmt.HEADER_SIZE)) and bool(np.all(np.isfinite(rec)))
+            and bool(np.all(rec[1:] >= rec[:-1]))):
+        raise CheckpointError("time index out of order or outside the log")
+
+
 def _entry(mm: Any, base: int, m: list[Any], position: int) -> Any:
     tag = m[0]
     if tag == "i":
@@ -345,6 +361,7 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
             if not (len(tables.time_pos) == len(tables.time_rec) == len(tables.time_seg)
                     == len(tables.time_off)):
                 raise CheckpointError("time index columns differ in length")
+            _check_time_index(tables, position)
             state.history_from = int(man["history_from"])
             seg, off, crc = man["resume"]
             resume = Resume(int(seg), int(off), int(crc))

@@ -81,6 +81,10 @@ def _step(b: LogBackend, seg_path: str) -> bool:
         data = fs.read(next_path, 0, fmt.HEADER_SIZE)
         header = fmt.parse_header(data)
         if isinstance(header, str):
+            if not data.strip(b"\0"):
+                # named but never written (a creation cut short by a crash without
+                # syncs): the next writer removes it; wait for that
+                return False
             raise LogCorruptError(header, next_path, 0)
         if header.first_position != position + 1:
             raise LogCorruptError(f"segment header says it starts at position "
@@ -95,8 +99,7 @@ def _step(b: LogBackend, seg_path: str) -> bool:
         b._tail = Tail(header.first_position, fmt.HEADER_SIZE, zlib.crc32(data),
                        tail.log_id, tail.segments + 1)
         return True
-    _check_no_gap(b, seg_path, size, problem)
-    return False
+    return _check_no_gap(b, seg_path, size, problem)
 
 
 def _catch_up_after_prune(b: LogBackend, seg_path: str) -> bool:
@@ -123,8 +126,9 @@ def _catch_up_after_prune(b: LogBackend, seg_path: str) -> bool:
 
 
 def _check_no_gap(b: LogBackend, seg_path: str, size: int,
-                  problem: tuple[str, int] | None) -> None:
-    """Raise if a later segment exists although the next position is not there.
+                  problem: tuple[str, int] | None) -> bool:
+    """Raise if a later segment exists although the next position is not there;
+    else whether the follower can read on now (the next segment appeared).
 
     The writer creates a segment only after writing everything before it,
     so a later segment means the rest of this one will never come: the
@@ -132,10 +136,16 @@ def _check_no_gap(b: LogBackend, seg_path: str, size: int,
     """
     tail = b._tail
     later = [f for f, _ in list_segments(b._fs, b.path) if f > (tail.segment_first or 0)]
-    if not later or later[0] == b._state.position + 1 or b._fs.size(seg_path) != size:
-        # nothing later; or the next segment (just created); or this one grew
-        # meanwhile: the next step reads on
-        return
+    nxt = b._state.position + 1
+    if not later:
+        return False
+    if later[0] == nxt or b._fs.size(seg_path) != size or (
+            nxt != tail.segment_first
+            and b._fs.exists(os.path.join(b.path, fmt.segment_name(nxt)))):
+        # the next segment (just created: a listing taken while the writer renames
+        # segments into place can miss it and show a later one), or this one grew
+        # meanwhile: read on
+        return True
     if problem is not None:
         raise LogCorruptError(problem[0], seg_path, problem[1])
     raise LogCorruptError(f"positions {b._state.position + 1} to {later[0] - 1} are missing "
