@@ -34,9 +34,8 @@ process) has seen half an event.
   probes (fixed in cc92e56): a follower died when the writer pruned the segment it
   was reading, ``verify_log`` tripped over a checkpoint a live writer removed,
   ``seal()`` and ``prune()`` waited for segments finished after they were called,
-  ``close()`` abandoned the sealer; and one still open (listed in ``KNOWN_BUGS``),
-  a follower that reports a false gap when a directory listing misses a segment the
-  writer creates meanwhile.  Each reproduces its interleaving deterministically (a
+  ``close()`` abandoned the sealer, and a follower reported a false gap when a
+  directory listing missed a segment the writer created meanwhile.  Each reproduces its interleaving deterministically (a
   held-back sealer, a checkpoint removed right after the listing, a replayed
   listing), not by racing.
 
