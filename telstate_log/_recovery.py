@@ -11,6 +11,9 @@ Recovery fails closed:
   crash's leftovers -- a frame cut short, or a zero-filled remainder (pages
   the file system allocated but never wrote) -- are a *torn tail*.  A writer
   truncates it (logging how many bytes it dropped); a reader stops before it.
+  Newer segment files that are empty or all zeros (created, but their
+  content never reached the disk: possible only without syncs) hold no
+  event; a writer removes them and a reader ignores them.
 * Anything else -- a bad checksum or a malformed frame followed by intact
   data, damage in an older segment, a gap between segments, a frame that is
   not a valid event here -- raises :exc:`LogCorruptError` with the file and
@@ -33,8 +36,8 @@ from ._errors import LogCorruptError
 from ._fileio import FileSystem
 from ._replayer import Replayer, ReplayError
 
-__all__ = ["Resume", "Tail", "classify_tail", "finish_recovery", "list_segments",
-           "replay_segments"]
+__all__ = ["Resume", "Tail", "classify_tail", "creation_cut_short", "finish_recovery",
+           "list_segments", "replay_segments"]
 
 logger = logging.getLogger("telstate_log")
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
@@ -110,6 +113,13 @@ def _torn_creation(data: bytes) -> bool:
     return not data.strip(b"\0")
 
 
+def creation_cut_short(fs: FileSystem, seg_path: str) -> bool:
+    """Whether the segment at `seg_path` is a creation cut short (holds no event)."""
+    if not isinstance(fmt.parse_header(fs.read(seg_path, 0, fmt.HEADER_SIZE)), str):
+        return False  # a valid header: a real segment
+    return _torn_creation(fs.read(seg_path))
+
+
 def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
                     resume: Resume | None = None, mode: str = "write",
                     on_segment: Callable[[int, str, fmt.SegmentHeader], None] | None = None
@@ -126,7 +136,20 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
         if not segments or segments[0][0] != resume.segment_first:
             raise LogCorruptError(f"segment {fmt.segment_name(resume.segment_first)} named by "
                                   "the checkpoint is missing", path)
-    tail = Tail(None, 0, 0, None, len(segments))
+    removals: tuple[tuple[Any, ...], ...] = ()
+    if mode != "strict":
+        # Segments created (renamed into place) whose content never reached the
+        # disk hold no event: without syncs (fsync="never") a crash can leave
+        # several, after a last segment with a torn tail.  A writer removes
+        # them, newest first, so the log stays valid if that is interrupted.
+        keep = 1 if resume is not None else 0
+        while len(segments) > keep and creation_cut_short(
+                fs, seg_path := os.path.join(path, segments[-1][1])):
+            segments.pop()
+            removals += (("remove", seg_path),)
+        if mode != "write":
+            removals = ()
+    tail = Tail(None, 0, 0, None, len(segments), repairs=removals)
     state = replayer.state
     for idx, (first, name) in enumerate(segments):
         seg_path = os.path.join(path, name)
@@ -134,13 +157,6 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
         data = fs.read(seg_path)
         header = fmt.parse_header(data)
         if isinstance(header, str):
-            if newest and mode != "strict" and _torn_creation(data):
-                # Created (renamed into place) but its header never reached the
-                # disk: it holds no event.  A writer removes it.
-                tail.segments -= 1
-                if mode == "write":
-                    tail.repairs = (("remove", seg_path),)
-                break
             raise LogCorruptError(header, seg_path, 0)
         if header.first_position != first:
             raise LogCorruptError(f"segment header says it starts at position "
@@ -172,8 +188,8 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
         except ReplayError as exc:
             raise LogCorruptError(exc.reason, seg_path, exc.offset) from None
         tail = Tail(first, end, scan.crc, tail.log_id, len(segments), header.created,
-                    (("truncate", seg_path, end, len(data) - end, scan.problem),)
-                    if end < len(data) and mode == "write" else ())
+                    removals + ((("truncate", seg_path, end, len(data) - end, scan.problem),)
+                                if end < len(data) and mode == "write" else ()))
     return tail
 
 

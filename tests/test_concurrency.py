@@ -35,9 +35,9 @@ process) has seen half an event.
   was reading, ``verify_log`` tripped over a checkpoint a live writer removed,
   ``seal()`` and ``prune()`` waited for segments finished after they were called,
   ``close()`` abandoned the sealer, and a follower reported a false gap when a
-  directory listing missed a segment the writer created meanwhile.  Each reproduces its interleaving deterministically (a
-  held-back sealer, a checkpoint removed right after the listing, a replayed
-  listing), not by racing.
+  directory listing missed a segment the writer created meanwhile.  Each
+  reproduces its interleaving deterministically (a held-back sealer, a checkpoint
+  removed right after the listing, a replayed listing), not by racing.
 
 Timing is never asserted beyond generous bounds (waiting for followers, or for a
 seal() that should return at once); the sizes are modest so the module runs in

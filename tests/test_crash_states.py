@@ -17,6 +17,7 @@ import collections
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -390,3 +391,72 @@ def test_repair_keeps_a_healthy_pruned_log(tmp_path: Path) -> None:
     assert verify_log(path).ok
     report = repair_log(path, dry_run=True)
     assert not report.damaged, report.problem
+
+
+@pytest.mark.parametrize("empties", [[b""], [b"", b""], [b"", bytes(52), bytes(700)]])
+def test_torn_tail_followed_by_segments_never_written(tmp_path: Path,
+                                                      empties: list[bytes]) -> None:
+    """Found by ``tools/crash_states.py``: without syncs a crash can persist the
+    names of new segments (a later directory sync made them durable) but not
+    their content, nor the end of the segment before them.  Those files hold
+    no event, so the log ends at the torn tail: a writer truncates it and
+    removes them (recovery used to refuse: "header is 0 bytes")."""
+    path = tmp_path / "log"
+    with LogBackend(path, fsync="never", flush_interval=0, segment_bytes=4096,
+                    checkpoint_bytes=None) as b:
+        for i in range(600):
+            b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+    segs = list_segments(OsFileSystem(), str(path))
+    assert len(segs) > len(empties) + 1
+    torn_first, torn_name = segs[-1 - len(empties)]
+    later = [path / name for _, name in segs[len(segs) - len(empties):]]
+    for p, content in zip(later, empties):
+        p.write_bytes(content)
+    torn = path / torn_name
+    torn.write_bytes(torn.read_bytes()[:-30])  # its last frame cut short
+    # The clean close above sealed every finished segment; a crash leaves none
+    # of these sealed (the sealer syncs a segment before sealing it).
+    (path / "seals").unlink()
+    before = _tree(path)
+    reader = LogBackend(path, readonly=True)  # a reader changes nothing ...
+    kept_pos = reader.position
+    assert _tree(path) == before
+    assert kept_pos == int(later[0].name[:20]) - 2  # the last event was torn off
+    assert not verify_log(path).ok  # strict: the torn tail is reported
+    try:
+        with LogBackend(path) as w:
+            assert w.position == kept_pos
+            samples = w.get_range(b"s", 0.0, float("inf"), False, False)
+            assert [ts for _, ts in samples] == [1e9 + i for i in range(kept_pos)]
+            w.add_mutable(b"s", encode_value(-1.0), 2e9)
+        # ... and follows the writer that repaired the log (no false gap)
+        deadline = time.monotonic() + 10
+        while reader.position < kept_pos + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reader.position == kept_pos + 1
+        assert reader.get_range(b"s", 1.5e9, float("inf"), False, False) == [
+            (encode_value(-1.0), 2e9)]
+    finally:
+        reader.close()
+    assert not any(p.exists() for p in later)
+    report = verify_log(path)
+    assert report.ok, report.problems
+    with LogBackend(path) as w:
+        assert w.position == kept_pos + 1
+    assert torn_first <= kept_pos
+
+
+def test_empty_segment_before_a_written_one_is_corruption(tmp_path: Path) -> None:
+    """Only *trailing* unwritten segments are a crash's leftovers: an empty
+    segment followed by a written one is damage, refused without changes."""
+    path = tmp_path / "log"
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(200):
+            b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+    segs = list_segments(OsFileSystem(), str(path))
+    assert len(segs) >= 3
+    (path / segs[-2][1]).write_bytes(b"")
+    before = _tree(path)
+    with pytest.raises(LogCorruptError, match="header is 0 bytes"):
+        LogBackend(path)
+    assert _tree(path) == before

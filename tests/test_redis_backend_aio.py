@@ -4,8 +4,10 @@ The plans are shared with the sync backend (tested in test_redis_backend.py),
 so these tests exercise the async driver -- every operation kind, errors
 thrown back into plans, the RDB loader's worker-thread steps -- and what is
 async-only: the shared pub/sub connection and its pump, cleanup of
-subscriptions, reconnection, closing, and the refusal to run under trio.
-Tests run under anyio's asyncio backend (trio only where it must be refused).
+subscriptions, reconnection, closing, and the dispatch under trio (from_url
+returns the threaded backend of test_redis_backend_threads.py; a
+redis.asyncio client is refused).  Tests run under anyio's asyncio backend
+(trio only for the dispatch).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 
 @pytest.fixture
 def anyio_backend() -> str:
-    """redis.asyncio needs asyncio (see test_refused_under_trio)."""
+    """redis.asyncio needs asyncio (see test_trio_gets_the_threaded_backend)."""
     return "asyncio"
 
 
@@ -73,10 +75,16 @@ async def _channels_become(client: Any, expected: set[bytes], timeout: float = 5
 
 # ------------------------------------------------------------------ trio, loops
 @pytest.mark.parametrize("anyio_backend", ["trio"])
-async def test_refused_under_trio(anyio_backend: str, redis_url: str) -> None:
-    with pytest.raises(RuntimeError, match=r"asyncio.*trio"):
-        await RedisBackend.from_url(redis_url)
-    with pytest.raises(RuntimeError, match="asyncio"):
+async def test_trio_gets_the_threaded_backend(anyio_backend: str, redis_url: str) -> None:
+    backend = await RedisBackend.from_url(redis_url)
+    assert type(backend) is telstate_log.aio.ThreadedRedisBackend
+    ts = telstate_log.aio.TelescopeState(backend)
+    await ts.add("sensor", 1.5, ts=2.0)
+    assert await ts.get_range("sensor", st=0) == [(1.5, 2.0)]
+    backend.close()
+    await backend.wait_closed()
+    # A redis.asyncio client cannot work under trio: refused, naming the alternative.
+    with pytest.raises(RuntimeError, match=r"asyncio.*trio.*ThreadedRedisBackend"):
         RedisBackend(redis.asyncio.Redis.from_url(redis_url))
 
 

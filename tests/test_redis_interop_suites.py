@@ -1,7 +1,7 @@
 """katsdptelstate 1.0.0's own test suites over telstate_log's Redis backends.
 
 Against a real redis-server (flushed before every test), two ways each for
-the sync and the aio suite:
+the sync and the aio suite (the aio suite also over ThreadedRedisBackend):
 
 * *unchanged*: katsdptelstate's ``TestTelescopeState`` classes, untouched,
   with katsdptelstate's front ends over our ``RedisBackend`` -- the drop-in
@@ -108,4 +108,24 @@ class TestAioReboundRedis(_RedisURL, AioFixtures,
 
     async def make_telescope_state(self) -> Any:
         backend = await telstate_log.aio.RedisBackend.from_url(self.redis_url)
+        return telstate_log.aio.TelescopeState(backend)
+
+
+@pytest.mark.asyncio
+class TestAioUnchangedThreadedRedis(_RedisURL, kt_aio_tests.TestTelescopeState):
+    """katsdptelstate's aio tests, unmodified, over our ThreadedRedisBackend (on asyncio)."""
+
+    async def make_telescope_state(self) -> Any:
+        backend = await telstate_log.aio.ThreadedRedisBackend.from_url(self.redis_url)
+        return katsdptelstate.aio.TelescopeState(backend)
+
+
+@pytest.mark.asyncio
+class TestAioReboundThreadedRedis(_RedisURL, AioFixtures,
+                                  rebind(kt_aio_tests.TestTelescopeState,  # type: ignore[misc]
+                                         _AIO_NAMES, "_AioReboundThreaded")):
+    """katsdptelstate's aio tests with telstate_log's names, over our ThreadedRedisBackend."""
+
+    async def make_telescope_state(self) -> Any:
+        backend = await telstate_log.aio.ThreadedRedisBackend.from_url(self.redis_url)
         return telstate_log.aio.TelescopeState(backend)

@@ -8,6 +8,10 @@ from ._backend import Backend
 from ._log import LogBackend
 from ._memory import MemoryBackend
 from ._redis import RedisBackend
+from ._redis_threads import ThreadedRedisBackend
 from ._telescope_state import TelescopeState
 
-__all__ = ["Backend", "LogBackend", "MemoryBackend", "RedisBackend", "TelescopeState"]
+__all__ = [
+    "Backend", "LogBackend", "MemoryBackend", "RedisBackend", "TelescopeState",
+    "ThreadedRedisBackend",
+]

@@ -1,4 +1,4 @@
-"""Asynchronous Redis backend (asyncio only), interoperable with katsdptelstate.aio's.
+"""Asynchronous Redis backend, interoperable with katsdptelstate.aio's.
 
 Theory of operation
 -------------------
@@ -8,11 +8,15 @@ layout, scripts, messages, error translation and retry rules are those of
 the sync :mod:`telstate_log.backends._redis` (which explains why retrying
 every command is safe).
 
-asyncio only: ``redis.asyncio`` is built on asyncio streams, so this backend
-needs a running asyncio event loop (plain asyncio, or anyio on its asyncio
-backend).  Constructing it anywhere else -- under trio, or outside any event
-loop -- raises RuntimeError naming the alternative: the sync
-:class:`telstate_log.backends.RedisBackend`, called from worker threads.
+Event loops: ``redis.asyncio`` is built on asyncio streams, so an instance of
+this class needs a running asyncio event loop (plain asyncio, or anyio on its
+asyncio backend).  :meth:`RedisBackend.from_url` therefore looks at the
+running library (sniffio, which comes with trio; without it only asyncio can
+be running): under asyncio it returns this class, under trio a
+:class:`~telstate_log.aio.ThreadedRedisBackend`, which drives the sync backend
+from worker threads with the same semantics (:mod:`._redis_threads`).
+Constructing this class from a client anywhere but in asyncio -- under trio,
+or outside any event loop -- raises RuntimeError naming that alternative.
 
 Pub/sub: one connection per backend, shared by all monitors and owned by a
 single background task, the *pump*, so no two tasks ever use it at once.
@@ -64,6 +68,7 @@ from ..backends._redis_endpoint import (
 )
 from ..backends._redis_messages import channel_key, update_channel
 from ._backend import Backend
+from ._redis_threads import ThreadedRedisBackend, async_library
 
 __all__ = ["RedisBackend"]
 
@@ -77,13 +82,14 @@ _Item = tuple[bytes, Any] | None    # (key, message data), or None: "check again
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
+    if async_library() != "asyncio":
         raise RuntimeError(
-            "telstate_log.aio.RedisBackend needs a running asyncio event loop "
-            "(redis.asyncio does not support trio); under trio, use the sync "
-            "telstate_log.backends.RedisBackend from worker threads") from None
+            "telstate_log.aio.RedisBackend(client) needs a running asyncio event loop "
+            "(redis.asyncio does not support trio); under trio, "
+            "await telstate_log.aio.RedisBackend.from_url(url) returns a "
+            "telstate_log.aio.ThreadedRedisBackend, which drives the sync backend from "
+            "worker threads (or wrap one: ThreadedRedisBackend.from_sync(sync_backend))")
+    return asyncio.get_running_loop()
 
 
 async def _aclose(resource: Any) -> None:
@@ -247,7 +253,8 @@ class RedisBackend(Backend):
     Raises
     ------
     RuntimeError
-        If not called with a running asyncio event loop (e.g. under trio).
+        If not called with a running asyncio event loop (e.g. under trio:
+        use :meth:`from_url` or :class:`~telstate_log.aio.ThreadedRedisBackend`).
     ValueError
         If the client decodes responses.
     """
@@ -263,13 +270,17 @@ class RedisBackend(Backend):
         self._closing: asyncio.Task[None] | None = None
 
     @classmethod
-    async def from_url(cls, url: str, *, db: int | None = None) -> RedisBackend:
+    async def from_url(cls, url: str, *,
+                       db: int | None = None) -> RedisBackend | ThreadedRedisBackend:
         """Connect to the server at a URL (see the sync ``RedisBackend.from_url``).
 
-        Raises :exc:`~telstate_log.ConnectionError` if the server does not
-        answer a PING.
+        Under asyncio, returns an instance of this class; under any other
+        event loop (trio), a :class:`~telstate_log.aio.ThreadedRedisBackend`
+        with the same semantics.  Raises :exc:`~telstate_log.ConnectionError`
+        if the server does not answer a PING.
         """
-        _running_asyncio_loop()
+        if async_library() != "asyncio":
+            return await ThreadedRedisBackend.from_url(url, db=db)
         endpoint = parse_endpoint(url)
         if endpoint.url is None:
             raise ValueError(f"not a Redis URL: {endpoint}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .. import _format as fmt
 from .._errors import LogCorruptError
-from .._recovery import Tail, classify_tail, list_segments, replay_segments
+from .._recovery import Tail, classify_tail, creation_cut_short, list_segments, replay_segments
 from .._replayer import Replayer, ReplayError
 from .._retention import read_pruned
 from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
@@ -137,6 +137,10 @@ def _check_no_gap(b: LogBackend, seg_path: str, size: int,
     tail = b._tail
     later = [f for f, _ in list_segments(b._fs, b.path) if f > (tail.segment_first or 0)]
     nxt = b._state.position + 1
+    while later and _holds_nothing(b, later[-1]):
+        # named but never written (a crash without syncs): they hold nothing, the
+        # next writer removes them and goes on from this segment's torn tail
+        later.pop()
     if not later:
         return False
     if later[0] == nxt or b._fs.size(seg_path) != size or (
@@ -151,6 +155,14 @@ def _check_no_gap(b: LogBackend, seg_path: str, size: int,
     raise LogCorruptError(f"positions {b._state.position + 1} to {later[0] - 1} are missing "
                           f"(the next segment starts at {later[0]})",
                           os.path.join(b.path, fmt.segment_name(later[0])), 16)
+
+
+def _holds_nothing(b: LogBackend, first: int) -> bool:
+    """Whether segment `first` is a creation cut short (or was removed meanwhile)."""
+    try:
+        return creation_cut_short(b._fs, os.path.join(b.path, fmt.segment_name(first)))
+    except FileNotFoundError:
+        return True
 
 
 def _apply(b: LogBackend, mv: memoryview, scan: fmt.Scan, seg_path: str, base: int) -> None:
