@@ -8,9 +8,13 @@ written and everything about getting bytes into it; what the bytes *are*
 business, which extends it.
 
 * With ``flush_interval > 0`` appended bytes collect in a buffer that a
-  flusher thread hands to the OS at most ``flush_interval`` seconds after the
-  first unflushed append (and whenever it exceeds :attr:`FLUSH_BYTES`, on
-  :meth:`sync`, rotation and close).  With ``flush_interval == 0`` every
+  flusher thread hands to the OS ``flush_interval`` seconds after the first
+  unflushed append (and whenever it exceeds :attr:`FLUSH_BYTES`, on
+  :meth:`sync`, rotation and close).  A busy writer holds the lock the
+  flusher needs nearly all the time, and CPython does not hand a released
+  lock to a waiting thread, so the flusher can be late by several GIL
+  switch intervals; an append that finds the buffer older than
+  ``flush_interval`` therefore flushes it itself.  With ``flush_interval == 0`` every
   append writes through.  All writes to the descriptor happen under the
   owner's lock, which appends already hold, so buffer and file stay in order
   without a second lock on the hot path.
@@ -100,6 +104,8 @@ class SegmentAppender:
         self._flusher: threading.Thread | None = None
         self._kick = threading.Condition(threading.Lock())
         self._dirty = False
+        self._dirty_since = 0.0  # time.time() of the first unflushed append
+        self._flush_interval = flush_interval
         self._closing = False
         if self._buffered:
             self._flusher = threading.Thread(target=self._run_flusher, args=(flush_interval,),
@@ -118,9 +124,11 @@ class SegmentAppender:
             self.bytes_appended += n
             if not self._dirty:
                 self._dirty = True
+                self._dirty_since = time.time()
                 with self._kick:
                     self._kick.notify()
-            elif len(self._buf) >= self.FLUSH_BYTES:
+            elif (len(self._buf) >= self.FLUSH_BYTES
+                  or time.time() - self._dirty_since >= self._flush_interval):
                 self._flush_locked()
             return
         try:

@@ -132,12 +132,18 @@ class _BlobWriter:
 
 
 def snapshot_state(state: State, tables: Tables) -> dict[str, Any]:
-    """Everything a checkpoint needs, taken under the owner's lock (cheap)."""
+    """Everything a checkpoint needs, taken under the owner's lock.
+
+    Writers wait while it runs, so it only takes references and C-speed
+    shallow copies (sensor columns are views of their append-only arrays;
+    indexed keys copy their two dicts); everything costing a Python step per
+    sample or sub-key happens in :func:`write_checkpoint`, outside the lock.
+    """
     def entry(e: Any) -> Any:
         if type(e) is Immutable:
             return ("i", e.created, e.value)
         if type(e) is Indexed:
-            return ("x", e.created, [(s, v, e.positions[s]) for s, v in e.values.items()])
+            return ("x", e.created, dict(e.values), dict(e.positions))
         return ("m", e.snapshot())
 
     return {
@@ -155,7 +161,13 @@ def snapshot_state(state: State, tables: Tables) -> dict[str, Any]:
     }
 
 
+_CHUNK = 1 << 15  # values joined per C call: bounds how long the GIL is held
+
+
 def _entry_manifest(w: _BlobWriter, e: Any) -> list[Any]:
+    if e[0] == "x":
+        _, created, values, positions = e
+        return ["x", created, [(s, v, positions[s]) for s, v in values.items()]]
     if e[0] != "m":
         return list(e)
     snap = e[1]
@@ -165,9 +177,15 @@ def _entry_manifest(w: _BlobWriter, e: Any) -> list[Any]:
         vals = snap["vals"]
         out.append(["f", snap["prefix"], vals.dtype.itemsize, w.blob(vals.view(np.uint8))])
     else:
+        # In chunks, so the writers (waiting for the GIL) run in between.
         values = snap["list"]
-        lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
-        data = b"".join(values)
+        lengths = np.empty(len(values), np.int64)
+        parts = []
+        for i in range(0, len(values), _CHUNK):
+            part = values[i:i + _CHUNK]
+            lengths[i:i + len(part)] = list(map(len, part))
+            parts.append(b"".join(part))
+        data = b"".join(parts)
         out.append(["v", w.blob(lengths), w.blob(np.frombuffer(data, np.uint8))])
     return out
 
