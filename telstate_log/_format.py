@@ -219,13 +219,11 @@ def encode_batch(pos: int, rec: float, sess: int, key_id: int, ts: np.ndarray,
         width = values.dtype.itemsize
         tail = values.tobytes()
     else:
-        lengths = np.fromiter(map(len, values), np.int64, count)
-        width = int(lengths[0]) if count else 0
-        if width and bool((lengths == width).all()):
-            tail = b"".join(values)
-        else:
+        tail = b"".join(values)
+        width = len(values[0]) if count else 0
+        if not (width and len(tail) == width * count and max(map(len, values)) == width):
             width = 0
-            tail = lengths.astype("<u4").tobytes() + b"".join(values)
+            tail = np.fromiter(map(len, values), np.int64, count).astype("<u4").tobytes() + tail
     stamps = np.ascontiguousarray(ts, "<f8").tobytes()
     length = EVENT_PREFIX + 8 + len(stamps) + len(tail)
     return _BATCH.pack(FRAME_MAGIC, ADD_BATCH, check_byte(ADD_BATCH, length), length, pos, rec,

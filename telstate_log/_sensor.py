@@ -23,11 +23,14 @@ a Python object per sample the samples live in numpy columns:
   A value that does not fit the fixed layout shortens the prefix or converts
   the column to the var layout (once; it never converts back).
 
-Appending in time order is O(1) amortised (columns grow by 25%).  A sample
-older than the newest goes to a small pending buffer that is merged into the
-columns in one vectorised pass when it grows past a fraction of the column or
-when the column is read, so out-of-order writes stay O(log n) each and reads
-always see a sorted column.
+Appending in time order is O(1) amortised (columns grow by 25%).  A batch
+appended in order is copied in with numpy (:meth:`SensorColumn.extend_sorted`)
+or, when it holds only a few samples, in plain Python
+(:meth:`SensorColumn.extend_small`): numpy's fixed cost per call would
+dominate a short batch.  A sample older than the newest goes to a small
+pending buffer that is merged into the columns in one vectorised pass when
+it grows past a fraction of the column or when the column is read, so
+out-of-order writes stay O(log n) each and reads always see a sorted column.
 
 Invariant relied on by checkpoints: the first ``_n`` entries of a column
 array are never modified in place.  Appends write beyond ``_n``; growing,
@@ -38,6 +41,7 @@ slices ``[:n]`` of the arrays and read them later without a lock.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +55,13 @@ _INTERN_LIMIT = 4096  # distinct values interned per var column
 _MIN_CAPACITY = 16
 _FLOAT_PREFIX = b"\xff\xcb"
 _U32_MAX = 0xFFFFFFFF
+_STEPS = np.arange(256, dtype=np.uint32)  # relative positions of a new key's first samples
+_STEPS.flags.writeable = False
+
+
+@functools.lru_cache(maxsize=256)
+def _void(width: int) -> np.dtype[np.void]:
+    return np.dtype(f"V{width}")
 
 
 class SensorColumn:
@@ -98,7 +109,7 @@ class SensorColumn:
             plen = 2 if vlen > 2 else 1
             self._prefix = first_value[:plen]
             self._vlen = vlen
-            self._vals = np.empty(self._cap, f"V{vlen - plen}")
+            self._vals = np.empty(self._cap, _void(vlen - plen))
         else:
             self._to_var()
 
@@ -155,8 +166,8 @@ class SensorColumn:
             return True
         n = self._n
         tsa = self._ts[:n]
-        lo = int(np.searchsorted(tsa, ts, "left"))
-        hi = int(np.searchsorted(tsa, ts, "right"))
+        lo = int(tsa.searchsorted(ts, "left"))
+        hi = int(tsa.searchsorted(ts, "right"))
         return any(self.value_at(i) == value for i in range(lo, hi))
 
     def add(self, ts: float, value: bytes, pos: int) -> None:
@@ -244,6 +255,44 @@ class SensorColumn:
         self.last_ts = float(ts[-1])
         self._last_val = self.value_at(n + k - 1)
         return True
+
+    def extend_small(self, ts: np.ndarray, last_ts: float, values: list[bytes],
+                     first: int) -> None:
+        """Append a small batch at positions ``first, first + 1, ...`` with no
+        numpy reduction (their fixed cost dominates a batch of a few samples).
+
+        The caller has checked what :meth:`extend_sorted` checks: `ts` is a
+        non-empty, strictly increasing float64 array of valid timestamps whose
+        first one is greater than the last stored, `last_ts` is ``ts[-1]`` as
+        a Python float, and `first` is not below the key's first position.
+        """
+        k = len(values)
+        n = self._n
+        end = n + k
+        if end > self._cap:
+            self._grow(end + (n >> 2))
+        rel = first - self._pos_base
+        if rel + k - 1 > _U32_MAX and self._pos.dtype != np.uint64:
+            self._pos = self._pos.astype(np.uint64)
+        vals = self._vals
+        if vals is not None:
+            vlen, prefix = self._vlen, self._prefix
+            plen = len(prefix)
+            i = n
+            for v in values:  # writes past _n are invisible until _n moves
+                if len(v) != vlen or not v.startswith(prefix):
+                    self._extend_values(values)  # re-layout, then store them all
+                    break
+                vals[i] = v[plen:]
+                i += 1
+        else:
+            self._extend_values(values)
+        self._ts[n:end] = ts
+        self._pos[n:end] = _STEPS[rel:rel + k] if 0 <= rel <= len(_STEPS) - k \
+            else range(rel, rel + k)
+        self._n = end
+        self.last_ts = last_ts
+        self._last_val = values[-1]
 
     def _store_values(self, values: Sequence[bytes] | np.ndarray, prefix: bytes = b"") -> None:
         """Store values at ``[_n, _n + len(values))`` (capacity already ensured).
@@ -406,11 +455,11 @@ class SensorColumn:
         be settled).
         """
         tsa = self._ts[:self._n]
-        start = int(np.searchsorted(tsa, st, "left"))
+        start = int(tsa.searchsorted(st, "left"))
         if et == np.inf:
             end = self._n
         else:
-            end = int(np.searchsorted(tsa, et, "right" if include_end else "left"))
+            end = int(tsa.searchsorted(et, "right" if include_end else "left"))
         if include_previous and start > 0:
             start -= 1
         return start, max(start, end)

@@ -19,6 +19,12 @@ call ``commit(kind, position, key, sub_key, value, timestamp)`` -- where the
 log backend makes the event durable -- and only if that returns does the
 state change.  A failed commit therefore leaves the state untouched.
 
+A bulk write (:meth:`State.add_mutable_batch`) is checked and stored with
+numpy, except a batch of at most :data:`SMALL_BATCH` samples, which goes
+through an equivalent plain-Python path: for a few samples numpy's fixed
+cost per call outweighs the work (importing many small sensors is made of
+such batches).
+
 Replaying a log calls :meth:`State.apply` (one event) or
 :meth:`State.apply_sensor_batch` (a run of samples for one key) with the
 recorded positions; an event that contradicts the state raises
@@ -94,6 +100,9 @@ class Indexed:
 
 Entry = Immutable | Indexed | SensorColumn
 _INF = math.inf
+#: Batches of at most this many samples take the plain-Python path of
+#: :meth:`State.add_mutable_batch` (numpy's fixed cost per call dominates them).
+SMALL_BATCH = 32
 _TYPES: dict[type, KeyType] = {Immutable: KeyType.IMMUTABLE, Indexed: KeyType.INDEXED,
                                SensorColumn: KeyType.MUTABLE}
 
@@ -105,6 +114,19 @@ def _type_error(key: bytes, entry: Entry, wanted: str) -> ImmutableKeyError:
 
 _EMPTY_SAMPLE = ("a sample value cannot be empty (an encoded value is at least one byte, "
                  "and a Redis sensor member needs one after its timestamp)")
+
+
+def _unknown_samples(entry: SensorColumn | None, ts: np.ndarray,
+                     values: Sequence[bytes]) -> tuple[np.ndarray, list[bytes]]:
+    """The samples of a batch not stored in `entry` (nor earlier in the batch), in order."""
+    seen: set[tuple[float, bytes]] = set()
+    keep = []
+    for i, (t, v) in enumerate(zip(ts.tolist(), values)):
+        if (t, v) in seen or (entry is not None and entry.contains(t, v)):
+            continue
+        seen.add((t, v))
+        keep.append(i)
+    return ts[keep], [values[i] for i in keep]
 
 
 def check_timestamp(ts: float) -> float:
@@ -179,38 +201,80 @@ class State:
         fixed-width encoded values (kept as an array end to end, so a big
         sensor costs no Python step per sample).  Samples already stored, and
         repeats within the batch, are dropped; the new ones get consecutive
-        positions in the order given.
+        positions in the order given.  Batches of up to :data:`SMALL_BATCH`
+        samples are checked in plain Python instead (same results), since
+        numpy's fixed cost per call dominates them.
         """
         ts = np.asarray(ts, np.float64)
-        if len(ts) != len(values):
+        count = len(ts)
+        if count != len(values):
             raise ValueError("values and timestamps differ in length")
-        if len(ts) == 0:
+        if count == 0:
             return 0
+        if count <= SMALL_BATCH and ts.ndim == 1 and (
+                type(values) is list
+                or (isinstance(values, np.ndarray) and values.dtype.kind == "V")):
+            return self._add_small_batch(key, values, ts, commit)
         if not bool(np.all((ts >= 0.0) & (ts < _INF))):
             bad = float(ts[~((ts >= 0.0) & (ts < _INF))][0])
             check_timestamp(bad)  # raises the right error
         ts = ts + 0.0
         if values.dtype.itemsize == 0 if isinstance(values, np.ndarray) else not all(values):
             raise ValueError(_EMPTY_SAMPLE)
+        entry = self._sensor_entry(key)
+        increasing = len(ts) == 1 or bool(np.all(ts[1:] > ts[:-1]))
+        if increasing and (entry is None or ts[0] > entry.last_ts):
+            new_vals = values if isinstance(values, np.ndarray) else list(values)
+            return self._store_batch(key, entry, ts, new_vals, commit)
+        vals = values.tolist() if isinstance(values, np.ndarray) else values
+        return self._store_batch(key, entry, *_unknown_samples(entry, ts, vals), commit)
+
+    def _add_small_batch(self, key: bytes, values: list[bytes] | np.ndarray, ts: np.ndarray,
+                         commit: CommitBatch | None) -> int:
+        """:meth:`add_mutable_batch` of a short 1-D batch, in plain Python."""
+        stamps = ts.tolist()
+        increasing = True
+        prev = -1.0
+        for t in stamps:
+            if not 0.0 <= t < _INF:
+                check_timestamp(t)  # raises the right error
+            if t <= prev:
+                increasing = False
+            prev = t
+        if 0.0 in stamps:  # -0.0 -> 0.0 (a copy, as the numpy path makes)
+            ts = ts + 0.0
+            stamps = ts.tolist()
+        if isinstance(values, np.ndarray):
+            if values.dtype.itemsize == 0:
+                raise ValueError(_EMPTY_SAMPLE)
+            vals: list[bytes] = values.tolist()
+        else:
+            if not all(values):
+                raise ValueError(_EMPTY_SAMPLE)
+            vals = values
+        entry = self._sensor_entry(key)
+        if not (increasing and (entry is None or stamps[0] > entry.last_ts)):
+            return self._store_batch(key, entry, *_unknown_samples(entry, ts, vals), commit)
+        k = len(vals)
+        first = self.position + 1
+        if commit is not None:
+            commit(first, key, ts, values if isinstance(values, np.ndarray) else list(vals))
+        if entry is None:
+            entry = self._keys[key] = SensorColumn(first, vals[0], capacity=k)
+        entry.extend_small(ts, stamps[-1], vals, first)
+        self.position = first + k - 1
+        return k
+
+    def _sensor_entry(self, key: bytes) -> SensorColumn | None:
+        """The column of `key`, None if absent; ImmutableKeyError if not mutable."""
         entry = self._keys.get(key)
         if entry is not None and type(entry) is not SensorColumn:
             raise _type_error(key, entry, "mutable")
-        increasing = len(ts) == 1 or bool(np.all(ts[1:] > ts[:-1]))
-        new_vals: list[bytes] | np.ndarray
-        if increasing and (entry is None or ts[0] > entry.last_ts):
-            new_vals = values if isinstance(values, np.ndarray) else list(values)
-            new_ts = ts
-        else:
-            vals = values.tolist() if isinstance(values, np.ndarray) else values
-            seen: set[tuple[float, bytes]] = set()
-            keep = []
-            for i, (t, v) in enumerate(zip(ts.tolist(), vals)):
-                if (t, v) in seen or (entry is not None and entry.contains(t, v)):
-                    continue
-                seen.add((t, v))
-                keep.append(i)
-            new_vals = [vals[i] for i in keep]
-            new_ts = ts[keep]
+        return entry
+
+    def _store_batch(self, key: bytes, entry: SensorColumn | None, new_ts: np.ndarray,
+                     new_vals: list[bytes] | np.ndarray, commit: CommitBatch | None) -> int:
+        """Commit and store new samples of `key` at consecutive positions."""
         k = len(new_vals)
         if k == 0:
             return 0

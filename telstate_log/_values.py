@@ -15,6 +15,8 @@ import numpy as np
 
 __all__ = ["as_list", "as_matrix", "chunks"]
 
+_SHORT = 4096  # list batches this short are sized in plain Python first
+
 
 def chunks(values: Sequence[bytes] | np.ndarray, overhead: int,
            limit: int) -> list[tuple[int, int]]:
@@ -22,7 +24,11 @@ def chunks(values: Sequence[bytes] | np.ndarray, overhead: int,
     `overhead` per value; a single value larger than that is a run of its own)."""
     n = len(values)
     if isinstance(values, np.ndarray):
+        if n * (values.dtype.itemsize + overhead) <= limit:
+            return [(0, n)] if n else []
         sizes = np.full(n, values.dtype.itemsize + overhead, np.int64)
+    elif n <= _SHORT and sum(map(len, values)) + n * overhead <= limit:
+        return [(0, n)] if n else []
     else:
         sizes = np.fromiter(map(len, values), np.int64, n) + overhead
     ends = np.cumsum(sizes)

@@ -1891,6 +1891,27 @@ def test_follower_reports_a_gap(tmp_path: Path) -> None:
                 pass
 
 
+def test_follower_refuses_an_empty_segment_before_a_written_one(tmp_path: Path) -> None:
+    """follower-stalls-on-gap (again, found by test_fuzz_follower): the follower took
+    an empty segment named after its next position for a creation cut short and
+    waited, although a written segment follows it (so it is damage, which a fresh
+    reader refuses).  Only a trailing run of empty segments is a crash's leftover."""
+    c = corpus("mixed")
+    names = seg_names(c.files)
+    assert len(names) >= 3
+    materialize(tmp_path / "log", {names[0]: c.files[names[0]]})
+    with _open(tmp_path / "log", use_checkpoints=False) as b:
+        b._follow_step()
+        for name in names[1:]:
+            (tmp_path / "log" / name).write_bytes(c.files[name])
+        (tmp_path / "log" / names[1]).write_bytes(b"")
+        with pytest.raises(LogCorruptError):
+            LogBackend(tmp_path / "log", readonly=True, follow=False)
+        with pytest.raises(LogCorruptError):
+            for _ in range(5):
+                b._follow_step()
+
+
 def test_follower_accepts_a_torn_tail(tmp_path: Path) -> None:
     """follower-classifies-window: the follower hands classify_tail a window starting
     at its read offset, so the 512-byte sector boundaries of a zero-filled tail are

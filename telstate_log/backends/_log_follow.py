@@ -81,7 +81,7 @@ def _step(b: LogBackend, seg_path: str) -> bool:
         data = fs.read(next_path, 0, fmt.HEADER_SIZE)
         header = fmt.parse_header(data)
         if isinstance(header, str):
-            if not data.strip(b"\0"):
+            if not data.strip(b"\0") and not _written_after(b, position + 1):
                 # named but never written (a creation cut short by a crash without
                 # syncs): the next writer removes it; wait for that
                 return False
@@ -135,12 +135,8 @@ def _check_no_gap(b: LogBackend, seg_path: str, size: int,
     events in between are lost (or the bytes after the tail are damage).
     """
     tail = b._tail
-    later = [f for f, _ in list_segments(b._fs, b.path) if f > (tail.segment_first or 0)]
+    later = _written_segments(b, tail.segment_first or 0)
     nxt = b._state.position + 1
-    while later and _holds_nothing(b, later[-1]):
-        # named but never written (a crash without syncs): they hold nothing, the
-        # next writer removes them and goes on from this segment's torn tail
-        later.pop()
     if not later:
         return False
     if later[0] == nxt or b._fs.size(seg_path) != size or (
@@ -155,6 +151,22 @@ def _check_no_gap(b: LogBackend, seg_path: str, size: int,
     raise LogCorruptError(f"positions {b._state.position + 1} to {later[0] - 1} are missing "
                           f"(the next segment starts at {later[0]})",
                           os.path.join(b.path, fmt.segment_name(later[0])), 16)
+
+
+def _written_segments(b: LogBackend, after: int) -> list[int]:
+    """The segments after `after`, without a trailing run of segments that hold
+    nothing (named but never written: a crash without syncs; the next writer
+    removes them and goes on from the torn tail before them)."""
+    later = [f for f, _ in list_segments(b._fs, b.path) if f > after]
+    while later and _holds_nothing(b, later[-1]):
+        later.pop()
+    return later
+
+
+def _written_after(b: LogBackend, first: int) -> bool:
+    """Whether a segment after `first` holds something (so `first` is no
+    creation cut short but damage)."""
+    return bool(_written_segments(b, first))
 
 
 def _holds_nothing(b: LogBackend, first: int) -> bool:

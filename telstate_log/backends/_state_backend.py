@@ -255,13 +255,16 @@ class StateBackend(Backend):
         if len(ts) != len(values):
             raise ValueError("values and timestamps differ in length")
         added = pos = 0
-        for i, j in chunks(values, 44, self.BULK_CHUNK_BYTES):
+        runs = chunks(values, 44, self.BULK_CHUNK_BYTES)
+        whole = len(runs) == 1
+        for i, j in runs:
             try:
                 with self._lock:
                     if not self._writable:
                         self._check_writable()
                     state = self._state
-                    k = state.add_mutable_batch(key, values[i:j], ts[i:j], self._commit_batch)
+                    k = state.add_mutable_batch(key, values if whole else values[i:j],
+                                                ts if whole else ts[i:j], self._commit_batch)
                     if k:
                         added += k
                         pos = state.position

@@ -35,6 +35,7 @@ the writer accepts.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import operator
 import struct
@@ -51,8 +52,8 @@ __all__ = [
     "TYPE_HASH_ZIPLIST", "TYPE_NAMES", "TYPE_STRING", "TYPE_ZSET", "TYPE_ZSET_2",
     "TYPE_ZSET_LISTPACK", "TYPE_ZSET_ZIPLIST", "WRITE_VERSION", "PackedError", "RdbEntry",
     "Value", "encode_length", "encode_string", "is_zero_score", "length_prefix",
-    "listpack_entries", "member_problem", "pack_member", "split_member", "uniform_records",
-    "ziplist_entries",
+    "listpack_entries", "member_problem", "pack_member", "split_member", "uniform_packed_zset",
+    "uniform_records", "ziplist_entries",
 ]
 
 MAGIC = b"REDIS"
@@ -344,6 +345,75 @@ def _backlen(size: int) -> bytes:
     nbytes = 2 if size < 16383 else 3 if size < 2097151 else 4 if size < 268435455 else 5
     groups = [(size >> (7 * i)) & 0x7F for i in range(nbytes - 1, -1, -1)]
     return bytes([size >> (7 * (nbytes - 1))] + [g | 0x80 for g in groups[1:]])
+
+
+_WHOLE_STRUCT = 128  # uniform packed zsets up to this many members: one struct call
+
+
+@functools.lru_cache(maxsize=512)
+def _uniform_layout(ziplist: bool, width: int, n: int) -> tuple[int, struct.Struct, bytes]:
+    """How :func:`uniform_packed_zset` reads `n` records of a `width`-byte member:
+    ``(offset of the second fixed byte, struct of the members, fixed bytes)``.
+
+    The fixed bytes are what the four fixed positions of every record hold,
+    position by position (see the layouts there).  The struct splits out
+    every member at once (one record at a time beyond :data:`_WHOLE_STRUCT`
+    members, where the result is not cached either).
+    """
+    if ziplist:
+        second, record = 1, f"2x{width}s2x"
+        fixed = b"\x00" + b"\x02" * (n - 1) + bytes((width,)) * n + bytes((width + 2,)) * n \
+            + b"\xf1" * n
+    else:
+        second, record = width + 1, f"x{width}s3x"
+        fixed = bytes((width | 0x80,)) * n + bytes((width + 1,)) * n + b"\x00" * n + b"\x01" * n
+    return second, struct.Struct(record * n if n <= _WHOLE_STRUCT else record), fixed
+
+
+def uniform_packed_zset(blob: bytes, ziplist: bool) -> list[bytes] | None:
+    """Fast path for small zsets: the members of a ziplist (`ziplist`) or
+    listpack holding only members of one length below 64, each followed by
+    the score 0 as a one-byte integer -- what Redis and katsdptelstate write
+    for a small float sensor.
+
+    Every byte of such a blob is fixed by its length and the member width
+    except the member data, so it is checked with a few strided slices and
+    split in one struct pass.  Returns the members (in blob order) only if
+    the whole blob is laid out exactly like that, which makes it valid;
+    otherwise None, and the caller decodes it entry by entry (which reports
+    any problem).
+    """
+    size = len(blob)
+    head = _ZL_HEADER.size if ziplist else _LP_HEADER.size
+    if size < head + 5 or blob[-1] != 0xFF:
+        return None
+    # Records of width + 4 bytes, fixed except for the member:
+    #   ziplist   <prevlen: 0 first, else 2> <width> member <width + 2> <0xF1: integer 0>
+    #   listpack  <0x80 | width> member <backlen width + 1> <0x00: integer 0> <backlen 1>
+    width = blob[head + 1] if ziplist else blob[head] ^ 0x80
+    if width >= 0x40:
+        return None
+    stride = width + 4
+    n, extra = divmod(size - head - 1, stride)
+    if extra:
+        return None
+    if ziplist:
+        total, tail, count = _ZL_HEADER.unpack_from(blob)
+        if tail != size - 3:
+            return None
+    else:
+        total, count = _LP_HEADER.unpack_from(blob)
+    if total != size or (count != 2 * n and count != _UNKNOWN_COUNT):
+        return None
+    layout_of = _uniform_layout if n <= _WHOLE_STRUCT else _uniform_layout.__wrapped__
+    second, layout, fixed = layout_of(ziplist, width, n)
+    region = blob[head:size - 1]
+    if region[0::stride] + region[second::stride] + region[width + 2::stride] \
+            + region[width + 3::stride] != fixed:
+        return None
+    if layout.size == len(region):
+        return list(layout.unpack(region))
+    return list(map(_first, layout.iter_unpack(region)))
 
 
 def listpack_entries(blob: bytes) -> list[bytes]:

@@ -16,15 +16,18 @@ three steps, so that a bad file or a conflict changes *nothing*:
    one length (a float sensor) they are joined into one blob and later
    split with a numpy record view -- timestamps as ``>f8``, values as bytes
    via ``tolist`` -- instead of one Python slice per sample -- one key at
-   a time as it is applied.  Peak memory is about the file size plus the
-   member list of the largest key, roughly what the imported state holds
-   anyway; a validation-only first pass would keep memory lower but parse
-   the file twice (parsing is about 40% of an import).
+   a time as it is applied (a zset of at most ``SMALL_BATCH`` samples
+   becomes a list of values, for the plain-Python write path).  Peak
+   memory is about the file size plus the member list of the largest key,
+   roughly what the imported state holds anyway; a validation-only first
+   pass would keep memory lower but parse the file twice (parsing is about
+   40% of an import).
 2. **Plan under the backend's lock.**  Each key is compared with the
-   current state using our write semantics: an equal immutable (or
-   sub-key) is skipped, a different one or a key of another type raises
-   :exc:`ImmutableKeyError` naming the key; samples already stored are
-   dropped.  Nothing has been written yet when a conflict is found.
+   current state (read directly: the lock is held) using our write
+   semantics: an equal immutable (or sub-key) is skipped, a different
+   one or a key of another type raises :exc:`ImmutableKeyError` naming
+   the key; samples already stored are dropped.  Nothing has been written
+   yet when a conflict is found.
 3. **Apply under the same lock**, so no other writer can interleave or
    invalidate the plan.  For a :class:`~telstate_log.backends.LogBackend`
    the events are recorded under a session whose source label names the
@@ -56,10 +59,13 @@ import numpy as np
 from .._encoding import same_immutable_value
 from .._errors import ImmutableKeyError, RdbParseError
 from .._progress import ProgressCallback
+from .._state import SMALL_BATCH
 from .._types import KeyType
 from ._rdb_reader import RdbReader, Source
 
 if TYPE_CHECKING:
+    from .._sensor import SensorColumn
+    from .._state import State
     from ..backends._state_backend import StateBackend
 
 __all__ = ["ImportStats", "import_rdb", "load_rdb_into"]
@@ -108,12 +114,15 @@ class _Samples:
         """``(float64 timestamps, encoded values)`` of the samples, in member order.
 
         Fixed-width values come as a ``V<width>`` array, which the bulk write
-        path keeps as an array end to end.
+        path keeps as an array end to end -- except in a batch short enough
+        for the plain-Python write path (see ``State.add_mutable_batch``).
         """
         if self.members is None:
             records = np.frombuffer(self.blob, _record_layout(self.width))
-            values = np.ascontiguousarray(records["value"])
-            return records["ts"].astype(np.float64), values
+            times = records["ts"].astype(np.float64)
+            if self.count <= SMALL_BATCH:           # the write path wants a short list
+                return times, records["value"].tolist()
+            return times, np.ascontiguousarray(records["value"])
         members = self.members
         stamps = b"".join([m[:8] for m in members])
         return np.frombuffer(stamps, ">f8").astype(np.float64), [m[8:] for m in members]
@@ -176,29 +185,30 @@ def _conflict(key: bytes, label: str, reason: str) -> ImmutableKeyError:
                              "nothing was imported")
 
 
-def _plan_samples(backend: StateBackend, key: bytes, samples: _Samples
-                  ) -> tuple[np.ndarray, list[bytes]]:
-    """The samples of `key` not already stored (compared over the overlapping time span)."""
+def _plan_samples(col: SensorColumn, samples: _Samples) -> tuple[np.ndarray, list[bytes]]:
+    """The samples not already stored in `col` (compared over the overlapping time span)."""
     ts, column = samples.columns()
     values = column.tolist() if isinstance(column, np.ndarray) else column
-    stored = backend.get_range_arrays(key, float(ts[0]), float(ts[-1]), False, True)
-    if stored is None or not len(stored):
+    stamps = ts.tolist() if len(ts) <= SMALL_BATCH else None
+    i0, i1 = col.index_range(float(ts[0]), float(ts[-1]), False, True)
+    if i0 == i1:
         return ts, values
-    have_values = stored.encoded()
-    if len(stored) == len(ts) and np.array_equal(stored.timestamps, ts) \
-            and have_values == values:
+    have_ts = col.timestamps(i0, i1)
+    have_values = col.values(i0, i1)
+    if i1 - i0 == len(ts) and have_values == values and (
+            have_ts.tolist() == stamps if stamps is not None else np.array_equal(have_ts, ts)):
         return ts[:0], []                       # the usual re-import: all present
-    have = set(zip(have_values, stored.timestamps.tolist()))
+    have = set(zip(have_values, have_ts.tolist()))
     keep = [i for i, pair in enumerate(zip(values, ts.tolist())) if pair not in have]
     return ts[keep], [values[i] for i in keep]
 
 
-def _plan(backend: StateBackend, entries: Iterable[tuple[bytes, KeyType, _Payload]],
+def _plan(state: State, entries: Iterable[tuple[bytes, KeyType, _Payload]],
           label: str) -> list[_Step]:
-    """Check `entries` against the backend; return the writes that change something."""
+    """Check `entries` against the state (lock held); return the writes that change something."""
     steps: list[_Step] = []
     for key, kind, value in entries:
-        have = backend.key_type(key)
+        have = state.key_type(key)
         if have is not None and have is not kind:
             raise _conflict(key, label, f"it is {have.name.lower()} here but "
                             f"{kind.name.lower()} in the file")
@@ -206,11 +216,11 @@ def _plan(backend: StateBackend, entries: Iterable[tuple[bytes, KeyType, _Payloa
             assert isinstance(value, bytes)
             if have is None:
                 steps.append(_Step(key, kind, value, 1))
-            elif not same_immutable_value(backend.get(key)[0], value):
+            elif not same_immutable_value(state.get(key)[0], value):
                 raise _conflict(key, label, "the immutable value differs")
         elif kind is KeyType.INDEXED:
             assert isinstance(value, dict)
-            current: dict[bytes, bytes] = backend.get(key)[0] if have is not None else {}
+            current: dict[bytes, bytes] = state.get(key)[0] if have is not None else {}
             new = {}
             for sub_key, sub_value in value.items():
                 old = current.get(sub_key)
@@ -222,10 +232,11 @@ def _plan(backend: StateBackend, entries: Iterable[tuple[bytes, KeyType, _Payloa
                 steps.append(_Step(key, kind, new, len(new)))
         else:
             assert isinstance(value, _Samples)
-            if have is None:                    # split into columns only when applied
+            col = state.sensor(key) if have is not None else None
+            if col is None:                     # split into columns only when applied
                 steps.append(_Step(key, kind, value, value.count))
             else:
-                columns = _plan_samples(backend, key, value)
+                columns = _plan_samples(col, value)
                 if columns[1]:
                     steps.append(_Step(key, kind, columns, len(columns[1])))
     return steps
@@ -284,12 +295,12 @@ def import_rdb(backend: StateBackend, file: FileArg, *, source: str | None = Non
     entries, samples = _read(reader_source, filename, db, progress)
     label = source if source is not None else \
         f"import:{os.path.basename(filename) if filename else '<stream>'}"
-    lock, _ = backend._locked_state()
+    lock, state = backend._locked_state()
     with lock:
         if not backend._writable:
             backend._check_writable()
         before = backend.position
-        steps = _plan(backend, entries, filename or "<stream>")
+        steps = _plan(state, entries, filename or "<stream>")
         keys = len(entries)
         del entries
         last = _apply_as(backend, steps, label, progress) if steps else 0

@@ -24,6 +24,12 @@ size, LZF output is bounded, ziplist/listpack totals, back-links and
 terminators must be exact, and keys, zset members and hash fields must be
 unique.  Every failure is an :exc:`RdbParseError` carrying the byte offset.
 
+Small zsets are usually a ziplist or listpack of equal-width members with
+integer-0 scores (what katsdptelstate and Redis write for a short float
+sensor); :func:`._rdb_format.uniform_packed_zset` recognises such a blob
+whole, and anything else -- every malformed blob included -- goes through
+the entry-by-entry decoders, which report the problem.
+
 A path is memory-mapped, a file object read whole, bytes parsed in place.
 Values are copied out as ``bytes``; zset members are returned sorted (Redis
 stores skiplist zsets in descending order).
@@ -106,6 +112,19 @@ class _Cursor:
     def raw_string(self) -> tuple[bytes, int]:
         """Read an RDB string: ``(data, offset of data in the buffer or -1 if decoded)``."""
         start = self.pos
+        buf = self.buf
+        if start + 1 < self.end:                  # fast path: plain, length below 2**14
+            first = buf[start]
+            if first < 0x40:
+                at, stop = start + 1, start + 1 + first
+            elif first < 0x80:
+                at = start + 2
+                stop = at + ((first & 0x3F) << 8 | buf[start + 1])
+            else:
+                stop = -1
+            if 0 <= stop <= self.end:
+                self.pos = stop
+                return buf[at:stop], at
         if start < self.end and self.buf[start] >= 0xC0:
             self.pos += 1
             enc = self.buf[start] & 0x3F
@@ -198,6 +217,12 @@ def _read_packed(cur: _Cursor, rdb_type: int) -> list[bytes]:
     """Entries of a ziplist or listpack blob, with errors mapped to file offsets."""
     start = cur.pos
     blob, at = cur.raw_string()
+    return _packed_entries(cur, rdb_type, start, blob, at)
+
+
+def _packed_entries(cur: _Cursor, rdb_type: int, start: int, blob: bytes,
+                    at: int) -> list[bytes]:
+    """Entries of the packed `blob` read at `start` (its data at `at`, -1 if decoded)."""
     is_zip = rdb_type in (fmt.TYPE_ZSET_ZIPLIST, fmt.TYPE_HASH_ZIPLIST)
     try:
         entries = fmt.ziplist_entries(blob) if is_zip else fmt.listpack_entries(blob)
@@ -228,11 +253,16 @@ def _decode_value(cur: _Cursor, rdb_type: int, key: bytes | None) -> tuple[KeyTy
             cur.fail("duplicate hash field", start)
         return KeyType.INDEXED, result
     elif rdb_type in (fmt.TYPE_ZSET_ZIPLIST, fmt.TYPE_ZSET_LISTPACK):
-        entries = _read_packed(cur, rdb_type)
-        scores = entries[1::2]
-        if scores.count(b"0") != len(scores) and not all(map(fmt.is_zero_score, scores)):
-            cur.fail("zset score is not 0", start)
-        members = entries[0::2]
+        blob, at = cur.raw_string()
+        uniform = fmt.uniform_packed_zset(blob, rdb_type == fmt.TYPE_ZSET_ZIPLIST)
+        if uniform is not None:
+            members = uniform
+        else:
+            entries = _packed_entries(cur, rdb_type, start, blob, at)
+            scores = entries[1::2]
+            if scores.count(b"0") != len(scores) and not all(map(fmt.is_zero_score, scores)):
+                cur.fail("zset score is not 0", start)
+            members = entries[0::2]
     else:
         name = fmt.TYPE_NAMES.get(rdb_type, "unknown")
         what = f" of key {key!r}" if key is not None else ""
@@ -335,14 +365,19 @@ class RdbReader:
     def _entries(self, cur: _Cursor) -> Iterator[RdbEntry]:
         db = 0
         seen: dict[int, set[bytes]] = {}
+        keys = seen.setdefault(db, set())         # the keys of database `db` so far
         metadata_at = -1                          # offset of expiry/LRU data awaiting a key
+        buf = cur.buf
         while True:
             at = cur.pos
-            op = cur.byte("opcode (file truncated before EOF?)")
+            if at < cur.end:
+                op = buf[at]
+                cur.pos = at + 1
+            else:
+                op = cur.byte("opcode (file truncated before EOF?)")  # raises
             if op < fmt.OP_SLOT_INFO:
-                key = cur.string()
+                key = cur.raw_string()[0]
                 kind, value = _decode_value(cur, op, key)
-                keys = seen.setdefault(db, set())
                 if key in keys:
                     cur.fail(f"duplicate key {key!r} in database {db}", at)
                 keys.add(key)
@@ -357,6 +392,7 @@ class RdbReader:
                 return
             if op == fmt.OP_SELECTDB:
                 db = cur.length("database number")
+                keys = seen.setdefault(db, set())
             elif op == fmt.OP_AUX:
                 name = cur.string()
                 self.aux[name] = cur.string()
