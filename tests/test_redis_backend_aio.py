@@ -12,8 +12,6 @@ redis.asyncio client is refused).  Tests run under anyio's asyncio backend
 
 from __future__ import annotations
 
-import math
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -26,12 +24,17 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "replay"))
 
-from _rdb_helpers import redis_state, sample_state, write_state
+from _aio_redis_cases import (
+    check_first_contact_failure,
+    check_load_from_file,
+    check_operations,
+    check_restart,
+)
+from _aio_redis_cases import next_update as _next
 from _redis import RedisServer
 
 import telstate_log
 import telstate_log.aio
-from telstate_log import ImmutableKeyError, KeyType
 from telstate_log.aio import RedisBackend
 from telstate_log.backends import ImmutableKeyUpdate, KeyUpdateBase, MutableKeyUpdate
 
@@ -57,14 +60,6 @@ def client(redis_url: str) -> Any:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
-
-
-async def _next(monitor: Any, want: type = KeyUpdateBase, timeout: float = 5.0) -> Any:
-    with anyio.fail_after(timeout):
-        async for update in monitor:
-            if isinstance(update, want):
-                return update
-    raise AssertionError("monitor ended")
 
 
 async def _channels_become(client: Any, expected: set[bytes], timeout: float = 5.0) -> None:
@@ -95,57 +90,15 @@ def test_refused_outside_an_event_loop(redis_url: str) -> None:
 
 # ------------------------------------------------------------------- contract
 async def test_operations(backend: RedisBackend, client: Any) -> None:
-    assert await backend.set_immutable(b"i", b"\xffv") is None
-    assert await backend.set_immutable(b"i", b"\xffw") == b"\xffv"
-    await backend.add_mutable(b"m", b"\xff1", 2.0)
-    await backend.add_mutable(b"m", b"\xff0", 1.0)
-    assert await backend.set_indexed(b"x", b"\xffs", b"\xffv") is None
-    assert await backend.get(b"i") == (b"\xffv", None)
-    assert await backend.get(b"m") == (b"\xff1", 2.0)
-    assert await backend.get(b"x") == ({b"\xffs": b"\xffv"}, None)
-    assert await backend.get_indexed(b"x", b"\xffs") == b"\xffv"
-    assert await backend.get_indexed(b"x", b"\xffnone") is None
-    with pytest.raises(KeyError):
-        await backend.get_indexed(b"missing", b"\xffs")
-    assert await backend.get_range(b"m", 0.0, math.inf, False, False) == [(b"\xff0", 1.0),
-                                                                          (b"\xff1", 2.0)]
-    assert await backend.get_range(b"m", 2.0, 2.0, True, True) == [(b"\xff0", 1.0),
-                                                                   (b"\xff1", 2.0)]
-    assert await backend.get_range(b"missing", 0.0, 1.0, True, False) is None
-    assert [await backend.key_type(k) for k in (b"i", b"m", b"x", b"no")] == [
-        KeyType.IMMUTABLE, KeyType.MUTABLE, KeyType.INDEXED, None]
-    assert await backend.exists(b"i") and not await backend.exists(b"no")
-    assert sorted(await backend.keys(b"*")) == [b"i", b"m", b"x"]
-    assert await backend.dump(b"i") == client.dump(b"i")
-    for call in (backend.set_indexed(b"i", b"\xffs", b"\xffv"),          # script WRONGTYPE
-                 backend.get_range(b"x", 0.0, math.inf, True, False),     # pipeline
-                 backend.add_mutable(b"x", b"\xffv", 1.0)):
-        with pytest.raises(ImmutableKeyError):
-            await call
-    await backend.delete(b"i")
-    assert not await backend.exists(b"i")
-    await backend.clear()
-    assert await backend.keys(b"*") == []
-    assert repr(backend).startswith("<RedisBackend redis://127.0.0.1:")
+    await check_operations(backend, client)
 
 
 async def test_load_from_file(tmp_path: Path, backend: RedisBackend, client: Any) -> None:
-    state = sample_state()
-    path = tmp_path / "state.rdb"
-    write_state(state, path)
-    assert await backend.load_from_file(path) == len(state)
-    assert redis_state(client) == state
-    client.set(b"obs_name", b"\xffother")
-    with pytest.raises(ImmutableKeyError, match="obs_name"):
-        await telstate_log.aio.TelescopeState(backend).load_from_file(str(path))
+    await check_load_from_file(tmp_path, backend, client)
 
 
 async def test_first_contact_failure() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.raises(telstate_log.ConnectionError, match=f"127.0.0.1:{port}"):
-        await RedisBackend.from_url(f"redis://:hunter2@127.0.0.1:{port}/0")
+    await check_first_contact_failure(RedisBackend.from_url)
 
 
 # ------------------------------------------------------------------- pub/sub
@@ -233,16 +186,7 @@ async def test_pump_survives_killed_connection(fresh_redis: RedisServer) -> None
 
 async def test_reconnect_after_restart(fresh_redis: RedisServer) -> None:
     backend = await RedisBackend.from_url(fresh_redis.url)
-    ts = telstate_log.aio.TelescopeState(backend)
-    await ts.set("before", 1)
-    monitor = backend.monitor_keys([b"k"])
-    await _next(monitor)
-    await _next(monitor)
-    await anyio.to_thread.run_sync(fresh_redis.restart)
-    assert type(await _next(monitor)) is KeyUpdateBase
-    assert not await ts.exists("before")
-    await ts.add("k", 3.0, ts=1.0)                              # scripts reloaded
-    assert (await _next(monitor, MutableKeyUpdate)).timestamp == 1.0
+    monitor = await check_restart(backend, fresh_redis)
     await monitor.aclose()
     backend.close()
     await backend.wait_closed()

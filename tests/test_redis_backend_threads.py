@@ -12,8 +12,6 @@ test runs under asyncio and under trio (conftest's `anyio_backend`).
 from __future__ import annotations
 
 import asyncio
-import math
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,12 +24,16 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "replay"))
 
-from _rdb_helpers import redis_state, sample_state, write_state
+from _aio_redis_cases import (
+    check_first_contact_failure,
+    check_load_from_file,
+    check_operations,
+)
+from _aio_redis_cases import next_update as _next
 from _redis import RedisServer
 
 import telstate_log
 import telstate_log.aio
-from telstate_log import ImmutableKeyError, KeyType
 from telstate_log.aio import ThreadedRedisBackend, _redis_threads
 from telstate_log.backends import (
     ImmutableKeyUpdate,
@@ -58,14 +60,6 @@ def writer(redis_url: str) -> Iterator[telstate_log.TelescopeState]:
     sync = SyncRedisBackend.from_url(redis_url)
     yield telstate_log.TelescopeState(sync)
     sync.close()
-
-
-async def _next(monitor: Any, want: type = KeyUpdateBase, timeout: float = 5.0) -> Any:
-    with anyio.fail_after(timeout):
-        async for update in monitor:
-            if isinstance(update, want):
-                return update
-    raise AssertionError("monitor ended")
 
 
 def _threads_in_sync_backend(function: str | None = None) -> int:
@@ -117,51 +111,12 @@ async def test_from_sync_shares_and_owns(redis_url: str) -> None:
 
 
 async def test_first_contact_failure() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.raises(telstate_log.ConnectionError, match=f"127.0.0.1:{port}"):
-        await ThreadedRedisBackend.from_url(f"redis://:hunter2@127.0.0.1:{port}/0")
+    await check_first_contact_failure(ThreadedRedisBackend.from_url)
 
 
 # ------------------------------------------------------------------- contract
 async def test_operations(backend: ThreadedRedisBackend, client: redis.Redis) -> None:
-    assert await backend.set_immutable(b"i", b"\xffv") is None
-    assert await backend.set_immutable(b"i", b"\xffw") == b"\xffv"
-    await backend.add_mutable(b"m", b"\xff1", 2.0)
-    await backend.add_mutable(b"m", b"\xff0", 1.0)
-    assert await backend.set_indexed(b"x", b"\xffs", b"\xffv") is None
-    assert await backend.set_indexed(b"x", b"\xffs", b"\xffw") == b"\xffv"
-    assert await backend.get(b"i") == (b"\xffv", None)
-    assert await backend.get(b"m") == (b"\xff1", 2.0)
-    assert await backend.get(b"x") == ({b"\xffs": b"\xffv"}, None)
-    assert await backend.get_indexed(b"x", b"\xffs") == b"\xffv"
-    assert await backend.get_indexed(b"x", b"\xffnone") is None
-    with pytest.raises(KeyError):
-        await backend.get_indexed(b"missing", b"\xffs")
-    assert await backend.get_range(b"m", 0.0, math.inf, False, False) == [(b"\xff0", 1.0),
-                                                                          (b"\xff1", 2.0)]
-    assert await backend.get_range(b"m", 2.0, 2.0, True, True) == [(b"\xff0", 1.0),
-                                                                   (b"\xff1", 2.0)]
-    assert await backend.get_range(b"missing", 0.0, 1.0, True, False) is None
-    assert [await backend.key_type(k) for k in (b"i", b"m", b"x", b"no")] == [
-        KeyType.IMMUTABLE, KeyType.MUTABLE, KeyType.INDEXED, None]
-    assert await backend.exists(b"i") and not await backend.exists(b"no")
-    assert sorted(await backend.keys(b"*")) == [b"i", b"m", b"x"]
-    assert await backend.dump(b"i") == client.dump(b"i")
-    assert await backend.dump(b"no") is None
-    for call in (backend.set_indexed(b"i", b"\xffs", b"\xffv"),          # script WRONGTYPE
-                 backend.get_range(b"x", 0.0, math.inf, True, False),     # pipeline
-                 backend.add_mutable(b"x", b"\xffv", 1.0)):
-        with pytest.raises(ImmutableKeyError):
-            await call
-    with pytest.raises(telstate_log.InvalidTimestampError):
-        await backend.add_mutable(b"m", b"\xffv", math.nan)
-    await backend.delete(b"i")
-    assert not await backend.exists(b"i")
-    await backend.clear()
-    assert await backend.keys(b"*") == []
-    assert repr(backend).startswith("<ThreadedRedisBackend redis://127.0.0.1:")
+    await check_operations(backend, client)
 
 
 async def test_concurrent_first_writers(backend: ThreadedRedisBackend) -> None:
@@ -182,14 +137,7 @@ async def test_concurrent_first_writers(backend: ThreadedRedisBackend) -> None:
 
 async def test_load_from_file(tmp_path: Path, backend: ThreadedRedisBackend,
                               client: redis.Redis) -> None:
-    state = sample_state()
-    path = tmp_path / "state.rdb"
-    write_state(state, path)
-    assert await backend.load_from_file(path) == len(state)
-    assert redis_state(client) == state
-    client.set(b"obs_name", b"\xffother")
-    with pytest.raises(ImmutableKeyError, match="obs_name"):
-        await telstate_log.aio.TelescopeState(backend).load_from_file(str(path))
+    await check_load_from_file(tmp_path, backend, client)
 
 
 # ------------------------------------------------------------------- waiting
