@@ -102,6 +102,17 @@ async def check_first_contact_failure(from_url: Callable[[str], Awaitable[Any]])
     assert "hunter2" not in str(info.value)
 
 
+async def check_wrong_password(from_url: Callable[[str], Awaitable[Any]],
+                               fresh_redis: RedisServer) -> None:
+    """A wrong password: our ConnectionError at once (one attempt), password hidden."""
+    fresh_redis.client().config_set("requirepass", "hunter2")
+    with pytest.raises(telstate_log.ConnectionError, match="username-password") as info:
+        await from_url(f"redis://:wrong-secret@127.0.0.1:{fresh_redis.port}/0")
+    assert "wrong-secret" not in str(info.value)
+    log = fresh_redis.client(password="hunter2").acl_log()
+    assert sum(e["count"] for e in log if e["reason"] == "auth") == 1, log
+
+
 async def check_restart(backend: Any, fresh_redis: RedisServer) -> Any:
     """A monitor resubscribes after a server restart and tells its waiter to re-read;
     scripts are reloaded.  Returns the monitor (still open) for more checks."""

@@ -51,8 +51,8 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db)
+    def client(self, db: int = 0, password: str | None = None) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, password=password)
 
     def start(self, port: int | None = None) -> RedisServer:
         for _attempt in range(5):

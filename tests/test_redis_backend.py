@@ -462,6 +462,9 @@ def test_passwords_are_redacted(fresh_redis: RedisServer) -> None:
     with pytest.raises(telstate_log.ConnectionError) as info:
         telstate_log.TelescopeState(url.replace("hunter2", "wrong-secret"))
     assert "wrong-secret" not in str(info.value) and "***" in str(info.value)
+    # A wrong password is reported at once, not retried like a lost connection.
+    log = fresh_redis.client(password="hunter2").acl_log()
+    assert sum(e["count"] for e in log if e["reason"] == "auth") == 1, log
 
 
 # ------------------------------------------------------------ load_from_file

@@ -29,6 +29,7 @@ from _aio_redis_cases import (
     check_load_from_file,
     check_operations,
     check_restart,
+    check_wrong_password,
 )
 from _aio_redis_cases import next_update as _next
 from _redis import RedisServer
@@ -99,6 +100,10 @@ async def test_load_from_file(tmp_path: Path, backend: RedisBackend, client: Any
 
 async def test_first_contact_failure() -> None:
     await check_first_contact_failure(RedisBackend.from_url)
+
+
+async def test_wrong_password_is_not_retried(fresh_redis: RedisServer) -> None:
+    await check_wrong_password(RedisBackend.from_url, fresh_redis)
 
 
 # ------------------------------------------------------------------- pub/sub

@@ -28,6 +28,7 @@ from _aio_redis_cases import (
     check_first_contact_failure,
     check_load_from_file,
     check_operations,
+    check_wrong_password,
 )
 from _aio_redis_cases import next_update as _next
 from _redis import RedisServer
@@ -112,6 +113,10 @@ async def test_from_sync_shares_and_owns(redis_url: str) -> None:
 
 async def test_first_contact_failure() -> None:
     await check_first_contact_failure(ThreadedRedisBackend.from_url)
+
+
+async def test_wrong_password_is_not_retried(fresh_redis: RedisServer) -> None:
+    await check_wrong_password(ThreadedRedisBackend.from_url, fresh_redis)
 
 
 # ------------------------------------------------------------------- contract

@@ -26,20 +26,23 @@ versions retry nothing by default): up to :data:`RETRIES` retries of a
 command that failed with a connection error or timeout, with jittered
 exponential backoff capped at :data:`RETRY_CAP` -- about a second and a
 half in all, enough to ride out a dropped connection or a quick server
-restart.  Why retrying is safe for every command we send is explained in
+restart (but not an authentication failure: a wrong password is reported
+at once).  Why retrying is safe for every command we send is explained in
 :mod:`telstate_log.backends._redis`.  Pub/sub connections do not retry:
 the monitors handle reconnection themselves (:func:`pubsub_pool_options`).
 """
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.exceptions import AuthenticationError
 
 from .._errors import ConnectionError
 
@@ -157,11 +160,60 @@ def parse_endpoint(endpoint: Any) -> RedisEndpoint:
     return RedisEndpoint(host, port)
 
 
+class _Refused(Exception):
+    """Carries an authentication failure through redis-py's retry loop unretried."""
+
+    def __init__(self, error: AuthenticationError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+_AUTH_FINAL: dict[Any, Any] = {}
+
+
+def _auth_final(retry_class: type[_RetryT]) -> type[_RetryT]:
+    """`retry_class` (sync or asyncio), except that an authentication failure is
+    raised at once: redis-py counts it as a connection error, but retrying a
+    wrong password only delays the error."""
+    made = _AUTH_FINAL.get(retry_class)
+    if made is not None:
+        return cast("type[_RetryT]", made)
+    base: Any = retry_class
+    if inspect.iscoroutinefunction(base.call_with_retry):
+        class AsyncRetry(base):  # type: ignore[misc]
+            async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kw: Any) -> Any:
+                async def guarded() -> Any:
+                    try:
+                        return await do()
+                    except AuthenticationError as exc:
+                        raise _Refused(exc) from None
+                try:
+                    return await super().call_with_retry(guarded, fail, *args, **kw)
+                except _Refused as refused:
+                    raise refused.error from None
+        _AUTH_FINAL[retry_class] = AsyncRetry
+        return cast("type[_RetryT]", AsyncRetry)
+
+    class SyncRetry(base):  # type: ignore[misc]
+        def call_with_retry(self, do: Any, fail: Any, *args: Any, **kw: Any) -> Any:
+            def guarded() -> Any:
+                try:
+                    return do()
+                except AuthenticationError as exc:
+                    raise _Refused(exc) from None
+            try:
+                return super().call_with_retry(guarded, fail, *args, **kw)
+            except _Refused as refused:
+                raise refused.error from None
+    _AUTH_FINAL[retry_class] = SyncRetry
+    return cast("type[_RetryT]", SyncRetry)
+
+
 def client_options(retry_class: type[_RetryT]) -> dict[str, Any]:
     """Keyword arguments for a redis-py client (sync or asyncio: pass its Retry class)."""
     backoff = EqualJitterBackoff(cap=RETRY_CAP, base=RETRY_BASE)
     return {"socket_timeout": SOCKET_TIMEOUT, "health_check_interval": HEALTH_CHECK_INTERVAL,
-            "retry": retry_class(backoff, RETRIES)}  # type: ignore[call-arg]
+            "retry": _auth_final(retry_class)(backoff, RETRIES)}  # type: ignore[call-arg]
 
 
 def pubsub_pool_options(pool: Any, retry_class: type[_RetryT]) -> dict[str, Any]:
