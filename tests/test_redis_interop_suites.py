@@ -91,41 +91,48 @@ class TestSyncReboundRedis(_RedisURL, rebind(kt_sync_tests.TestTelescopeState,  
 
 
 # ------------------------------------------------------------------------ aio
-@pytest.mark.asyncio
-class TestAioUnchangedRedis(_RedisURL, kt_aio_tests.TestTelescopeState):
-    """katsdptelstate's aio tests, unmodified, over our aio RedisBackend."""
+class _AioUnchanged(_RedisURL):
+    backend_class: Any
 
     async def make_telescope_state(self) -> Any:
-        backend = await telstate_log.aio.RedisBackend.from_url(self.redis_url)
-        return katsdptelstate.aio.TelescopeState(backend)
+        return katsdptelstate.aio.TelescopeState(
+            await self.backend_class.from_url(self.redis_url))
+
+
+class _AioRebound(_RedisURL):
+    backend_class: Any
+
+    async def make_telescope_state(self) -> Any:
+        return telstate_log.aio.TelescopeState(await self.backend_class.from_url(self.redis_url))
 
 
 @pytest.mark.asyncio
-class TestAioReboundRedis(_RedisURL, AioFixtures,
+class TestAioUnchangedRedis(_AioUnchanged, kt_aio_tests.TestTelescopeState):
+    """katsdptelstate's aio tests, unmodified, over our aio RedisBackend."""
+
+    backend_class = telstate_log.aio.RedisBackend
+
+
+@pytest.mark.asyncio
+class TestAioReboundRedis(_AioRebound, AioFixtures,
                           rebind(kt_aio_tests.TestTelescopeState,  # type: ignore[misc]
                                  _AIO_NAMES, "_AioRebound")):
     """katsdptelstate's aio tests with telstate_log's names, over our aio RedisBackend."""
 
-    async def make_telescope_state(self) -> Any:
-        backend = await telstate_log.aio.RedisBackend.from_url(self.redis_url)
-        return telstate_log.aio.TelescopeState(backend)
+    backend_class = telstate_log.aio.RedisBackend
 
 
 @pytest.mark.asyncio
-class TestAioUnchangedThreadedRedis(_RedisURL, kt_aio_tests.TestTelescopeState):
+class TestAioUnchangedThreadedRedis(_AioUnchanged, kt_aio_tests.TestTelescopeState):
     """katsdptelstate's aio tests, unmodified, over our ThreadedRedisBackend (on asyncio)."""
 
-    async def make_telescope_state(self) -> Any:
-        backend = await telstate_log.aio.ThreadedRedisBackend.from_url(self.redis_url)
-        return katsdptelstate.aio.TelescopeState(backend)
+    backend_class = telstate_log.aio.ThreadedRedisBackend
 
 
 @pytest.mark.asyncio
-class TestAioReboundThreadedRedis(_RedisURL, AioFixtures,
+class TestAioReboundThreadedRedis(_AioRebound, AioFixtures,
                                   rebind(kt_aio_tests.TestTelescopeState,  # type: ignore[misc]
                                          _AIO_NAMES, "_AioReboundThreaded")):
     """katsdptelstate's aio tests with telstate_log's names, over our ThreadedRedisBackend."""
 
-    async def make_telescope_state(self) -> Any:
-        backend = await telstate_log.aio.ThreadedRedisBackend.from_url(self.redis_url)
-        return telstate_log.aio.TelescopeState(backend)
+    backend_class = telstate_log.aio.ThreadedRedisBackend
