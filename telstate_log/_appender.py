@@ -104,7 +104,7 @@ class SegmentAppender:
         self._flusher: threading.Thread | None = None
         self._kick = threading.Condition(threading.Lock())
         self._dirty = False
-        self._dirty_since = 0.0  # time.time() of the first unflushed append
+        self._flush_due = 0.0  # time.time() by which the buffer must be flushed
         self._flush_interval = flush_interval
         self._closing = False
         if self._buffered:
@@ -124,11 +124,11 @@ class SegmentAppender:
             self.bytes_appended += n
             if not self._dirty:
                 self._dirty = True
-                self._dirty_since = time.time()
+                self._flush_due = time.time() + self._flush_interval
                 with self._kick:
                     self._kick.notify()
             elif (len(self._buf) >= self.FLUSH_BYTES
-                  or time.time() - self._dirty_since >= self._flush_interval):
+                  or time.time() >= self._flush_due):
                 self._flush_locked()
             return
         try:

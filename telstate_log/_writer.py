@@ -122,11 +122,11 @@ class LogWriter(SegmentAppender):
                 self._seg_events += 1
                 if not self._dirty:
                     self._dirty = True
-                    self._dirty_since = rec
+                    self._flush_due = rec + self._flush_interval
                     with self._kick:
                         self._kick.notify()
                 elif (len(buf) >= self.FLUSH_BYTES
-                      or rec - self._dirty_since >= self._flush_interval):
+                      or rec >= self._flush_due):
                     self._flush_locked()  # the flusher is late (see _appender)
                 return
         self._commit_general(kind, pos, key, sub_key, value, ts, rec, kid)
