@@ -28,6 +28,7 @@ import numpy as np
 from . import _format as fmt
 from ._errors import HistoryUnavailableError, LogCorruptError
 from ._fileio import FileSystem
+from ._recovery import checked_header
 from ._replayer import Tables
 
 __all__ = ["KIND_NAMES", "Event", "EventReader", "HistoryPlan", "key_history_plan"]
@@ -88,14 +89,7 @@ class EventReader:
 
     def _check_header(self, path: str, first: int) -> None:
         """The segment file named for `first` must be that segment of this log."""
-        header = fmt.parse_header(self._fs.read(path, 0, fmt.HEADER_SIZE))
-        if isinstance(header, str):
-            raise LogCorruptError(header, path, 0)
-        if header.first_position != first:
-            raise LogCorruptError(f"segment header says it starts at position "
-                                  f"{header.first_position}", path, 16)
-        if self._log_id is not None and header.log_id != self._log_id:
-            raise LogCorruptError("segment belongs to another log (log id differs)", path, 32)
+        checked_header(self._fs.read(path, 0, fmt.HEADER_SIZE), path, first, self._log_id)
 
     def frames(self, start: int, stop: int | None = None
                ) -> Iterator[tuple[memoryview, fmt.Decoded, int]]:

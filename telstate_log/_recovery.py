@@ -36,8 +36,8 @@ from ._errors import LogCorruptError
 from ._fileio import FileSystem
 from ._replayer import Replayer, ReplayError
 
-__all__ = ["Resume", "Tail", "classify_tail", "creation_cut_short", "finish_recovery",
-           "list_segments", "replay_segments"]
+__all__ = ["Resume", "Tail", "checked_header", "classify_tail", "creation_cut_short",
+           "finish_recovery", "list_segments", "replay_segments"]
 
 logger = logging.getLogger("telstate_log")
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
@@ -113,6 +113,22 @@ def _torn_creation(data: bytes) -> bool:
     return not data.strip(b"\0")
 
 
+def checked_header(data: bytes | memoryview, path: str, first: int,
+                   log_id: bytes | None) -> fmt.SegmentHeader:
+    """The header of the segment file `path` (named for position `first`), which
+    must be valid, start at `first` and belong to the log `log_id` (None: any);
+    LogCorruptError with the offset of the offending field otherwise."""
+    header = fmt.parse_header(data)
+    if isinstance(header, str):
+        raise LogCorruptError(header, path, 0)
+    if header.first_position != first:
+        raise LogCorruptError(f"segment header says it starts at position "
+                              f"{header.first_position}", path, 16)
+    if log_id is not None and header.log_id != log_id:
+        raise LogCorruptError("segment belongs to another log (log id differs)", path, 32)
+    return header
+
+
 def creation_cut_short(fs: FileSystem, seg_path: str) -> bool:
     """Whether the segment at `seg_path` is a creation cut short (holds no event)."""
     if not isinstance(fmt.parse_header(fs.read(seg_path, 0, fmt.HEADER_SIZE)), str):
@@ -155,14 +171,7 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
         seg_path = os.path.join(path, name)
         newest = idx == len(segments) - 1
         data = fs.read(seg_path)
-        header = fmt.parse_header(data)
-        if isinstance(header, str):
-            raise LogCorruptError(header, seg_path, 0)
-        if header.first_position != first:
-            raise LogCorruptError(f"segment header says it starts at position "
-                                  f"{header.first_position}", seg_path, 16)
-        if tail.log_id is not None and header.log_id != tail.log_id:
-            raise LogCorruptError("segment belongs to another log (log id differs)", seg_path, 32)
+        header = checked_header(data, seg_path, first, tail.log_id)
         tail.log_id = header.log_id
         if on_segment is not None:
             on_segment(first, seg_path, header)

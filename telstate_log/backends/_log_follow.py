@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 
 from .. import _format as fmt
 from .._errors import LogCorruptError
-from .._recovery import Tail, classify_tail, creation_cut_short, list_segments, replay_segments
+from .._recovery import (
+    Tail,
+    checked_header,
+    classify_tail,
+    creation_cut_short,
+    list_segments,
+    replay_segments,
+)
 from .._replayer import Replayer, ReplayError
 from .._retention import read_pruned
 from .._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
@@ -79,18 +86,12 @@ def _step(b: LogBackend, seg_path: str) -> bool:
     next_path = os.path.join(b.path, fmt.segment_name(position + 1))
     if position + 1 != tail.segment_first and fs.exists(next_path):
         data = fs.read(next_path, 0, fmt.HEADER_SIZE)
-        header = fmt.parse_header(data)
-        if isinstance(header, str):
-            if not data.strip(b"\0") and not _written_after(b, position + 1):
-                # named but never written (a creation cut short by a crash without
-                # syncs): the next writer removes it; wait for that
-                return False
-            raise LogCorruptError(header, next_path, 0)
-        if header.first_position != position + 1:
-            raise LogCorruptError(f"segment header says it starts at position "
-                                  f"{header.first_position}", next_path, 16)
-        if header.log_id != b.log_id:
-            raise LogCorruptError("segment belongs to another log", next_path, 32)
+        if (isinstance(fmt.parse_header(data), str) and not data.strip(b"\0")
+                and not _written_after(b, position + 1)):
+            # named but never written (a creation cut short by a crash without
+            # syncs): the next writer removes it; wait for that
+            return False
+        header = checked_header(data, next_path, position + 1, b.log_id)
         if problem is not None:
             if fs.size(seg_path) != size:
                 return True  # the write in progress finished meanwhile: read it
