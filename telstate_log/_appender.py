@@ -44,7 +44,7 @@ from typing import Any
 
 from . import _format as fmt
 from ._errors import LogFailedError, LogWriteError
-from ._fileio import FileSystem, write_all
+from ._fileio import FileSystem, replace_file, write_all
 
 __all__ = ["SegmentAppender", "create_segment"]
 
@@ -52,22 +52,10 @@ __all__ = ["SegmentAppender", "create_segment"]
 def create_segment(fs: FileSystem, path: str, first: int, log_id: bytes, *,
                    sync: bool = True) -> tuple[int, int, int]:
     """Create segment `first` crash-safely; returns (fd, size, running CRC)."""
-    name = os.path.join(path, fmt.segment_name(first))
-    tmp = name + ".tmp"
-    if fs.exists(tmp):
-        fs.remove(tmp)
+    name = fmt.segment_name(first)
     header = fmt.encode_header(first, time.time(), log_id)
-    fd = fs.create(tmp)
-    try:
-        write_all(fs, fd, header)
-        if sync:
-            fs.sync(fd)
-    finally:
-        fs.close(fd)
-    fs.rename(tmp, name)
-    if sync:
-        fs.sync_dir(path)
-    return fs.open_append(name), len(header), zlib.crc32(header)
+    replace_file(fs, path, name, header, sync=sync)
+    return fs.open_append(os.path.join(path, name)), len(header), zlib.crc32(header)
 
 
 class SegmentAppender:

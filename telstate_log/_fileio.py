@@ -148,11 +148,15 @@ def write_all(fs: FileSystem, fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def replace_file(fs: FileSystem, directory: str, name: str, data: bytes) -> None:
-    """Replace ``directory/name`` with `data` crash-safely.
+def replace_file(fs: FileSystem, directory: str, name: str, data: bytes, *,
+                 sync: bool = True) -> None:
+    """Replace (or create) ``directory/name`` with `data` crash-safely.
 
     Writes ``name.tmp``, syncs it, renames it over `name` and syncs the
     directory: after a crash the file holds either the old or the new bytes.
+    With ``sync=False`` (``fsync="never"``) nothing is synced: the rename
+    still never exposes a partly written file to a running reader, but after
+    a power loss the file may be empty (recovery copes with that).
     """
     path = f"{directory}/{name}"
     tmp = path + ".tmp"
@@ -161,8 +165,10 @@ def replace_file(fs: FileSystem, directory: str, name: str, data: bytes) -> None
     fd = fs.create(tmp)
     try:
         write_all(fs, fd, data)
-        fs.sync(fd)
+        if sync:
+            fs.sync(fd)
     finally:
         fs.close(fd)
     fs.rename(tmp, path)
-    fs.sync_dir(directory)
+    if sync:
+        fs.sync_dir(directory)
