@@ -132,6 +132,11 @@ def _checked_dtype(descr: Any, what: str) -> np.dtype[Any]:
         dtype = npy_format.descr_to_dtype(descr)
     except Exception as exc:
         raise DecodeError(f"invalid dtype descriptor {short_repr(descr)} in {what}: {exc}") from exc
+    return _safe_dtype(dtype, what)
+
+
+def _safe_dtype(dtype: np.dtype[Any], what: str) -> np.dtype[Any]:
+    """`dtype` if we are willing to build `what` of it: no objects, no sub-arrays."""
     if dtype.hasobject:
         raise DecodeError(f"refusing to decode {what} of dtype {dtype}: it contains objects")
     if dtype.subdtype is not None:
@@ -186,10 +191,7 @@ def _decode_ndarray(data: bytes) -> np.ndarray[Any, Any]:
             shape, fortran_order, dtype = reader(fp, **_HEADER_READER_KWARGS)
         except Exception as exc:
             raise DecodeError(f"invalid .npy header: {short_repr(str(exc))}") from exc
-        if dtype.hasobject:
-            raise DecodeError(f"refusing to decode an array of dtype {dtype}: it contains objects")
-        if dtype.subdtype is not None:
-            raise DecodeError(f"invalid sub-array dtype {dtype} in .npy header")
+        _safe_dtype(dtype, "a .npy array")
         offset = fp.tell()
     else:
         raise DecodeError(f"unsupported .npy format version {version[0]}.{version[1]}")
