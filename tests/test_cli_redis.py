@@ -17,12 +17,10 @@ import redis
 
 pytest.importorskip("katsdptelstate")
 
-import katsdptelstate
-import katsdptelstate.redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "replay"))
 
-from _import_export_helpers import fill, view
+from _import_export_helpers import fill, redis_view, theirs, view
 from test_cli import cli
 
 from telstate_log import TelescopeState, _writer
@@ -41,15 +39,6 @@ def log_path(tmp_path: Path) -> Path:
         fill(TelescopeState(backend), big=300)
     return path
 
-
-def theirs(client: redis.Redis) -> Any:
-    return katsdptelstate.TelescopeState(katsdptelstate.redis.RedisBackend(client))
-
-
-def redis_view(client: redis.Redis) -> dict[str, Any]:
-    state = view(theirs(client))
-    state.pop(MARKER, None)
-    return state
 
 
 def log_view(path: Path) -> dict[str, Any]:

@@ -120,3 +120,21 @@ def open_log(path: Path, **kwargs: Any) -> LogBackend:
     kwargs.setdefault("fsync", "never")
     kwargs.setdefault("checkpoint_bytes", None)
     return LogBackend(path, **kwargs)
+
+
+def theirs(client: Any) -> Any:
+    """katsdptelstate's TelescopeState on the Redis of `client` (katsdptelstate needed)."""
+    import katsdptelstate
+    import katsdptelstate.redis
+
+    return katsdptelstate.TelescopeState(katsdptelstate.redis.RedisBackend(client))
+
+
+def redis_view(client: Any) -> View:
+    """:func:`view` of a Redis database as katsdptelstate reads it, without the
+    projector's own marker key."""
+    from telstate_log.replay import DEFAULT_MARKER_KEY
+
+    state = view(theirs(client))
+    state.pop(DEFAULT_MARKER_KEY.decode(), None)
+    return state

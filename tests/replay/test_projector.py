@@ -29,9 +29,7 @@ import redis
 
 pytest.importorskip("katsdptelstate")
 
-import katsdptelstate
-import katsdptelstate.redis
-from _import_export_helpers import fill, view
+from _import_export_helpers import fill, redis_view, theirs, view
 
 from telstate_log import KeyType, TelescopeState
 from telstate_log._encoding import encode_value
@@ -61,15 +59,6 @@ def log(tmp_path: Path) -> Iterator[LogBackend]:
     yield backend
     backend.close()
 
-
-def theirs(client: redis.Redis) -> Any:
-    return katsdptelstate.TelescopeState(katsdptelstate.redis.RedisBackend(client))
-
-
-def redis_view(client: redis.Redis) -> dict[str, Any]:
-    state = view(theirs(client))
-    state.pop(MARKER, None)
-    return state
 
 
 def dumps(client: redis.Redis) -> dict[bytes, bytes]:
