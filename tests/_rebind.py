@@ -18,6 +18,25 @@ from unittest import mock
 import pytest
 import pytest_asyncio
 
+import telstate_log
+import telstate_log.aio
+from telstate_log.backends import MemoryBackend
+
+#: katsdptelstate's names in its test modules, and ours to put in their place
+OUR_NAMES = {
+    "TelescopeState": telstate_log.TelescopeState,
+    "MemoryBackend": MemoryBackend,
+    "ImmutableKeyError": telstate_log.ImmutableKeyError,
+    "TimeoutError": telstate_log.TimeoutError,
+    "CancelledError": telstate_log.CancelledError,
+    "encode_value": telstate_log.encode_value,
+    "KeyType": telstate_log.KeyType,
+    "ENCODING_MSGPACK": telstate_log.ENCODING_MSGPACK,
+}
+#: the same for katsdptelstate's aio test module
+AIO_NAMES = dict(OUR_NAMES, TelescopeState=telstate_log.aio.TelescopeState,
+                 MemoryBackend=telstate_log.aio.MemoryBackend, katsdptelstate=telstate_log)
+
 _PATCH_TARGETS = {
     "katsdptelstate.encoding._allow_pickle": "telstate_log._encoding._allow_pickle",
     "katsdptelstate.encoding._warn_on_pickle": "telstate_log._encoding._warn_on_pickle",

@@ -28,7 +28,7 @@ import katsdptelstate.aio
 import katsdptelstate.aio.test.test_telescope_state as kt_aio_tests
 import katsdptelstate.backend
 import katsdptelstate.test.test_telescope_state as kt_sync_tests
-from _rebind import AioFixtures, rebind
+from _rebind import AIO_NAMES, OUR_NAMES, AioFixtures, rebind
 
 import telstate_log
 import telstate_log.aio
@@ -49,19 +49,9 @@ def _log_dir() -> str:
     return f"{_tmp.name}/log{next(_counter)}"
 
 
-_OUR_NAMES = {
-    "TelescopeState": telstate_log.TelescopeState,
-    "MemoryBackend": MemoryBackend,
-    "ImmutableKeyError": telstate_log.ImmutableKeyError,
-    "TimeoutError": telstate_log.TimeoutError,
-    "CancelledError": telstate_log.CancelledError,
-    "encode_value": telstate_log.encode_value,
-    "KeyType": telstate_log.KeyType,
-    "ENCODING_MSGPACK": telstate_log.ENCODING_MSGPACK,
-}
 
 # ----------------------------------------------------------------------- sync
-_SyncRebound: Any = rebind(kt_sync_tests.TestTelescopeState, _OUR_NAMES, "_SyncRebound")
+_SyncRebound: Any = rebind(kt_sync_tests.TestTelescopeState, OUR_NAMES, "_SyncRebound")
 
 
 class TestSyncReboundMemory(_SyncRebound):
@@ -98,11 +88,9 @@ class TestSyncUnchangedLog(kt_sync_tests.TestTelescopeState):
 
 
 # ------------------------------------------------------------------------ aio
-_AIO_NAMES = dict(_OUR_NAMES, TelescopeState=telstate_log.aio.TelescopeState,
-                  MemoryBackend=telstate_log.aio.MemoryBackend, katsdptelstate=telstate_log)
 
 
-_AioRebound: Any = rebind(kt_aio_tests.TestTelescopeState, _AIO_NAMES, "_AioRebound")
+_AioRebound: Any = rebind(kt_aio_tests.TestTelescopeState, AIO_NAMES, "_AioRebound")
 
 
 @pytest.mark.asyncio

@@ -27,11 +27,11 @@ import katsdptelstate.aio
 import katsdptelstate.aio.test.test_telescope_state as kt_aio_tests
 import katsdptelstate.backend
 import katsdptelstate.test.test_telescope_state as kt_sync_tests
-from _rebind import AioFixtures, rebind
+from _rebind import AIO_NAMES, OUR_NAMES, AioFixtures, rebind
 
 import telstate_log
 import telstate_log.aio
-from telstate_log.backends import Backend, MemoryBackend, RedisBackend
+from telstate_log.backends import Backend, RedisBackend
 
 # Class-level asyncio marks also land on katsdptelstate's two sync methods
 # in those classes; pytest-asyncio then warns harmlessly.
@@ -40,18 +40,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.interop,
 
 katsdptelstate.backend.Backend.register(Backend)
 
-_OUR_NAMES = {
-    "TelescopeState": telstate_log.TelescopeState,
-    "MemoryBackend": MemoryBackend,
-    "ImmutableKeyError": telstate_log.ImmutableKeyError,
-    "TimeoutError": telstate_log.TimeoutError,
-    "CancelledError": telstate_log.CancelledError,
-    "encode_value": telstate_log.encode_value,
-    "KeyType": telstate_log.KeyType,
-    "ENCODING_MSGPACK": telstate_log.ENCODING_MSGPACK,
-}
-_AIO_NAMES = dict(_OUR_NAMES, TelescopeState=telstate_log.aio.TelescopeState,
-                  MemoryBackend=telstate_log.aio.MemoryBackend, katsdptelstate=telstate_log)
 
 
 class _RedisURL:
@@ -76,7 +64,7 @@ class TestSyncUnchangedRedis(_RedisURL, kt_sync_tests.TestTelescopeState):
 
 # Not bound to a module-level name: pytest would collect the TestCase as it is.
 class TestSyncReboundRedis(_RedisURL, rebind(kt_sync_tests.TestTelescopeState,  # type: ignore[misc]
-                                             _OUR_NAMES, "_SyncRebound")):
+                                             OUR_NAMES, "_SyncRebound")):
     """katsdptelstate's sync tests with telstate_log's names, over our RedisBackend."""
 
     def setUp(self) -> None:
@@ -116,7 +104,7 @@ class TestAioUnchangedRedis(_AioUnchanged, kt_aio_tests.TestTelescopeState):
 @pytest.mark.asyncio
 class TestAioReboundRedis(_AioRebound, AioFixtures,
                           rebind(kt_aio_tests.TestTelescopeState,  # type: ignore[misc]
-                                 _AIO_NAMES, "_AioRebound")):
+                                 AIO_NAMES, "_AioRebound")):
     """katsdptelstate's aio tests with telstate_log's names, over our aio RedisBackend."""
 
     backend_class = telstate_log.aio.RedisBackend
@@ -132,7 +120,7 @@ class TestAioUnchangedThreadedRedis(_AioUnchanged, kt_aio_tests.TestTelescopeSta
 @pytest.mark.asyncio
 class TestAioReboundThreadedRedis(_AioRebound, AioFixtures,
                                   rebind(kt_aio_tests.TestTelescopeState,  # type: ignore[misc]
-                                         _AIO_NAMES, "_AioReboundThreaded")):
+                                         AIO_NAMES, "_AioReboundThreaded")):
     """katsdptelstate's aio tests with telstate_log's names, over our ThreadedRedisBackend."""
 
     backend_class = telstate_log.aio.ThreadedRedisBackend
