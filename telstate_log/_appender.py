@@ -24,11 +24,13 @@ business, which extends it.
   flush fails (those events were already acknowledged), the appender is
   *failed* and refuses further writes (:exc:`LogFailedError`).
 * :meth:`_rotate` finishes the segment -- fsyncs it unless ``fsync="never"``
-  -- and creates the next one with :func:`create_segment`: as
-  ``<name>.tmp`` with its header, synced, renamed into place, directory
-  synced.  A crash at any point leaves either no new segment or a complete
-  empty one (without syncs: possibly one whose content never reached the
-  disk, which recovery recognises and removes).
+  -- and creates the next one with :func:`create_segment`: records the
+  synced creation in ``synced-segment``, then writes ``<name>.tmp`` with
+  its header, synced, renamed into place, directory synced.  A crash at any
+  point leaves either no new segment or a complete empty one (without
+  syncs: possibly one whose content never reached the disk, which recovery
+  recognises and removes -- the record is how it knows that a segment
+  created with syncs and found empty is damage instead).
 * :meth:`sync` fsyncs the segments finished without a sync, the directory if
   segments were created, then the current segment.
 """
@@ -51,9 +53,21 @@ __all__ = ["SegmentAppender", "create_segment"]
 
 def create_segment(fs: FileSystem, path: str, first: int, log_id: bytes, *,
                    sync: bool = True) -> tuple[int, int, int]:
-    """Create segment `first` crash-safely; returns (fd, size, running CRC)."""
+    """Create segment `first` crash-safely; returns (fd, size, running CRC).
+
+    With `sync`, ``synced-segment`` first records that this creation is
+    synced, so recovery can tell the segment emptied by damage from a
+    creation cut short by a crash (see :mod:`._format`); the segment's
+    directory sync makes both renames durable before anything is written to
+    the segment.  If the record is written and the segment is not, the
+    record is merely ahead of the log: recovery handles that and the caller
+    keeps its current segment.
+    """
     name = fmt.segment_name(first)
     header = fmt.encode_header(first, time.time(), log_id)
+    if sync:
+        replace_file(fs, path, fmt.SYNCED_FILE, fmt.encode_synced(first, log_id),
+                     sync_dir=False)
     replace_file(fs, path, name, header, sync=sync)
     return fs.open_append(os.path.join(path, name)), len(header), zlib.crc32(header)
 

@@ -8,7 +8,7 @@ checkpoint.  A checkpoint file ``checkpoints/<position>.ckpt`` is::
     body: array blobs (8-byte aligned), then the msgpack manifest
     trailer (the last 80 bytes):
     0   8   magic b"TSLOGCKP"
-    8   1   format version (1)
+    8   1   format version (1; 2 if the manifest has a column table)
     9   7   reserved (0)
     16  8   position (u64): the state after this event
     24  16  log id
@@ -26,6 +26,9 @@ The manifest lists every key (type, creation position, values; sensors as
 references to blobs: timestamps, position offsets, values), the graveyard
 (deleted entries kept for time travel), the log's key/session tables, and
 the resume point (segment, byte offset, running CRC) where replay continues.
+A state of many short sensors stores them in one column table instead
+(:mod:`telstate_log._checkpoint_table`), and small arrays are written in
+batches of one dtype: the cost per key stays a few Python steps.
 
 Writing streams the blobs from a snapshot taken under the backend's lock
 (column prefixes never change in place, so no copy is needed) to
@@ -38,6 +41,7 @@ checkpoint ignored (a full replay happens instead), never trusted.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -50,16 +54,20 @@ import msgpack
 import numpy as np
 
 from . import _format as fmt
+from ._checkpoint_table import TABLE_MIN, TableWriter, is_short, load_table
 from ._fileio import FileSystem, OsFileSystem, write_all
+from ._gcpause import collector_paused
 from ._recovery import Resume
 from ._replayer import Tables
 from ._sensor import SensorColumn
 from ._state import Immutable, Indexed, State
 
-__all__ = ["CheckpointInfo", "list_checkpoints", "load_checkpoint", "write_checkpoint"]
+__all__ = ["CheckpointInfo", "checkpoint_version", "list_checkpoints", "load_checkpoint",
+           "write_checkpoint"]
 
 MAGIC = b"TSLOGCKP"
 VERSION = 1
+TABLE_VERSION = 2  # the same, with short sensor columns in a table (see _checkpoint_table)
 _HEAD = struct.Struct("<8sB7xQ16sdQQQI")
 HEAD_SIZE = _HEAD.size + 4
 CHECKPOINT_DIR = "checkpoints"
@@ -90,7 +98,26 @@ def list_checkpoints(path: str) -> list[CheckpointInfo]:
     return out
 
 
+def checkpoint_version(cp_path: str) -> int | None:
+    """The format version in the trailer of the checkpoint at `cp_path` (None if
+    it is not readable as one); nothing else is checked."""
+    try:
+        with open(cp_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < HEAD_SIZE:
+                return None
+            f.seek(-HEAD_SIZE, os.SEEK_END)
+            head = f.read(_HEAD.size)
+    except OSError:
+        return None
+    return head[8] if head[:8] == MAGIC else None
+
+
 # ------------------------------------------------------------------ writing
+_SMALL_BLOB = 4096  # arrays smaller than this are written in batches of one dtype
+_SMALL_FLUSH = 1 << 20  # bytes of small arrays of one dtype held back at most
+
+
 class _BlobWriter:
     """Streams the body through the file interface, buffering small writes."""
 
@@ -101,6 +128,8 @@ class _BlobWriter:
         self.crc = 0
         self._buf: list[bytes] = []
         self._buffered = 0
+        #: dtype -> small arrays not written yet, their references, their bytes
+        self._small: dict[str, tuple[list[np.ndarray], list[list[Any]], int]] = {}
 
     def write(self, data: Any) -> None:
         mv = memoryview(data).cast("B")
@@ -122,13 +151,47 @@ class _BlobWriter:
             self._buffered = 0
 
     def blob(self, arr: np.ndarray) -> list[Any]:
+        """Write `arr` (8-byte aligned); returns its reference ``[offset, nbytes,
+        dtype, count]``.
+
+        Small arrays are held back and written with the others of their dtype
+        in one piece (:meth:`flush_small`, which fills in their offsets): a
+        state of many short sensors would otherwise cost a few Python steps
+        and CRC calls per array.
+        """
+        nbytes = int(arr.nbytes)
+        ref = [0, nbytes, arr.dtype.str, len(arr)]
+        if nbytes < _SMALL_BLOB:
+            arrays, refs, size = self._small.get(ref[2], ([], [], 0))
+            arrays.append(arr)
+            refs.append(ref)
+            self._small[ref[2]] = (arrays, refs, size + nbytes)
+            if size + nbytes >= _SMALL_FLUSH:
+                self._flush_small(ref[2])
+            return ref
+        self._align()
+        ref[0] = self.offset
+        self.write(np.ascontiguousarray(arr).view(np.uint8))
+        return ref
+
+    def _align(self) -> None:
         pad = -self.offset % 8
         if pad:
             self.write(b"\0" * pad)
-        ref = [self.offset, int(arr.nbytes), arr.dtype.str, len(arr)]
-        if arr.nbytes:
-            self.write(np.ascontiguousarray(arr).view(np.uint8))
-        return ref
+
+    def flush_small(self) -> None:
+        """Write the small arrays held back by :meth:`blob`."""
+        for dtype in list(self._small):
+            self._flush_small(dtype)
+
+    def _flush_small(self, dtype: str) -> None:
+        arrays, refs, _ = self._small.pop(dtype)
+        self._align()
+        sizes = np.fromiter((r[1] for r in refs), np.int64, len(refs))
+        for ref, offset in zip(refs, (self.offset + np.cumsum(sizes) - sizes).tolist()):
+            ref[0] = offset
+        # arrays of one dtype, back to back: each stays aligned to its item size
+        self.write(np.concatenate([a.reshape(-1) for a in arrays]).view(np.uint8))
 
 
 def snapshot_state(state: State, tables: Tables) -> dict[str, Any]:
@@ -164,7 +227,9 @@ def snapshot_state(state: State, tables: Tables) -> dict[str, Any]:
 _CHUNK = 1 << 15  # values joined per C call: bounds how long the GIL is held
 
 
-def _entry_manifest(w: _BlobWriter, e: Any) -> list[Any]:
+def _entry_manifest(w: _BlobWriter, e: Any, table: TableWriter | None) -> list[Any]:
+    if table is not None and is_short(e):
+        return table.add(e[1])
     if e[0] == "x":
         _, created, values, positions = e
         return ["x", created, [(s, v, positions[s]) for s, v in values.items()]]
@@ -203,13 +268,28 @@ def write_checkpoint(path: str, snap: dict[str, Any], resume: Resume, log_id: by
     fd = fs.create(tmp)
     try:
         w = _BlobWriter(fs, fd)
-        manifest = {
+        short = sum(map(is_short, (e for _, e in snap["entries"]))) + sum(
+            is_short(e) for _, lst in snap["graveyard"] for e, _ in lst)
+        table = TableWriter() if short >= TABLE_MIN else None
+        keys: Any = snap["keys"]
+        if table is None:
+            entries = [[k, _entry_manifest(w, e, None)] for k, e in snap["entries"]]
+        else:  # the live short columns first, then the graveyard's
+            entries = []
+            for i, (k, e) in enumerate(snap["entries"]):
+                if is_short(e):
+                    table.add_live(k, i, e[1])
+                else:
+                    entries.append([k, _entry_manifest(w, e, None)])
+            keys = [w.blob(np.fromiter((k for k, _ in keys), np.int64, len(keys))),
+                    [name for _, name in keys]]
+        manifest: dict[str, Any] = {
             "position": snap["position"],
             "resume": [resume.segment_first, resume.offset, resume.crc],
-            "entries": [[k, _entry_manifest(w, e)] for k, e in snap["entries"]],
-            "graveyard": [[k, [[_entry_manifest(w, e), d] for e, d in lst]]
+            "entries": entries,
+            "graveyard": [[k, [[_entry_manifest(w, e, table), d] for e, d in lst]]
                           for k, lst in snap["graveyard"]],
-            "keys": snap["keys"],
+            "keys": keys,
             "sessions": snap["sessions"],
             "last_recorded": snap["last_recorded"],
             "time_pos": w.blob(snap["time_pos"]),
@@ -218,12 +298,16 @@ def write_checkpoint(path: str, snap: dict[str, Any], resume: Resume, log_id: by
             "time_off": w.blob(snap["time_off"]),
             "history_from": snap["history_from"],
         }
+        if table is not None:
+            manifest["table"] = table.manifest(w)
+        w.flush_small()  # fills in the offsets of the small arrays' references
         packed = msgpack.packb(manifest, use_bin_type=True)
         moff = w.offset
         w.write(packed)
         w.flush()
-        trailer = _HEAD.pack(MAGIC, VERSION, snap["position"], log_id, time.time(), moff,
-                             len(packed), w.offset, w.crc)
+        trailer = _HEAD.pack(MAGIC, VERSION if table is None else TABLE_VERSION,
+                             snap["position"], log_id, time.time(), moff, len(packed),
+                             w.offset, w.crc)
         write_all(fs, fd, trailer + struct.pack("<I", zlib.crc32(trailer)))
         if sync:
             fs.sync(fd)
@@ -290,8 +374,53 @@ def _check_time_index(tables: Tables, position: int) -> None:
         raise CheckpointError("time index out of order or outside the log")
 
 
-def _entry(mm: Any, base: int, m: list[Any], position: int) -> Any:
+class _Table:
+    """The column table of a version-2 checkpoint; each column goes to one entry."""
+
+    def __init__(self, mm: Any, table: Any, position: int) -> None:
+        self._table = table
+        self._mm = mm
+        self.columns = load_table(table, self._exact, position)
+        self._taken = [False] * len(self.columns)
+
+    def _exact(self, ref: Any, dtype: str) -> np.ndarray:
+        return _exact(self._mm, ref, dtype)
+
+    def live(self, others: int) -> tuple[list[int], list[bytes], list[SensorColumn]]:
+        """The live columns (the first ones): their places among the entries
+        (increasing), keys, and columns; `others` entries are in the manifest."""
+        keys = self._table["keys"]
+        at = self._exact(self._table["at"], "<i8").tolist()
+        if type(keys) is not list or not all(type(k) is bytes for k in keys) \
+                or len(at) != len(keys) or len(keys) > len(self.columns) \
+                or (at and not 0 <= at[0] <= at[-1] < len(at) + others) \
+                or any(a >= b for a, b in itertools.pairwise(at)):
+            raise CheckpointError("malformed column table")
+        self._taken[:len(keys)] = [True] * len(keys)
+        return at, keys, self.columns[:len(keys)]
+
+    def take(self, m: list[Any]) -> SensorColumn:
+        i = m[1]
+        if len(m) != 2 or type(i) is not int or not 0 <= i < len(self.columns) \
+                or self._taken[i]:
+            raise CheckpointError("bad or repeated column table reference")
+        self._taken[i] = True
+        return self.columns[i]
+
+
+def _exact(mm: Any, ref: list[Any], dtype: str) -> np.ndarray:
+    """The array `ref` names, which must be of exactly `dtype`."""
+    arr = _array(mm, 0, ref, np.dtype(dtype).kind)
+    if arr.dtype.str != dtype:
+        raise CheckpointError(f"array of unexpected dtype {arr.dtype}")
+    return arr
+
+
+def _entry(mm: Any, base: int, m: list[Any], position: int,
+           table: _Table | None = None) -> Any:
     tag = m[0]
+    if tag == "t" and table is not None:
+        return table.take(m)
     if tag == "i":
         return Immutable(bytes(m[2]), int(m[1]))
     if tag == "x":
@@ -345,8 +474,8 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
             raise CheckpointError("trailer checksum mismatch")
         magic, version, position, cp_log_id, _created, moff, mlen, blen, bcrc = \
             _HEAD.unpack(head)
-        if magic != MAGIC or version != VERSION:
-            raise CheckpointError("not a version-1 checkpoint")
+        if magic != MAGIC or version not in (VERSION, TABLE_VERSION):
+            raise CheckpointError(f"not a checkpoint of version {VERSION} or {TABLE_VERSION}")
         if log_id is not None and cp_log_id != log_id:
             raise CheckpointError("checkpoint belongs to another log")
         if blen != tail or moff + mlen != blen:
@@ -355,34 +484,55 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
         if zlib.crc32(body) != bcrc:
             raise CheckpointError("body checksum mismatch")
         try:
-            man = msgpack.unpackb(body[moff:moff + mlen], raw=False, strict_map_key=False,
-                                  max_bin_len=mlen, max_str_len=mlen, max_array_len=mlen,
-                                  max_map_len=mlen)
-            if man["position"] != position:
-                raise CheckpointError("manifest position differs from the header")
-            state = State(keep_history=True)
-            state.position = position
-            for key, m in man["entries"]:
-                state._keys[bytes(key)] = _entry(mm, 0, m, position)
-            for key, lst in man["graveyard"]:
-                state.graveyard[bytes(key)] = [(_entry(mm, 0, m, position), int(d)) for m, d in lst]
-            tables = Tables()
-            for kid, key in man["keys"]:
-                tables.keys[int(kid)] = bytes(key)
-                tables.key_ids[bytes(key)] = int(kid)
-            tables.sessions = {int(s): dict(meta) for s, meta in man["sessions"]}
-            tables.last_recorded = float(man["last_recorded"])
-            tables.time_pos = _array(mm, 0, man["time_pos"], "iu").tolist()
-            tables.time_rec = _array(mm, 0, man["time_rec"], "f").tolist()
-            tables.time_seg = _array(mm, 0, man["time_seg"], "iu").tolist()
-            tables.time_off = _array(mm, 0, man["time_off"], "iu").tolist()
-            if not (len(tables.time_pos) == len(tables.time_rec) == len(tables.time_seg)
-                    == len(tables.time_off)):
-                raise CheckpointError("time index columns differ in length")
-            _check_time_index(tables, position)
-            state.history_from = int(man["history_from"])
-            seg, off, crc = man["resume"]
-            resume = Resume(int(seg), int(off), int(crc))
+            with collector_paused():  # an object per key: see telstate_log._gcpause
+                man = msgpack.unpackb(body[moff:moff + mlen], raw=False, strict_map_key=False,
+                                      max_bin_len=mlen, max_str_len=mlen, max_array_len=mlen,
+                                      max_map_len=mlen)
+                if man["position"] != position:
+                    raise CheckpointError("manifest position differs from the header")
+                state = State(keep_history=True)
+                state.position = position
+                table = _Table(mm, man["table"], position) if version == TABLE_VERSION else None
+                at, names, columns = table.live(len(man["entries"])) if table is not None \
+                    else ([], [], [])
+                entries = iter(man["entries"])
+                at.append(-1)
+                j = 0
+                for i in range(len(names) + len(man["entries"])):
+                    if i == at[j]:  # the live short columns are in the table
+                        state._keys[names[j]] = columns[j]
+                        j += 1
+                    else:
+                        key, m = next(entries)
+                        state._keys[bytes(key)] = _entry(mm, 0, m, position, table)
+                for key, lst in man["graveyard"]:
+                    state.graveyard[bytes(key)] = [(_entry(mm, 0, m, position, table), int(d))
+                                                   for m, d in lst]
+                tables = Tables()
+                if table is None:
+                    for kid, key in man["keys"]:
+                        tables.keys[int(kid)] = bytes(key)
+                        tables.key_ids[bytes(key)] = int(kid)
+                else:
+                    ids, key_names = _exact(mm, man["keys"][0], "<i8").tolist(), man["keys"][1]
+                    if type(key_names) is not list or len(ids) != len(key_names) \
+                            or not all(type(k) is bytes for k in key_names):
+                        raise CheckpointError("malformed key table")
+                    tables.keys = dict(zip(ids, key_names))
+                    tables.key_ids = dict(zip(tables.keys.values(), ids))
+                tables.sessions = {int(s): dict(meta) for s, meta in man["sessions"]}
+                tables.last_recorded = float(man["last_recorded"])
+                tables.time_pos = _array(mm, 0, man["time_pos"], "iu").tolist()
+                tables.time_rec = _array(mm, 0, man["time_rec"], "f").tolist()
+                tables.time_seg = _array(mm, 0, man["time_seg"], "iu").tolist()
+                tables.time_off = _array(mm, 0, man["time_off"], "iu").tolist()
+                if not (len(tables.time_pos) == len(tables.time_rec) == len(tables.time_seg)
+                        == len(tables.time_off)):
+                    raise CheckpointError("time index columns differ in length")
+                _check_time_index(tables, position)
+                state.history_from = int(man["history_from"])
+                seg, off, crc = man["resume"]
+                resume = Resume(int(seg), int(off), int(crc))
         except CheckpointError:
             raise
         except Exception as exc:  # malformed manifest

@@ -26,7 +26,10 @@ in force at 35 s as of the position just before the late sample arrived,
 and now: valid time versus system time), that key's history, a
 ``changes`` summary from calibration on, the seal (head hash), and an RDB
 export when the RDB exporter (:mod:`telstate_log.replay._export`) is
-installed.  It finishes with the files it wrote and commands to try next.
+installed.  It finishes with the files it wrote and commands to try next,
+spelled the way that works in the user's shell: ``telstate-log`` when that
+is on PATH, else the script's path (``.venv/bin/telstate-log``, with a hint
+to activate the environment) or ``python -m telstate_log``.
 """
 
 from __future__ import annotations
@@ -34,15 +37,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import importlib.util
 import math
 import os
 import shlex
+import shutil
+import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from ._cli import CliError, add_json_argument, command_parser
+from ._cli import PROG, CliError, add_json_argument, command_parser
 from ._cli_output import emit_json, iso_utc, print_fields, to_json, value_text
 
 __all__ = ["add_demo_parser", "write_observation"]
@@ -139,6 +145,46 @@ def _write_gains(ts: Any, backend: Any, rng: np.random.Generator) -> None:
 
 
 # ------------------------------------------------------------------- tour
+def default_directory_name(when: datetime.datetime) -> str:
+    """The demo's directory when none is given (``.gitignore`` lists the pattern)."""
+    return when.strftime("telstate-demo-%Y%m%d-%H%M%S")
+
+
+def command_prefix(argv0: str, executable: str,
+                   path: str | None = None) -> tuple[str, str | None]:
+    """How the user can run this command again: ``(prefix, hint or None)``.
+
+    `argv0` and `executable` are ``sys.argv[0]`` and ``sys.executable``;
+    `path` is the search path (default: ``$PATH``).  The script the
+    interpreter's environment installed is preferred under its bare name when
+    PATH finds that very script, else by its path.
+    """
+    def on_path(script: str) -> bool:
+        found = shutil.which(PROG, path=path)
+        try:
+            return found is not None and os.path.samefile(found, script)
+        except OSError:
+            return False
+
+    if os.path.basename(argv0) == PROG and os.path.isfile(argv0):
+        script = shown = argv0  # as the user typed it, relative to this directory
+    else:
+        script = os.path.join(os.path.dirname(executable), PROG)
+        if not os.path.isfile(script):
+            return f"{shlex.quote(executable)} -m telstate_log", None
+        shown = os.path.relpath(script)
+        if shown.startswith(os.pardir):
+            shown = os.path.abspath(script)
+    if on_path(script):
+        return PROG, None
+    if os.sep not in shown:  # a bare name would be looked up on PATH
+        shown = os.path.join(os.curdir, shown)
+    activate = os.path.join(os.path.dirname(shown), "activate")
+    hint = (f"{PROG} is not on PATH: '. {shlex.quote(activate)}' puts it there"
+            if os.path.isfile(activate) else None)
+    return shlex.quote(shown), hint
+
+
 def _demo_directory(requested: str | None) -> str:
     if requested is not None:
         os.makedirs(requested, exist_ok=True)
@@ -146,9 +192,9 @@ def _demo_directory(requested: str | None) -> str:
             raise CliError(f"{os.path.join(requested, 'log')} already exists: give the demo "
                            "a new directory")
         return requested
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = default_directory_name(datetime.datetime.now())
     for n in range(1, 100):
-        path = f"telstate-demo-{stamp}" + ("" if n == 1 else f"-{n}")
+        path = name + ("" if n == 1 else f"-{n}")
         try:
             os.makedirs(path)
             return path
@@ -213,13 +259,14 @@ def run_demo(args: argparse.Namespace) -> int:
         _show_changes(tour, changes)
         head = backend.seal()
         tour.say("\n== 4. seal: tamper evidence ==")
-        tour.say(f"head hash {head}\nkeep it: later, 'telstate-log verify --head HASH' "
-                 "proves that nothing sealed up to it changed")
+        tour.say(f"head hash {head}\nkeep it: later, 'verify --head HASH' (the command "
+                 "below) proves that nothing sealed up to it changed")
         status, rdb = _export(backend, os.path.join(directory, "demo.rdb"))
         tour.say(f"\n== 5. RDB export ==\n{status}")
     if args.json:
         emit_json({"directory": directory, "log": log, "rdb": rdb, "export": status,
-                   "events": total, "head": head, "start": t0, "time_travel": to_json(travel),
+                   "events": total, "head": head, "start": t0,
+                   "start_utc": iso_utc(t0, "microseconds"), "time_travel": to_json(travel),
                    "history_events": history,
                    "changes": {"since": changes.since, "until": changes.until,
                                "events": changes.events,
@@ -230,14 +277,20 @@ def run_demo(args: argparse.Namespace) -> int:
     q = shlex.quote(log)
     tour.say("\n== files ==")
     tour.fields([("log", log), ("rdb", rdb or "-")])
-    tour.say("\ntry next:")
-    for line in (f"telstate-log info {q}",
-                 f"telstate-log range {q} m000_pos_actual_scan_azim | head",
-                 f"telstate-log history {q} anc_air_temperature",
-                 f"telstate-log get {q} cal_product_G --json",
-                 f"telstate-log verify {q} --head {head}",
-                 f"telstate-log plot {q} obs_activity m000_pos_actual_scan_azim "
-                 f"anc_air_temperature -o {shlex.quote(os.path.join(directory, 'demo.png'))}"):
+    cmd, hint = command_prefix(sys.argv[0], sys.executable)
+    tour.say(f"\ntry next (commands take the log, {log}, not {directory}):")
+    if hint:
+        tour.say(f"  # {hint}")
+    plot = (f"{cmd} plot {q} obs_activity m000_pos_actual_scan_azim anc_air_temperature "
+            f"-o {shlex.quote(os.path.join(directory, 'demo.png'))}")
+    if importlib.util.find_spec("matplotlib") is None:
+        plot += "   # needs: pip install 'telstate-log[plot]'"
+    for line in (f"{cmd} info {q}",
+                 f"{cmd} range {q} m000_pos_actual_scan_azim | head",
+                 f"{cmd} history {q} anc_air_temperature",
+                 f"{cmd} get {q} cal_product_G --json",
+                 f"{cmd} verify {q} --head {head}",
+                 plot):
         tour.say(f"  {line}")
     return 0
 
@@ -261,10 +314,16 @@ def _time_travel(tour: _Narrator, ts: Any, backend: Any, t0: float,
                   f"{value_text(old)} (sample stamped {iso_utc(old_t)})"),
                  (f"  now, position {backend.position}",
                   f"{value_text(new)} (sample stamped {iso_utc(new_t)})")])
-    return {"key": key, "at": when, "late_position": late_pos, "recorded": recorded,
-            "timestamp": t0 + LATE_AT,
-            "before": {"position": before_pos, "value": old, "timestamp": old_t},
-            "after": {"position": backend.position, "value": new, "timestamp": new_t}}
+    def utc(t: float) -> str | None:
+        return iso_utc(t, "microseconds")
+
+    return {"key": key, "at": when, "at_utc": utc(when), "late_position": late_pos,
+            "recorded": recorded, "recorded_utc": utc(recorded),
+            "timestamp": t0 + LATE_AT, "timestamp_utc": utc(t0 + LATE_AT),
+            "before": {"position": before_pos, "value": old, "timestamp": old_t,
+                       "timestamp_utc": utc(old_t)},
+            "after": {"position": backend.position, "value": new, "timestamp": new_t,
+                      "timestamp_utc": utc(new_t)}}
 
 
 def _history(tour: _Narrator, backend: Any) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import signal
 import sys
 import time
@@ -38,11 +39,13 @@ from typing import Any
 
 from ._cli import (
     CliError,
+    UsageError,
     add_json_argument,
     add_log_argument,
     command_parser,
     first_position,
     iter_events,
+    note,
     open_log,
     parse_count,
     parse_position,
@@ -58,9 +61,10 @@ from ._cli_output import (
     to_json,
     value_text,
 )
-from ._encoding import ENCODING_MSGPACK, encode_value
+from ._encoding import ENCODING_MSGPACK, decode_value, encode_value
 from ._frontend import HistoryEvent
 from ._history import Event
+from ._types import KeyType
 from .backends._log import LogBackend
 
 __all__ = ["EventDecoder", "EventPrinter", "add_audit_parser", "add_history_parser",
@@ -121,14 +125,24 @@ class EventPrinter:
 
 
 def _print_events(events: Iterable[dict[str, Any]], head: dict[str, Any],
-                  as_json: bool) -> None:
+                  as_json: bool) -> int:
+    """Print `events` (streaming); returns how many there were."""
+    count = 0
+
+    def counted() -> Iterator[dict[str, Any]]:
+        nonlocal count
+        for event in events:
+            count += 1
+            yield event
+
     if as_json:
-        emit_json_list(head, "events", (_as_json(e) for e in events))
-        return
+        emit_json_list(head, "events", (_as_json(e) for e in counted()))
+        return count
     printer = EventPrinter(False)
-    for event in events:
+    for event in counted():
         printer.add(event)
     printer.flush()
+    return count
 
 
 # ---------------------------------------------------------------- history
@@ -143,6 +157,22 @@ def parse_sub_key(text: str) -> Any:
         return tuples(json.loads(text))
     except ValueError:
         return text
+
+
+def sub_key_text(value: Any) -> str:
+    """A sub-key as ``--sub-key`` takes it (:func:`parse_sub_key`'s inverse where it can)."""
+    def lists(v: Any) -> Any:
+        return [lists(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value  # plain text is taken as it is
+    try:
+        return json.dumps(lists(value), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def add_history_parser(subparsers: Any) -> None:
@@ -168,13 +198,36 @@ def run_history(args: argparse.Namespace) -> int:
     sub = None if args.sub_key is None else encode_value(args.sub_key, ENCODING_MSGPACK)
     with open_log(args.log) as backend:
         events = backend.history(key, sub)
+        if not events and sub is not None and backend.history(key):
+            raise CliError(_no_sub_key_text(backend, args.key, key, args.sub_key))
         if not events:
-            what = "" if args.sub_key is None else f" sub-key {args.sub_key!r}"
-            raise CliError(f"{args.key}{what}: no such key, and no history")
+            raise CliError(f"{args.key}: no such key, and no history")
         decode = EventDecoder(backend)
         head = {"key": args.key, "sub_key": to_json(args.sub_key), "position": backend.position}
         _print_events((decode(e) for e in events), head, args.json)
     return 0
+
+
+_SUB_KEYS_SHOWN = 4
+
+
+def _no_sub_key_text(backend: LogBackend, name: str, key: bytes, sub_key: Any) -> str:
+    """Why ``history --sub-key`` found nothing for a key that has a history."""
+    kind = backend.key_type(key)
+    if kind is not None and kind is not KeyType.INDEXED:
+        return f"{name} is an {kind.name.lower()} key: it has no sub-keys (drop --sub-key)"
+    seen: list[str] = []
+    for event in backend.history(key):
+        if event.sub_key is not None:
+            try:
+                text = shlex.quote(sub_key_text(decode_value(event.sub_key)))
+            except ValueError:  # DecodeError: show the bytes
+                text = repr(event.sub_key)
+            if text not in seen:
+                seen.append(text)
+    shown = ", ".join(seen[:_SUB_KEYS_SHOWN]) + (", ..." if len(seen) > _SUB_KEYS_SHOWN else "")
+    return (f"{name} has no sub-key {shlex.quote(sub_key_text(sub_key))} in its history; "
+            f"its sub-keys (as --sub-key takes them) are {shown}")
 
 
 # ------------------------------------------------------------------ audit
@@ -202,9 +255,16 @@ def add_audit_parser(subparsers: Any) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
+    if args.since is not None and args.until is not None and args.since > args.until:
+        raise UsageError(f"inverted window: --since {args.since} is after --until {args.until}")
+    if args.since_time is not None and args.until_time is not None and \
+            args.since_time > args.until_time:
+        raise UsageError(f"inverted window: --since-time {iso_utc(args.since_time)} is after "
+                         f"--until-time {iso_utc(args.until_time)}")
     with open_log(args.log) as backend:
         last = backend.position
-        since = first_position(backend) if args.since is None else max(1, args.since)
+        first = first_position(backend)
+        since = first if args.since is None else max(1, args.since)
         if args.since_time is not None:
             # just after the last event recorded strictly before since_time
             since = 1 + backend.resolve_time(math.nextafter(args.since_time, -math.inf))
@@ -213,8 +273,11 @@ def run_audit(args: argparse.Namespace) -> int:
             until = backend.resolve_time(args.until_time)
         decode = EventDecoder(backend)
         head = {"since": since, "until": until, "position": last}
-        _print_events((decode(e) for e in iter_events(backend, since, until)), head,
-                      args.json)
+        printed = _print_events((decode(e) for e in iter_events(backend, since, until)), head,
+                                args.json)
+    if not printed:
+        held = f"positions {first}..{last}" if last >= first else "no events"
+        note(args, f"nothing matched: no events in the window (the log holds {held})")
     return 0
 
 
@@ -318,6 +381,9 @@ def _tail(args: argparse.Namespace, backend: LogBackend,
         printer.add(decode(event))
     printer.flush()
     printed = len(initial)
+    if not initial and not args.follow and min(args.lines, limit) > 0:
+        what = f"of keys matching {' '.join(args.keys)}" if args.keys else "in the log"
+        note(args, f"nothing matched: no events {what}")
     if not args.follow or printed >= limit:
         return 0
     deadline = math.inf if args.timeout is None else time.monotonic() + args.timeout

@@ -10,9 +10,12 @@ state after that event, with the samples written later -- even back-dated
 ones -- left out.  Their JSON output names the position the answer is for.
 
 ``info`` only touches what is cheap: the state's indexes, the segment and
-checkpoint files, the seals file, and two events (the first and the last)
-for the span of recording times.  Counting the events of each writing
-session means reading the whole log, so it is asked for with
+checkpoint files, the seals and ``pruned`` files, and two events (the first
+and the last still in the segments) for the span of recording times.  After
+a prune it shows the pruned range of positions (their state is kept, their
+history is not), and says when the head hash belongs to a pruned segment
+and so can no longer be verified from the log.  Counting the events of
+each writing session means reading the whole log, so it is asked for with
 ``--count-events`` (and shows a progress line on a terminal).
 """
 
@@ -21,16 +24,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections import Counter
 from typing import Any
 
 from ._cli import (
     CliError,
+    UsageError,
     add_as_of_arguments,
     add_json_argument,
     add_log_argument,
     command_parser,
     iter_events,
+    note,
     open_log,
     parse_time,
     state_view,
@@ -39,11 +45,13 @@ from ._cli_output import (
     Table,
     emit_json,
     format_bytes,
+    has_large_array,
     iso_utc,
     plural,
     print_fields,
     safe_text,
     to_json,
+    value_repr,
     value_text,
 )
 from ._types import KeyType
@@ -77,15 +85,20 @@ def gather_info(backend: LogBackend, count_events: bool = False) -> dict[str, An
     from ._checkpoint import list_checkpoints
     from ._fileio import OsFileSystem
     from ._recovery import list_segments
-    from ._seal import SealFileError, read_seals
+    from ._retention import read_pruned
+    from ._seal import SealFileError, pruned_prefix, read_seals
 
     path = backend.path
     last = backend.position
-    segments = list_segments(OsFileSystem(), path)
+    fs = OsFileSystem()
+    segments = list_segments(fs, path)
+    cut = read_pruned(fs, path)
     try:
         seals = read_seals(path)
     except SealFileError:
         seals = []
+    head_pruned = bool(seals) and pruned_prefix(seals, {name for _, name in segments},
+                                                cut) == len(seals)
     sealed = {s.segment for s in seals}
     sizes = [os.path.getsize(os.path.join(path, name)) for _, name in segments]
     files = [{"name": name, "first": first, "bytes": size, "sealed": name in sealed}
@@ -129,7 +142,8 @@ def gather_info(backend: LogBackend, count_events: bool = False) -> dict[str, An
         "log_id": None if backend.log_id is None else backend.log_id.hex(),
         "positions": {"first": first, "last": last, "durable": backend.durable_position,
                       "sealed": seals[-1].last if seals else None,
-                      "checkpoint": checkpoints[-1]["position"] if checkpoints else None},
+                      "checkpoint": checkpoints[-1]["position"] if checkpoints else None,
+                      "pruned": {"first": 1, "last": min(cut - 1, last)} if cut > 1 else None},
         "segments": {"count": len(files), "bytes": sum(sizes),
                      "files": files},
         "checkpoints": checkpoints,
@@ -140,6 +154,7 @@ def gather_info(backend: LogBackend, count_events: bool = False) -> dict[str, An
         "recorded": _span(*recorded),
         "sources": sources,
         "head": seals[-1].seal if seals else None,
+        "head_pruned": head_pruned,
         "sealed_segments": len(seals),
     }
 
@@ -173,11 +188,19 @@ def print_info(info: dict[str, Any]) -> None:
     extra = [f"durable {pos['durable']}"]
     if pos["sealed"] is not None:
         extra.append(f"sealed up to {pos['sealed']}")
-    positions = "no events" if pos["first"] is None else \
-        f"{pos['first']} .. {pos['last']} ({'; '.join(extra)})"
+    pruned = pos.get("pruned")
+    if pruned is not None:
+        extra.insert(0, f"{pruned['first']} .. {pruned['last']} pruned: their state is kept, "
+                        "not their history")
+    start = pos["first"] if pruned is None else pruned["first"]
+    positions = "no events" if start is None or pos["last"] < start else \
+        f"{start} .. {pos['last']} ({'; '.join(extra)})"
     cps = info["checkpoints"]
     head = "- (no segment sealed yet)" if info["head"] is None else \
         f"{info['head']} ({plural(info['sealed_segments'], 'segment')} sealed)"
+    if info.get("head_pruned"):
+        head = head[:-1] + "; its segment was pruned: it can no longer be verified from " \
+                           "this log)"
     print_fields([
         ("log", info["path"]),
         ("log id", info["log_id"] or "-"),
@@ -236,6 +259,8 @@ def run_keys(args: argparse.Namespace) -> int:
         ts = state_view(backend, args)
         keys = [(k, type_name(ts.key_type(k))) for k in ts.keys(args.pattern)]
         position = ts.position
+    if not keys:
+        note(args, f"nothing matched: no keys match {args.pattern!r}{_where(position, args)}")
     if args.json:
         emit_json({"position": position, "pattern": args.pattern,
                    "keys": [{"key": k, "type": t} for k, t in keys]})
@@ -255,11 +280,16 @@ def add_get_parser(subparsers: Any) -> None:
         subparsers, "get", "print the value of a key (optionally as of an earlier point)",
         "Print the decoded value of KEY: an attribute's value, a sensor's latest\n"
         "sample, or an indexed key's {sub-key: value} table.  People get its repr;\n"
-        "--json adds the key type, the sample timestamp and the position.",
+        "on a terminal, arrays of over 1000 elements are summarised (shape, dtype,\n"
+        "first and last elements) unless --full is given.  --json gives every\n"
+        "element and adds the key type, the sample timestamp and the position.",
         ["telstate-log get obs/log obs_target", "telstate-log get obs/log m000_activity --at 42",
-         "telstate-log get obs/log cal_product_G --as-of now-1h --json"])
+         "telstate-log get obs/log cal_product_G --as-of now-1h --json",
+         "telstate-log get obs/log cal_product_B --full"])
     add_log_argument(p)
     p.add_argument("key", metavar="KEY", help="the key")
+    p.add_argument("--full", action="store_true",
+                   help="print every element of large arrays, even on a terminal")
     add_as_of_arguments(p)
     add_json_argument(p)
     p.set_defaults(func=run_get)
@@ -293,8 +323,13 @@ def run_get(args: argparse.Namespace) -> int:
                    "value": shown, "timestamp": stamp,
                    "timestamp_utc": iso_utc(stamp, "microseconds")})
     else:
-        with np.printoptions(threshold=np.iinfo(np.intp).max):
-            print(safe_text(repr(value)))
+        summary = not args.full and sys.stdout.isatty() and has_large_array(value)
+        print(safe_text(value_repr(value, summary)))
+        if summary:
+            what = f"{value.dtype} array of shape {value.shape}" \
+                if isinstance(value, np.ndarray) else "large arrays"
+            print(f"({what} summarised: --full prints every element, --json gives them "
+                  "as data)", file=sys.stderr)
     return 0
 
 
@@ -325,6 +360,9 @@ def add_range_parser(subparsers: Any) -> None:
 
 
 def run_range(args: argparse.Namespace) -> int:
+    if args.st > args.et:
+        raise UsageError(f"inverted window: --st {iso_utc(args.st)} is after --et "
+                         f"{iso_utc(args.et)}")
     with open_log(args.log) as backend:
         ts = state_view(backend, args)
         kind = ts.key_type(args.key)
@@ -336,9 +374,15 @@ def run_range(args: argparse.Namespace) -> int:
         samples = ts.get_range(args.key, args.st, args.et, args.include_previous,
                                args.include_end)
         position = ts.position
+    if not samples:
+        note(args, f"nothing matched: {args.key} has no samples from {iso_utc(args.st)} to "
+                   f"{iso_utc(args.et) if math.isfinite(args.et) else 'the end'}"
+                   f"{_where(position, args)}")
     if args.json:
+        et = None if math.isinf(args.et) else args.et
         emit_json({"key": args.key, "position": position, "st": args.st,
-                   "et": None if math.isinf(args.et) else args.et,
+                   "st_utc": iso_utc(args.st, "microseconds"), "et": et,
+                   "et_utc": iso_utc(et, "microseconds"),
                    "samples": [{"timestamp": t, "timestamp_utc": iso_utc(t, "microseconds"),
                                 "value": to_json(v)} for v, t in samples]})
     else:

@@ -6,14 +6,18 @@ Theory of operation
 every frame, a full replay, every checkpoint against the replayed state,
 and the seal chain recomputed from the segment files -- and prints the file
 and byte offset of any damage.  With ``--head HASH`` it also looks the hash
-up in the recomputed chain: an auditor who kept an earlier head hash learns
-whether everything sealed up to it is byte-for-byte unchanged (see
-:mod:`telstate_log._seal` for what that proves and what it does not).
+up among the seals recomputed from the segment files: an auditor who kept
+an earlier head hash learns whether everything sealed up to it is
+byte-for-byte unchanged.  A hash that matches only the seal of a pruned
+segment "cannot be verified: pruned" and fails (see :mod:`telstate_log._seal`
+for what a head proves and what it does not).  Problems that ``repair``
+cannot fix are marked, and verify suggests ``repair`` only for the others.
 
 ``repair`` is the salvage path, :func:`~telstate_log._repair.repair_log`:
-it keeps the good prefix and moves the damage into ``damaged-<time>/``
-inside the log, then verifies the result.  ``--dry-run`` reports what it
-would do and changes nothing.
+it keeps the good prefix and moves the damage -- and every checkpoint verify
+objects to -- into ``damaged-<time>/`` inside the log, then verifies the
+result with the same definition of damage as ``verify``.  ``--dry-run``
+reports what it would do and changes nothing.
 
 ``checkpoint`` and ``seal`` open the log as its writer (so they take the
 writer lock and fail while another writer runs; opening as a writer also
@@ -22,7 +26,7 @@ event: a checkpoint saves the state so that opening replays less, and a
 seal finishes the current segment and extends the hash chain over it.
 
 Exit status: 0 when the check passed or the operation succeeded, 1 when
-verify found any problem (or the head hash is not in the chain), when
+verify found any problem (or the head hash is not verified), when
 repair could not produce a log that verifies (or found damage in a dry
 run), or when the log could not be opened for writing.
 """
@@ -33,9 +37,17 @@ import argparse
 import re
 from typing import Any
 
-from ._cli import CliError, add_json_argument, add_log_argument, command_parser, require_log
+from ._cli import (
+    CliError,
+    UsageError,
+    add_json_argument,
+    add_log_argument,
+    command_parser,
+    require_log,
+)
 from ._cli_output import emit_json, format_bytes, plural, print_fields
 from ._repair import VerifyReport, repair_log, verify_log
+from ._seal import PRUNED, HeadCheck
 
 __all__ = ["add_checkpoint_parser", "add_repair_parser", "add_seal_parser",
            "add_verify_parser"]
@@ -54,7 +66,26 @@ def _problem_text(problem: dict[str, Any]) -> str:
     where = str(problem.get("file"))
     if problem.get("offset") is not None:
         where += f" at byte {problem['offset']}"
-    return f"{where}: {problem.get('problem')}"
+    text = f"{where}: {problem.get('problem')}"
+    if problem.get("repairable") is False:
+        note = problem.get("repair_note")
+        text += f" [repair cannot fix this: {note}]" if note else " [repair cannot fix this]"
+    return text
+
+
+_RESTORE = "restore the files named from a copy kept elsewhere"
+
+
+def _pruned_text(report: VerifyReport) -> str | None:
+    """The pruned range of positions, or None if the log was never pruned."""
+    if report.pruned_before <= 1 and not report.pruned_seals:
+        return None
+    text = f"positions 1..{report.pruned_before - 1}" if report.pruned_before > 1 \
+        else "no positions"
+    if report.pruned_seals:
+        text += f" ({plural(report.pruned_seals, 'sealed segment')}: their seals are " \
+                "taken as given, the bytes are gone)"
+    return text
 
 
 # ----------------------------------------------------------------- verify
@@ -70,66 +101,88 @@ def add_verify_parser(subparsers: Any) -> None:
          "telstate-log verify obs/log --json | jq .problems"])
     add_log_argument(p)
     p.add_argument("--head", metavar="HASH", type=parse_hash,
-                   help="also require this earlier head hash to be in the recomputed seal "
-                        "chain (proves nothing sealed up to it changed)")
+                   help="also require this earlier head hash to be reproduced from the "
+                        "segment files (proves nothing sealed up to it changed; a head "
+                        "whose segment was pruned cannot be verified and fails)")
     add_json_argument(p)
     p.set_defaults(func=run_verify)
 
 
-def _check_head(path: str, report: VerifyReport, wanted: str) -> dict[str, Any]:
-    from ._seal import SealFileError, read_seals
+def _head_check_text(check: HeadCheck) -> str:
+    where = f"seal {check.index} of {check.of} ({check.segment}, positions " \
+            f"{check.first}..{check.last})"
+    if check.ok:
+        text = f"{check.hash} is in the seal chain: {where}: "
+        if check.covered_from is not None and check.covered_from > 1:
+            return text + f"the segments still in the log up to it (positions " \
+                          f"{check.covered_from}..{check.last}) are unchanged; positions " \
+                          f"before {check.covered_from} were pruned and are not covered"
+        return text + "nothing sealed up to it changed"
+    if check.status == PRUNED:
+        return f"{check.hash} cannot be verified: pruned ({where} belongs to a pruned " \
+               "segment; its seal is taken as given from the seals file, the bytes it " \
+               "sealed are gone)"
+    return f"{check.hash} is NOT in the recomputed seal chain"
 
-    out: dict[str, Any] = {"hash": wanted, "found": wanted in report.seal_chain,
-                           "index": None, "of": len(report.seal_chain), "segment": None,
-                           "first": None, "last": None}
-    if out["found"]:
-        index = report.seal_chain.index(wanted)
-        out["index"] = index + 1
-        try:
-            seal = read_seals(path)[index]
-        except (SealFileError, IndexError):
-            return out
-        out.update(segment=seal.segment, first=seal.first, last=seal.last)
-    return out
+
+def _verdict(path: str, report: VerifyReport, check: HeadCheck | None) -> str:
+    if report.damaged:
+        n = len(report.problems)
+        fixable = sum(1 for p in report.problems if p.get("repairable"))
+        what = "salvages the good prefix" if any(p["kind"] == "segment"
+                                                 for p in report.problems) \
+            else "sets the damage aside"
+        if fixable == n:
+            return f"DAMAGED: {plural(n, 'problem')}; 'telstate-log repair {path}' {what}"
+        if not fixable:
+            return f"DAMAGED: {plural(n, 'problem')} that 'telstate-log repair' cannot fix: " \
+                   f"{_RESTORE}"
+        return f"DAMAGED: {plural(n, 'problem')}; 'telstate-log repair {path}' fixes " \
+               f"{fixable}, the other {n - fixable} cannot be repaired: {_RESTORE}"
+    if check is not None and check.status == PRUNED:
+        return "FAILED: the head hash cannot be verified: pruned"
+    if check is not None and not check.ok:
+        return "FAILED: the head hash is not in the seal chain"
+    return "OK"
 
 
 def run_verify(args: argparse.Namespace) -> int:
     path = require_log(args.log)
     report = verify_log(path)
-    head_check = None if args.head is None else _check_head(path, report, args.head)
-    passed = report.ok and not report.problems and (head_check is None or head_check["found"])
+    check = None if args.head is None else report.check_head(args.head)
+    passed = not report.damaged and (check is None or check.ok)
     if args.json:
-        emit_json({**report.as_dict(), "head_check": head_check, "passed": passed})
+        pruned = [1, report.pruned_before - 1] if report.pruned_before > 1 else None
+        emit_json({**report.as_dict(), "pruned_positions": pruned,
+                   "head_check": None if check is None else check.as_dict(),
+                   "passed": passed})
         return 0 if passed else 1
+    if report.head is None:
+        head = "- (no segment sealed yet: 'telstate-log seal' seals)"
+    elif report.head_pruned:
+        head = f"{report.head} (its segment was pruned: it can no longer be verified " \
+               "from this log)"
+    else:
+        head = report.head
     fields = [
         ("log", path),
         ("segments", f"{plural(report.segments, 'file')}, {format_bytes(report.bytes)}"),
         ("events", str(report.events)),
         ("checkpoints", f"{report.checkpoints_ok} verified"),
+    ]
+    pruned_text = _pruned_text(report)
+    if pruned_text is not None:
+        fields.append(("pruned", pruned_text))
+    fields += [
         ("seals", f"{plural(report.sealed_segments, 'segment')} sealed"
                   + (f"; finished but unsealed: {', '.join(report.unsealed_segments)}"
                      if report.unsealed_segments else "")),
-        ("head hash", report.head or "- (no segment sealed yet: 'telstate-log seal' seals)"),
+        ("head hash", head),
     ]
-    if head_check is not None:
-        if head_check["found"]:
-            text = f"{args.head} is in the seal chain: seal {head_check['index']} of " \
-                   f"{head_check['of']}"
-            if head_check["segment"]:
-                text += f" ({head_check['segment']}, positions {head_check['first']}.." \
-                        f"{head_check['last']}): nothing sealed up to it changed"
-        else:
-            text = f"{args.head} is NOT in the recomputed seal chain"
-        fields.append(("head check", text))
+    if check is not None:
+        fields.append(("head check", _head_check_text(check)))
     fields.extend(("problem", _problem_text(p)) for p in report.problems)
-    if passed:
-        verdict = "OK"
-    elif not report.ok or report.problems:
-        verdict = f"DAMAGED: {plural(len(report.problems), 'problem')}; 'telstate-log repair " \
-                  f"{path}' salvages the good prefix"
-    else:
-        verdict = "FAILED: the head hash is not in the seal chain"
-    fields.append(("result", verdict))
+    fields.append(("result", _verdict(path, report, check)))
     print_fields(fields)
     return 0 if passed else 1
 
@@ -157,43 +210,49 @@ def run_repair(args: argparse.Namespace) -> int:
     path = require_log(args.log)
     report = repair_log(path, dry_run=args.dry_run)
     after = None if args.dry_run else verify_log(path)
-    if args.dry_run:
-        ok = not report.damaged
+    if after is None:
+        ok = not report.damaged and not report.unrepairable
     else:
-        assert after is not None
-        ok = after.ok
+        ok = not after.damaged  # the same definition of damage as verify's
     data = report.as_dict()
     if data["lost_positions"] is not None:
         data["lost_positions"] = list(data["lost_positions"])
     if args.json:
         emit_json({**data, "dry_run": args.dry_run,
-                   "verified": None if after is None else after.ok,
+                   "verified": None if after is None else not after.damaged,
                    "remaining_problems": [] if after is None else after.problems, "ok": ok})
         return 0 if ok else 1
     fields: list[tuple[str, str]] = []
-    if not report.damaged:
+    if not report.damaged and not report.unrepairable:
         fields.append(("damage", f"none found: nothing to repair ({report.kept_position} "
                                  "events)"))
-    else:
-        assert report.problem is not None and report.lost_positions is not None
-        lo, hi = report.lost_positions
-        fields += [("damage", _problem_text(report.problem)),
-                   ("kept", f"positions 1..{report.kept_position} "
-                            f"({report.kept_position} events)"),
-                   ("lost", f"positions {lo}..{hi} ({hi - lo + 1} events)")]
+    elif report.damaged:
+        assert report.problem is not None
+        fields.append(("damage", _problem_text(report.problem)))
+        if report.lost_positions is not None:
+            lo, hi = report.lost_positions
+            fields += [("kept", f"positions 1..{report.kept_position} "
+                                f"({report.kept_position} events)"),
+                       ("lost", f"positions {lo}..{hi} ({hi - lo + 1} events)")]
         verb = "would be " if args.dry_run else ""
         if report.truncated:
             fields.append(("truncated", f"{report.truncated['file']} {verb}cut at byte "
                                         f"{report.truncated['at']} (the rest {verb}saved "
                                         f"in {report.moved_to})"))
         fields += [("moved", f"{src} -> {report.moved_to}/") for src in report.moved]
-    if after is not None:
-        fields += [("problem", _problem_text(p)) for p in after.problems]
+    remaining = report.unrepairable if after is None else after.problems
+    fields += [("problem", _problem_text(p)) for p in remaining]
     if args.dry_run:
         result = "dry run: nothing changed" + \
             ("; run without --dry-run to repair" if report.damaged else "")
+        if report.unrepairable:
+            result += f"; repair cannot fix {plural(len(report.unrepairable), 'problem')}: " \
+                      f"{_RESTORE}"
     elif ok:
         result = "repaired: the log verifies" if report.damaged else "OK: the log verifies"
+    elif report.unrepairable:
+        result = f"FAILED: repair cannot fix {plural(len(report.unrepairable), 'problem')}: " \
+                 f"{_RESTORE}"
     else:
         result = "FAILED: the log still does not verify (see 'telstate-log verify')"
     fields.append(("result", result))
@@ -297,7 +356,7 @@ def add_prune_parser(subparsers: Any) -> None:
 
 def run_prune(args: argparse.Namespace) -> int:
     if args.before is None and args.older_than is None:
-        raise CliError("give --before and/or --older-than")
+        raise UsageError("give --before POSITION and/or --older-than SECONDS")
     with _open_writer(args.log, "prune") as backend:
         report = backend.prune(before=args.before, older_than=args.older_than)
     if args.json:

@@ -56,6 +56,17 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 # ------------------------------------------------------------------ helpers
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a command: SIGTERM, and SIGINT unless it is ignored.
+
+    A shell starts a background job with SIGINT ignored so that Ctrl-C at the
+    terminal leaves the job running; like Python's own Ctrl-C handling (and so
+    ``tail -f``), these commands keep it ignored then.
+    """
+    return tuple(sig for sig in _STOP_SIGNALS
+                 if sig != signal.SIGINT or signal.getsignal(sig) is not signal.SIG_IGN)
+
+
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
     """An event set by Ctrl-C or SIGTERM while the block runs (main thread only)."""
@@ -66,7 +77,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
         stop.set()
 
     try:
-        for sig in _STOP_SIGNALS:
+        for sig in _stop_signals():
             previous[sig] = signal.signal(sig, handle)
     except ValueError:      # not the main thread: the default handlers stay
         pass
@@ -158,27 +169,49 @@ def add_project_parser(subparsers: Any) -> argparse.ArgumentParser:
                       help="project the state after event POSITION (default: the end)")
     parser.add_argument("--overwrite", action="store_true",
                         help="FLUSHDB a database holding other data instead of refusing")
+    parser.add_argument("--marker-db", metavar="N", type=_database, default=None,
+                        help="the server's database that keeps the projection's position "
+                             "marker, apart from the projected keys (default 15; any but "
+                             "the projected one)")
     add_json_argument(parser)
     parser.set_defaults(func=run_project)
     return parser
+
+
+def _database(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid database {text!r}: a number >= 0")
+    return value
 
 
 def run_project(args: argparse.Namespace) -> int:
     from .replay._projector import Projector
 
     client = _redis_client(args.redis)
+    options: dict[str, Any] = {} if args.marker_db is None else {"marker_db": args.marker_db}
     started = time.perf_counter()
     with open_log(args.log, follow=args.follow) as backend, _redis_errors(client), \
             _stop_on_signals() as stop, Progress() as progress:
         if args.upto is not None and args.upto > backend.position:
             raise CliError(f"--upto {args.upto} is beyond the end of the log "
                            f"({backend.position})")
-        projector = Projector(backend, client, overwrite=args.overwrite, progress=progress)
-        projector.backfill(args.upto, stop=stop)
-        if args.follow and not stop.is_set():
-            projector.follow(stop)
-        status = projector.status()
-        keys = max(int(client.dbsize()) - 1, 0)
+        try:
+            projector = Projector(backend, client, overwrite=args.overwrite,
+                                  progress=progress, **options)
+        except ValueError as exc:                    # --marker-db is the projected database
+            raise CliError(str(exc)) from None
+        try:
+            projector.backfill(args.upto, stop=stop)
+            if args.follow and not stop.is_set():
+                projector.follow(stop)
+            status = projector.status()
+        finally:
+            projector.close()
+        keys = int(client.dbsize())
     client.close()
     pending = status.backfill_target is not None
     summary = {"command": "project", "log": args.log, "redis": _shown(args.redis),
@@ -312,6 +345,7 @@ def _replay_target(target: str, log: str) -> tuple[Any, str, Any]:
 
 def run_replay(args: argparse.Namespace) -> int:
     import anyio
+    from anyio.abc import TaskStatus
 
     from .replay._paced import ReplayStats, replay_into
 
@@ -325,15 +359,17 @@ def run_replay(args: argparse.Namespace) -> int:
                 async def main() -> None:
                     nonlocal stopped
                     async with anyio.create_task_group() as group:
-                        async def on_signal() -> None:
+                        async def on_signal(*, task_status: TaskStatus[None] =
+                                            anyio.TASK_STATUS_IGNORED) -> None:
                             nonlocal stopped
-                            with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+                            with anyio.open_signal_receiver(*_stop_signals()) as signals:
+                                task_status.started()
                                 async for _ in signals:
                                     stopped = True
                                     group.cancel_scope.cancel()
                                     return
 
-                        group.start_soon(on_signal)
+                        await group.start(on_signal)    # listening before the first event
                         await replay_into(backend, target, since=args.since, until=args.until,
                                           since_time=args.since_time,
                                           until_time=args.until_time, speed=args.speed,

@@ -53,7 +53,9 @@ __all__ = [
     "LogFailedError",
     "LogLockedError",
     "LogWriteError",
+    "RdbAofPreambleError",
     "RdbParseError",
+    "RdbUnsupportedTypeError",
     "ReadOnlyError",
     "TelstateError",
     "TimeoutError",
@@ -70,7 +72,8 @@ def _interop_class(cls: type) -> type:
     mixed = _mixed.get(cls)
     if mixed is not None:
         return mixed
-    theirs = getattr(theirs_module, cls.__name__, None)
+    # A subclass without a namesake names the katsdptelstate class it stands for.
+    theirs = getattr(theirs_module, cls.__dict__.get("_interop_name", cls.__name__), None)
     if not isinstance(theirs, type) or issubclass(cls, theirs):
         return cls
     try:
@@ -129,6 +132,34 @@ class RdbParseError(TelstateError):
         return text
 
 
+class RdbUnsupportedTypeError(RdbParseError):
+    """An RDB file holds a key of a type telescope state cannot hold (a list,
+    set, stream or module value); `offset` is the key's record.
+
+    Attributes (besides :exc:`RdbParseError`'s): `key` (bytes) and `rdb_type`,
+    the RDB value type number.  Caught by ``except RdbParseError`` (ours and,
+    when it is loaded, katsdptelstate's).
+    """
+
+    _interop_name = "RdbParseError"
+
+    def __init__(self, filename: Any = None, reason: str = "", offset: int | None = None,
+                 key: bytes | None = None, rdb_type: int | None = None) -> None:
+        super().__init__(filename, reason, offset)
+        self.args = (filename, reason, offset, key, rdb_type)
+        self.key = key
+        self.rdb_type = rdb_type
+
+
+class RdbAofPreambleError(RdbParseError):
+    """The file is an append-only file whose first part is an RDB snapshot
+    (Redis' ``aof-use-rdb-preamble``), not a plain RDB file; `offset` is where
+    the AOF commands start.  Caught by ``except RdbParseError``.
+    """
+
+    _interop_name = "RdbParseError"
+
+
 class InvalidKeyError(TelstateError):
     """Kept for compatibility with katsdptelstate; never raised."""
 
@@ -185,6 +216,9 @@ class LogCorruptError(LogError):
 
 class LogLockedError(LogError):
     """Another process (or object) holds the write lock on this log."""
+
+    #: the writer's process id, when its lock file names one
+    pid: int | None = None
 
 
 class LogFailedError(LogError):

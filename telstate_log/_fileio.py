@@ -149,7 +149,7 @@ def write_all(fs: FileSystem, fd: int, data: bytes | memoryview) -> None:
 
 
 def replace_file(fs: FileSystem, directory: str, name: str, data: bytes, *,
-                 sync: bool = True) -> None:
+                 sync: bool = True, sync_dir: bool = True) -> None:
     """Replace (or create) ``directory/name`` with `data` crash-safely.
 
     Writes ``name.tmp``, syncs it, renames it over `name` and syncs the
@@ -157,6 +157,8 @@ def replace_file(fs: FileSystem, directory: str, name: str, data: bytes, *,
     With ``sync=False`` (``fsync="never"``) nothing is synced: the rename
     still never exposes a partly written file to a running reader, but after
     a power loss the file may be empty (recovery copes with that).
+    With ``sync_dir=False`` the caller syncs the directory itself (one sync
+    after renaming several files into it).
     """
     path = f"{directory}/{name}"
     tmp = path + ".tmp"
@@ -170,5 +172,5 @@ def replace_file(fs: FileSystem, directory: str, name: str, data: bytes, *,
     finally:
         fs.close(fd)
     fs.rename(tmp, path)
-    if sync:
+    if sync and sync_dir:
         fs.sync_dir(directory)

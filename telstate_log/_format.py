@@ -9,6 +9,7 @@ A log is a directory::
     00000000000000052311.seg      first event (20 decimal digits)
     checkpoints/<position>.ckpt   materialised state at a position (optional)
     seals                         SHA-256 seals of finished segments (optional)
+    synced-segment                newest segment whose creation was synced (optional)
 
 Every change to the telescope state is an *event* with a *position*: 1, 2,
 3, ... without gaps across the whole log.  Segments hold consecutive events;
@@ -73,9 +74,40 @@ Meta records carry no position:
 Recorded times never decrease within a log (the writer clamps them), so a
 wall-clock time maps to a position by binary search.
 
-Values are katsdptelstate's encoded values (see :mod:`telstate_log._encoding`);
-keys and sub-keys are raw bytes.  A write that changes nothing (an existing
-sample, an equal immutable or sub-key) records no event.
+Synced segment creations (file ``synced-segment``, 40 bytes)::
+
+    0      8     magic b"TSLOGSYN"
+    8      1     version (1)
+    9      3     reserved (0)
+    12     8     first position of the newest segment created synced (u64)
+    20     16    log id
+    36     4     CRC-32 of bytes 0..36
+
+A segment is created as ``<name>.tmp`` holding its header and renamed into
+place; unless ``fsync="never"`` the file is synced before the rename and
+the directory after it.  After a power loss a segment file that holds
+nothing -- empty or all zeros, no valid header -- is therefore a creation
+cut short only if that creation was not synced; after a synced one it is
+damage (events acknowledged in it are gone).  A zeroed file cannot say
+which, so the record lives outside it: before creating segment P synced, a
+writer replaces ``synced-segment`` with P (a synced ``.tmp`` file renamed
+into place before the segment, whose directory sync makes both durable
+before any event goes into P).  Recovery removes a trailing segment that
+holds nothing only if it starts after the recorded position, or if there
+is no record (logs written before it existed, or only ever without syncs);
+otherwise it raises :exc:`~telstate_log.LogCorruptError` naming the file.
+The segment before P was finished with an fsync before the record was
+written, so an empty trailing segment before P is damage as well.  What
+decides is what is on disk, never the options of whoever opens the log.
+
+A writer that finds the recorded position past its newest segment (a crash
+between the record and the segment's rename, or segments moved aside by
+repair) lowers it to that segment, or removes it if there is none, durably
+and before creating any segment: a position reused by a later creation
+without syncs is never taken for a synced one.  A damaged record is set
+aside (``synced-segment.bad``) by a writer and is an error only where it
+is needed to judge a segment that holds nothing.  The segment format is
+unchanged (version 1).
 """
 
 from __future__ import annotations
@@ -103,6 +135,8 @@ __all__ = [
     "NO_KEY",
     "SEGMENT_MAGIC",
     "SESSION",
+    "SYNCED_FILE",
+    "SYNCED_SIZE",
     "Decoded",
     "SegmentHeader",
     "batch_fields",
@@ -112,7 +146,9 @@ __all__ = [
     "encode_event",
     "encode_header",
     "encode_meta",
+    "encode_synced",
     "parse_header",
+    "parse_synced",
     "scan_frames",
     "segment_name",
 ]
@@ -138,6 +174,11 @@ META_KINDS = frozenset({KEY, SESSION})
 NO_KEY = 0xFFFFFFFF
 
 _HEADER = struct.Struct("<8sBBHIQd16s")
+SYNCED_FILE = "synced-segment"
+SYNCED_MAGIC = b"TSLOGSYN"
+SYNCED_VERSION = 1
+_SYNCED = struct.Struct("<8sB3xQ16s")
+SYNCED_SIZE = _SYNCED.size + 4
 _U32 = struct.Struct("<I")
 _FRAME = struct.Struct("<HBBI")
 _EVENT = struct.Struct("<HBBIQdII")
@@ -187,6 +228,26 @@ def parse_header(data: bytes | memoryview) -> SegmentHeader | str:
     if hlen != HEADER_SIZE:
         return f"unexpected header length {hlen}"
     return SegmentHeader(version, first, created, bytes(log_id))
+
+
+def encode_synced(first_position: int, log_id: bytes) -> bytes:
+    """The ``synced-segment`` record: segment `first_position` was created synced."""
+    body = _SYNCED.pack(SYNCED_MAGIC, SYNCED_VERSION, first_position, log_id)
+    return body + _U32.pack(zlib.crc32(body))
+
+
+def parse_synced(data: bytes) -> tuple[int, bytes] | str:
+    """(first position, log id) of a ``synced-segment`` record; a reason if invalid."""
+    if len(data) != SYNCED_SIZE:
+        return f"record is {len(data)} bytes, expected {SYNCED_SIZE}"
+    magic, version, first, log_id = _SYNCED.unpack_from(data)
+    if magic != SYNCED_MAGIC:
+        return "not a synced-segment record (bad magic)"
+    if zlib.crc32(data[:_SYNCED.size]) != _U32.unpack_from(data, _SYNCED.size)[0]:
+        return "synced-segment record checksum mismatch"
+    if version != SYNCED_VERSION:
+        return f"unsupported synced-segment version {version} (this is {SYNCED_VERSION})"
+    return first, bytes(log_id)
 
 
 def _frame_start(kind: int, length: int) -> tuple[int, int, int, int]:

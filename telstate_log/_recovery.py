@@ -13,7 +13,11 @@ Recovery fails closed:
   truncates it (logging how many bytes it dropped); a reader stops before it.
   Newer segment files that are empty or all zeros (created, but their
   content never reached the disk: possible only without syncs) hold no
-  event; a writer removes them and a reader ignores them.
+  event; a writer removes them and a reader ignores them -- unless
+  ``synced-segment`` records that their creation was synced (see
+  :mod:`._format`): then they lost acknowledged events, which is damage.
+  A writer also lowers a record that is ahead of the newest segment, and
+  sets a damaged one aside (:func:`finish_recovery`).
 * Anything else -- a bad checksum or a malformed frame followed by intact
   data, damage in an older segment, a gap between segments, a frame that is
   not a valid event here -- raises :exc:`LogCorruptError` with the file and
@@ -33,11 +37,11 @@ from typing import Any
 
 from . import _format as fmt
 from ._errors import LogCorruptError
-from ._fileio import FileSystem
+from ._fileio import FileSystem, replace_file
 from ._replayer import Replayer, ReplayError
 
 __all__ = ["Resume", "Tail", "checked_header", "classify_tail", "creation_cut_short",
-           "finish_recovery", "list_segments", "replay_segments"]
+           "finish_recovery", "list_segments", "read_synced", "replay_segments"]
 
 logger = logging.getLogger("telstate_log")
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
@@ -63,7 +67,9 @@ class Tail:
     segments: int
     created: float = 0.0
     #: what a writer must do before appending, once the whole replay succeeded:
-    #: ("remove", segment path) a creation cut short, ("truncate", path, size) a torn tail
+    #: ("remove", segment path) a creation cut short, ("truncate", path, size, ...) a
+    #: torn tail, ("synced", record path, position, log id) lower the synced-segment
+    #: record (position 0: remove it), ("synced-bad", record path, problem) set it aside
     repairs: tuple[tuple[Any, ...], ...] = ()
 
 
@@ -113,6 +119,28 @@ def _torn_creation(data: bytes) -> bool:
     return not data.strip(b"\0")
 
 
+def read_synced(fs: FileSystem, path: str, log_id: bytes | None = None) -> int:
+    """First position of the newest segment of the log at `path` whose creation
+    was synced, from ``synced-segment`` (0: nothing recorded).
+
+    LogCorruptError naming the file if it is damaged or, when `log_id` is
+    given, recorded by another log.
+    """
+    record_path = os.path.join(path, fmt.SYNCED_FILE)
+    try:
+        data = fs.read(record_path)
+    except FileNotFoundError:
+        return 0
+    record = fmt.parse_synced(data)
+    if isinstance(record, str):
+        raise LogCorruptError(record, record_path, 0)
+    first, record_log = record
+    if log_id is not None and record_log != log_id:
+        raise LogCorruptError("synced-segment belongs to another log (log id differs)",
+                              record_path, 20)
+    return first
+
+
 def checked_header(data: bytes | memoryview, path: str, first: int,
                    log_id: bytes | None) -> fmt.SegmentHeader:
     """The header of the segment file `path` (named for position `first`), which
@@ -129,11 +157,27 @@ def checked_header(data: bytes | memoryview, path: str, first: int,
     return header
 
 
-def creation_cut_short(fs: FileSystem, seg_path: str) -> bool:
-    """Whether the segment at `seg_path` is a creation cut short (holds no event)."""
+def creation_cut_short(fs: FileSystem, seg_path: str, log_id: bytes | None = None) -> bool:
+    """Whether the segment at `seg_path` is a creation cut short (holds no event).
+
+    A segment that holds nothing although ``synced-segment`` says its creation
+    was synced is no crash's leftover but damage: LogCorruptError naming it.
+    `log_id` (if known) is the log's, which the record must match.
+    """
     if not isinstance(fmt.parse_header(fs.read(seg_path, 0, fmt.HEADER_SIZE)), str):
         return False  # a valid header: a real segment
-    return _torn_creation(fs.read(seg_path))
+    data = fs.read(seg_path)
+    if not _torn_creation(data):
+        return False
+    directory, name = os.path.split(seg_path)
+    m = _SEGMENT_RE.match(name)
+    synced = read_synced(fs, directory, log_id)
+    if m is not None and int(m.group(1)) <= synced:
+        state = f"all {len(data)} bytes are zero" if data else "the file is empty"
+        raise LogCorruptError(f"segment holds nothing ({state}) although it was created with "
+                              f"syncs ({fmt.SYNCED_FILE} records position {synced}): damage, "
+                              "not a creation cut short by a crash", seg_path, 0)
+    return True
 
 
 def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
@@ -159,8 +203,9 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
         # several, after a last segment with a torn tail.  A writer removes
         # them, newest first, so the log stays valid if that is interrupted.
         keep = 1 if resume is not None else 0
+        log_id = _any_log_id(fs, path, segments)
         while len(segments) > keep and creation_cut_short(
-                fs, seg_path := os.path.join(path, segments[-1][1])):
+                fs, seg_path := os.path.join(path, segments[-1][1]), log_id):
             segments.pop()
             removals += (("remove", seg_path),)
         if mode != "write":
@@ -199,7 +244,34 @@ def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
         tail = Tail(first, end, scan.crc, tail.log_id, len(segments), header.created,
                     removals + ((("truncate", seg_path, end, len(data) - end, scan.problem),)
                                 if end < len(data) and mode == "write" else ()))
+    if mode == "write":
+        tail.repairs += _synced_repairs(fs, path, tail.log_id,
+                                        segments[-1][0] if segments else 0)
     return tail
+
+
+def _any_log_id(fs: FileSystem, path: str, segments: list[tuple[int, str]]) -> bytes | None:
+    """The log id in the header of the first of `segments` (None if unreadable)."""
+    if not segments:
+        return None
+    header = fmt.parse_header(fs.read(os.path.join(path, segments[0][1]), 0, fmt.HEADER_SIZE))
+    return None if isinstance(header, str) else header.log_id
+
+
+def _synced_repairs(fs: FileSystem, path: str, log_id: bytes | None,
+                    newest: int) -> tuple[tuple[Any, ...], ...]:
+    """What a writer must do to ``synced-segment`` before creating any segment:
+    lower a record ahead of the `newest` segment (a creation it announced did
+    not happen, or was moved aside), so that a later creation of that position
+    without syncs is not taken for a synced one; set a damaged record aside."""
+    record_path = os.path.join(path, fmt.SYNCED_FILE)
+    try:
+        synced = read_synced(fs, path, log_id)
+    except LogCorruptError as exc:
+        return (("synced-bad", record_path, exc.message),)
+    if synced > newest:
+        return (("synced", record_path, newest, log_id),)
+    return ()
 
 
 def finish_recovery(fs: FileSystem, path: str, tail: Tail) -> None:
@@ -212,6 +284,21 @@ def finish_recovery(fs: FileSystem, path: str, tail: Tail) -> None:
         if repair[0] == "remove":
             logger.warning("%s: removing a segment whose creation was cut short", repair[1])
             fs.remove(repair[1])
+            fs.sync_dir(path)
+        elif repair[0] == "synced":
+            _, record_path, newest, log_id = repair
+            logger.warning("%s: the segment creation it records is not in the log; "
+                           "lowering it to position %d", record_path, newest)
+            if newest and log_id is not None:
+                replace_file(fs, path, fmt.SYNCED_FILE, fmt.encode_synced(newest, log_id))
+            else:
+                fs.remove(record_path)
+                fs.sync_dir(path)
+        elif repair[0] == "synced-bad":
+            _, record_path, problem = repair
+            logger.warning("%s: setting aside a damaged record of synced segment creations "
+                           "(%s)", record_path, problem)
+            fs.rename(record_path, record_path + ".bad")
             fs.sync_dir(path)
         else:
             _, seg_path, size, dropped, problem = repair

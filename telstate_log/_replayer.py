@@ -7,11 +7,13 @@ not apply events one at a time.  A scanned segment (see
 :mod:`telstate_log._format`) is split into *runs* at every DELETE and CLEAR.
 Inside a run no key changes type and every event commutes with events of
 other keys, so the run is applied as: meta records (key and session
-definitions) in order, then SET and SET_INDEXED events in order, then the
-ADD events grouped by key -- one vectorised batch per sensor (numpy gathers
-of timestamps, positions and fixed-width values).  The DELETE or CLEAR
-closing the run is applied last.  The result is the state that applying the
-events one by one produces.
+definitions; many new keys at once), then SET and SET_INDEXED events in
+order, then the ADD and ADD_BATCH samples grouped by key
+(:mod:`telstate_log._replay_samples`: one batch per sensor, the columns of
+many new keys built together).  The DELETE or CLEAR closing the run is
+applied last.  The result is the state that applying the events one by one
+produces, at a cost linear in events and keys: no step does work per key
+that grows with the number of keys, nor numpy calls per key.
 
 Everything a valid log guarantees is checked, and a violation raises
 :exc:`ReplayError` naming the frame: unknown kinds, short bodies,
@@ -21,7 +23,9 @@ timestamps, and events that contradict the state (a sample for an immutable
 key, say).  A run is validated as a whole before any of it is applied
 (:mod:`telstate_log._replay_check`), so a refused run leaves the state as
 the previous run left it: always the state at some position of the log.
-Pure: no I/O.
+
+:func:`replay_cost` estimates what replaying part of a log costs, from the
+state it led to; the log backend checkpoints on close by it.  Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -34,10 +38,13 @@ import numpy as np
 
 from . import _format as fmt
 from ._errors import ImmutableKeyError, InvalidTimestampError
+from ._gcpause import collector_paused
 from ._replay_check import check_run
-from ._state import State
+from ._replay_samples import BULK_KEYS, apply_samples
+from ._state import Indexed, State
+from ._values import gather_numbers
 
-__all__ = ["ReplayError", "Replayer", "Tables"]
+__all__ = ["ReplayError", "Replayer", "Tables", "replay_cost"]
 
 
 class ReplayError(Exception):
@@ -156,6 +163,51 @@ class Replayer:
                 raise ReplayError(f"session id {ident} redefined", off)
             t.sessions[ident] = meta
 
+    def _metas(self, buf: memoryview, dec: fmt.Decoded, idx: np.ndarray) -> None:
+        """Apply the meta records `idx`, as :meth:`_meta` in order would.
+
+        Many KEY records that only define new keys (the bulk of a log's meta
+        records) are applied together, with a few dictionary operations.
+        """
+        kinds = dec.kinds[idx]
+        key_idx = idx[kinds == fmt.KEY]
+        new = self._new_keys(buf, dec, key_idx)
+        if new is None:
+            for i in idx.tolist():
+                self._meta(buf, int(dec.kinds[i]), int(dec.offsets[i]), int(dec.lengths[i]))
+            return
+        for i in idx[kinds != fmt.KEY].tolist():
+            try:
+                self._meta(buf, int(dec.kinds[i]), int(dec.offsets[i]), int(dec.lengths[i]))
+            except ReplayError:
+                for k in key_idx[key_idx < i].tolist():  # the keys defined before it
+                    self._meta(buf, fmt.KEY, int(dec.offsets[k]), int(dec.lengths[k]))
+                raise
+        self.tables.keys.update(new[0])
+        self.tables.key_ids.update(new[1])
+
+    def _new_keys(self, buf: memoryview, dec: fmt.Decoded, idx: np.ndarray
+                  ) -> tuple[dict[int, bytes], dict[bytes, int]] | None:
+        """The definitions of the KEY records `idx` (id -> key, key -> id) if
+        there are many and they only define new keys, with distinct ids and
+        names; None if not (then they take the record-by-record path)."""
+        if len(idx) < BULK_KEYS:
+            return None
+        off, length = dec.offsets[idx], dec.lengths[idx]
+        if bool((length < 4).any()):
+            return None
+        t = self.tables
+        ids = gather_numbers(np.frombuffer(buf, np.uint8), off + 8, "<u4").tolist()
+        names = [bytes(buf[o:e]) for o, e in zip((off + 12).tolist(),
+                                                  (off + 8 + length).tolist())]
+        by_id = dict(zip(ids, names))
+        by_name = dict(zip(names, ids))
+        if len(by_id) != len(ids) or len(by_name) != len(ids) or fmt.NO_KEY in by_id \
+                or not t.keys.keys().isdisjoint(by_id) \
+                or not t.key_ids.keys().isdisjoint(by_name):
+            return None
+        return by_id, by_name
+
     # ------------------------------------------------------------ events
     def apply(self, buf: memoryview, scan: fmt.Scan, segment: int = 0,
               base: int = 0) -> fmt.Decoded:
@@ -164,16 +216,20 @@ class Replayer:
         `segment` (first position of the segment) and `base` (file offset of
         ``buf[0]``) place the frames in the log for the time index.
         """
+        with collector_paused():  # a column per new key: see telstate_log._gcpause
+            return self._apply(buf, scan, segment, base)
+
+    def _apply(self, buf: memoryview, scan: fmt.Scan, segment: int, base: int) -> fmt.Decoded:
         dec = fmt.decode_frames(buf, scan)
         kinds = dec.kinds
         n = len(kinds)
         if n == 0:
             return dec
-        known = np.isin(kinds, list(fmt.EVENT_KINDS | fmt.META_KINDS))
+        known = _IS_EVENT[kinds] | _IS_META[kinds]
         if not known.all():
             i = int(np.argmin(known))
             raise ReplayError(f"unknown record kind {int(kinds[i])}", int(dec.offsets[i]))
-        is_event = np.isin(kinds, list(fmt.EVENT_KINDS))
+        is_event = _IS_EVENT[kinds]
         minimum = np.where((kinds == fmt.ADD) | (kinds == fmt.ADD_BATCH), fmt.EVENT_PREFIX + 8,
                            np.where(kinds == fmt.INDEXED, fmt.EVENT_PREFIX + 4,
                                     fmt.EVENT_PREFIX))
@@ -216,19 +272,14 @@ class Replayer:
             raise ReplayError(f"undefined key id {kid}", int(dec.offsets[i]))
         return key
 
-    def _check_session(self, dec: fmt.Decoded, idx: np.ndarray) -> None:
-        sess = np.unique(dec.event["sess"][idx])
-        for s in sess.tolist():
-            if s not in self.tables.sessions:
-                i = int(idx[int(np.argmax(dec.event["sess"][idx] == s))])
-                raise ReplayError(f"undefined session id {s}", int(dec.offsets[i]))
-
     def _single(self, buf: memoryview, dec: fmt.Decoded, i: int, in_sequence: bool) -> None:
         kind = int(dec.kinds[i])
         off = int(dec.offsets[i])
         length = int(dec.lengths[i])
         pos = int(dec.event["pos"][i])
-        self._check_session(dec, np.array([i]))
+        sess = int(dec.event["sess"][i])
+        if sess not in self.tables.sessions:
+            raise ReplayError(f"undefined session id {sess}", off)
         sub = value = b""
         ts = 0.0
         key = b""
@@ -253,113 +304,55 @@ class Replayer:
         if a >= b:
             return
         kinds = dec.kinds[a:b]
-        for i in (np.nonzero(np.isin(kinds, list(fmt.META_KINDS)))[0] + a).tolist():
-            self._meta(buf, int(dec.kinds[i]), int(dec.offsets[i]), int(dec.lengths[i]))
-        events = np.nonzero(np.isin(kinds, list(fmt.EVENT_KINDS)))[0] + a
+        meta = _IS_META[kinds]
+        self._metas(buf, dec, np.flatnonzero(meta) + a)
+        events = np.flatnonzero(~meta) + a  # apply() refused unknown kinds
         if not len(events):
             return
         # all or nothing: nothing of the run is applied unless all of it is valid
-        batches = check_run(self.state, self.tables, buf, dec, events)
-        for i in (np.nonzero((kinds == fmt.IMMUTABLE) | (kinds == fmt.INDEXED))[0] + a).tolist():
+        samples, keys = check_run(self.state, self.tables, buf, dec, events)
+        for i in (np.flatnonzero((kinds == fmt.IMMUTABLE) | (kinds == fmt.INDEXED))
+                  + a).tolist():
             self._single(buf, dec, i, in_sequence=False)
-        adds = np.nonzero((kinds == fmt.ADD) | (kinds == fmt.ADD_BATCH))[0] + a
-        if len(adds):
-            self._adds(buf, dec, adds, batches)
+        if len(samples):
+            apply_samples(self.state, buf, dec, samples, keys)
         i = int(events[-1])
         self.state.position = max(self.state.position,
                                   int(dec.event["pos"][i]) + int(dec.counts[i]) - 1)
 
-    def _adds(self, buf: memoryview, dec: fmt.Decoded, idx: np.ndarray,
-              batches: dict[int, Any]) -> None:
-        """Apply the ADD and ADD_BATCH frames `idx` of one run, one batch per key."""
-        parts: dict[int, list[tuple[np.ndarray, np.ndarray, Any, bytes]]] = {}
-        single = idx[dec.kinds[idx] == fmt.ADD]
-        if len(single):
-            kid = dec.event["key"][single]
-            order = np.argsort(kid, kind="stable")
-            single = single[order]
-            cuts = np.nonzero(np.diff(kid[order]))[0] + 1
-            arr = np.frombuffer(buf, np.uint8, int(dec.offsets[-1] + 12 + dec.lengths[-1]))
-            for group in np.split(single, cuts):
-                starts = dec.offsets[group] + 8 + fmt.EVENT_PREFIX + 8
-                vlen = dec.lengths[group] - (fmt.EVENT_PREFIX + 8)
-                values, prefix = _gather_values(buf, arr, starts, vlen)
-                parts.setdefault(int(dec.event["key"][group[0]]), []).append(
-                    (dec.event["pos"][group].astype(np.int64), dec.ts[group], values, prefix))
-        for i in idx[dec.kinds[idx] == fmt.ADD_BATCH].tolist():
-            ts, values, width = batches[i]
-            first = int(dec.event["pos"][i])
-            pos = np.arange(first, first + len(ts), dtype=np.int64)
-            if width >= 2:
-                plen = 2 if width > 2 else 1
-                assert isinstance(values, np.ndarray)
-                mat = np.frombuffer(values, np.uint8).reshape(-1, width)
-                head = mat[:, :plen]
-                if bool((head == head[0]).all()):
-                    values = np.ascontiguousarray(mat[:, plen:]).view(f"V{width - plen}")
-                    parts.setdefault(int(dec.event["key"][i]), []).append(
-                        (pos, ts, values.reshape(-1), head[0].tobytes()))
-                    continue
-                values = [mat[j].tobytes() for j in range(len(mat))]
-            parts.setdefault(int(dec.event["key"][i]), []).append(
-                (pos, ts, list(values) if not isinstance(values, list) else values, b""))
-        first_frame = {int(dec.event["key"][i]): int(dec.offsets[i]) for i in idx[::-1].tolist()}
-        for kid, lst in parts.items():
-            key = self._key_id(kid, first_frame[kid])
-            pos, ts, values, prefix = _merge_parts(lst)
-            try:
-                self.state.apply_sensor_batch(key, ts, values, pos, prefix)
-            except (ImmutableKeyError, InvalidTimestampError, ValueError) as exc:
-                raise ReplayError(f"samples of {key!r} are invalid here: {exc}",
-                                  first_frame[kid]) from None
-
-    def _key_id(self, kid: int, offset: int) -> bytes:
-        key = self.tables.keys.get(kid)
-        if key is None:
-            raise ReplayError(f"undefined key id {kid}", offset)
-        return key
+#: Replay costs, in units of about one ADD event of an existing key (see
+#: :func:`replay_cost`; measured with tools/bench_reopen.py and like logs).
+COST_KEY = 5  # a key created (its KEY record and its entry)
+COST_SUB_KEY = 4  # a SET_INDEXED sub-key (one Python step per event)
+COST_DELETE = 50  # a DELETE or CLEAR: it ends a run, and a run has a fixed cost
+#: an event counts one of the above at most
+COST_PER_EVENT_MAX = 1 + max(COST_KEY, COST_SUB_KEY, COST_DELETE)
 
 
-def _merge_parts(parts: list[tuple[np.ndarray, np.ndarray, Any, bytes]]
-                 ) -> tuple[np.ndarray, np.ndarray, Any, bytes]:
-    """One (positions, timestamps, values, prefix) batch, in position order."""
-    if len(parts) == 1:
-        return parts[0]
-    pos = np.concatenate([p[0] for p in parts])
-    ts = np.concatenate([p[1] for p in parts])
-    order = np.argsort(pos, kind="stable")
-    fixed = all(isinstance(p[2], np.ndarray) for p in parts)
-    if fixed and len({(p[3], p[2].dtype.itemsize) for p in parts}) == 1:
-        values: Any = np.concatenate([p[2] for p in parts])[order]
-        return pos[order], ts[order], values, parts[0][3]
-    flat: list[bytes] = []
-    for _, _, vals, prefix in parts:
-        if isinstance(vals, np.ndarray):
-            raw = vals.tobytes()
-            w = vals.dtype.itemsize
-            flat.extend(prefix + raw[j:j + w] for j in range(0, len(raw), w))
-        else:
-            flat.extend(vals)
-    return pos[order], ts[order], [flat[j] for j in order.tolist()], b""
+def replay_cost(state: State, since: int) -> int:
+    """Estimated cost of replaying the events after position `since` to reach
+    `state` (which must keep history, as a log's does), in units of about one
+    sample event of an existing key.
+
+    A log's reopen time is not its size: 7 MB of one-sample keys cost more
+    than 16 MiB of samples of a few keys, and each DELETE or CLEAR ends a
+    run.  So each event counts one, plus :data:`COST_KEY` per key created,
+    :data:`COST_SUB_KEY` per sub-key set and :data:`COST_DELETE` per DELETE
+    or CLEAR after `since`: at most :data:`COST_PER_EVENT_MAX` per event.
+    One pass over the state.
+    """
+    keys = sub_keys = 0
+    for _, entry in state.items():
+        if entry.created > since:
+            keys += 1
+        if type(entry) is Indexed:
+            sub_keys += sum(p > since for p in entry.positions.values())
+    deleted = len({d for lst in state.graveyard.values() for _, d in lst if d > since})
+    return (state.position - since + COST_KEY * keys + COST_SUB_KEY * sub_keys
+            + COST_DELETE * deleted)
 
 
-_GATHER_CHUNK = 1 << 15
-
-
-def _gather_values(buf: memoryview, arr: np.ndarray, starts: np.ndarray,
-                   lengths: np.ndarray) -> tuple[Any, bytes]:
-    """Values at `starts` as a V-array plus common prefix, or a list of bytes."""
-    w = int(lengths[0]) if len(lengths) else 0
-    if w >= 2 and bool((lengths == w).all()):
-        mat = np.empty((len(starts), w), np.uint8)
-        cols = np.arange(w)
-        for c0 in range(0, len(starts), _GATHER_CHUNK):
-            c1 = min(len(starts), c0 + _GATHER_CHUNK)
-            mat[c0:c1] = arr[starts[c0:c1, None] + cols]
-        plen = 2 if w > 2 else 1
-        head = mat[:, :plen]
-        if bool((head == head[0]).all()):
-            prefix = head[0].tobytes()
-            return np.ascontiguousarray(mat[:, plen:]).view(f"V{w - plen}").reshape(-1), prefix
-        return mat.view(f"V{w}").reshape(-1), b""
-    return [bytes(buf[s:s + n]) for s, n in zip(starts.tolist(), lengths.tolist())], b""
+_IS_META = np.zeros(256, bool)
+_IS_META[list(fmt.META_KINDS)] = True
+_IS_EVENT = np.zeros(256, bool)
+_IS_EVENT[list(fmt.EVENT_KINDS)] = True

@@ -15,13 +15,19 @@ finished longer ago than an age), crash-safely and in this order:
    tell segments pruned on purpose from segments that went missing;
 4. the old segments are removed and the directory synced.
 
+Only segments the writer has sealed are removed (a segment left unsealed by
+a failed seal is kept, and the cut stops there): once its bytes were gone it
+could never be sealed, and the chain would skip it.
+
 A crash between any two steps leaves a log that opens to the same state:
 before step 2 nothing changed on disk; after it the checkpoint covers the
 segments being removed.  Time travel, history and audit queries reaching
 before P raise :exc:`HistoryUnavailableError` ("history pruned") instead of
 answering wrongly.  The seals of pruned segments stay in ``seals``, so the
 chain still runs from the genesis to the head; their content can no longer
-be re-verified, and ``verify`` says so.
+be re-verified: ``verify`` takes them as given, never accepts a kept head
+hash that matches one of them ("cannot be verified: pruned"), and checks
+only the segments still present (see :mod:`telstate_log._seal`).
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ class PruneReport:
     removed: list[str] = field(default_factory=list)
     bytes_freed: int = 0
     checkpoint: str | None = None
+    #: finished segments kept because they are not sealed yet (a seal failed;
+    #: ``seal()`` retries): removing them would break the chain
+    unsealed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -104,6 +113,12 @@ def prune_log(backend: LogBackend, before: int | None = None,
     report = PruneReport()
     with backend._lock:
         drop = _cut(fs, path, before, older_than)
+        if backend._sealer is not None:  # only what is sealed: the chain never skips one
+            sealed = {s.segment for s in backend._sealer.seals}
+            n = next((i for i, (_, name, _) in enumerate(drop) if name not in sealed),
+                     len(drop))
+            report.unsealed = [name for _, name, _ in drop[n:]]
+            drop = drop[:n]
         if not drop:
             report.history_from = backend._state.history_from
             return report

@@ -22,6 +22,23 @@ every sealed segment up to it is byte-for-byte what it was: no record was
 changed, removed, inserted or reordered, and no segment was dropped or
 swapped (SHA-256 second-preimage resistance).
 
+Pruned logs.  Pruning removes old segments but keeps their lines in
+``seals``; those seals cannot be recomputed, so they are *taken as given*
+(:func:`verify_seals` lists them apart, in ``pruned_chain``) -- anyone able
+to write the directory can put any value there, including an auditor's kept
+head.  So :func:`check_head` accepts a kept hash only where it equals a seal
+recomputed from bytes present in the log (``chain``).  That is sound even
+when the first recomputed seal is chained from an unverified pruned one: the
+chain start is an input of every later seal, so reproducing the kept hash
+reproduces the start too (a forger would need a second preimage).  A kept
+hash that matches a pruned seal proves nothing and is reported as "cannot be
+verified: pruned".  The log id that seeds the genesis is read from a segment
+header, which a forger also controls; that is harmless for the same reason:
+it is an input of every seal, so only the log id a head was computed with can
+reproduce it.  After a prune a verified head covers only the segments
+still present up to it; the events before the cut are gone, and what they
+left in the state comes from the pruning checkpoint, which no seal covers.
+
 What it does not prove: anything about events after the last seal (the
 active segment; call ``seal()`` to close it); that the log was not rewritten
 before the auditor recorded the head hash (someone able to write the
@@ -36,13 +53,14 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from ._fileio import FileSystem, OsFileSystem, replace_file
 
-__all__ = ["SEALS_FILE", "Seal", "genesis", "read_seals", "seal_segment", "verify_seals",
-           "write_seals"]
+__all__ = ["SEALS_FILE", "HeadCheck", "Seal", "check_head", "genesis", "pruned_prefix",
+           "read_seals", "seal_segment", "verify_seals", "write_seals"]
 
 SEALS_FILE = "seals"
 _HEADER = "telstate-log seals v1"
@@ -122,17 +140,33 @@ def write_seals(log_path: str, seals: list[Seal], fs: FileSystem | None = None) 
     replace_file(fs or OsFileSystem(), log_path, SEALS_FILE, data)
 
 
+def pruned_prefix(seals: list[Seal], on_disk: Collection[str], pruned_before: int) -> int:
+    """How many leading `seals` belong to segments pruned on purpose: gone from
+    the directory (`on_disk` names what is there) and ending before the cut."""
+    n = 0
+    for s in seals:
+        if s.segment in on_disk or s.last >= pruned_before:
+            break
+        n += 1
+    return n
+
+
 def verify_seals(log_path: str, log_id: bytes, segments: list[tuple[int, str]],
                  fs: FileSystem | None = None, pruned_before: int = 0) -> dict[str, Any]:
     """Recompute the chain from the segment files and compare it with ``seals``.
 
-    Returns ``{"ok", "head", "sealed", "unsealed", "problems", "chain"}``
-    where ``chain`` lists every recomputed seal (hex) in order, so a head
-    hash kept by an auditor can be looked up.
+    Returns ``{"ok", "head", "head_pruned", "sealed", "unsealed", "problems",
+    "chain", "pruned_chain", "seals"}``: ``chain`` lists every seal recomputed
+    from the segment files (hex, in order) -- the only values a kept head may
+    be matched against (:func:`check_head`); ``pruned_chain`` lists the seals
+    of pruned segments before them, taken as given; ``seals`` the accepted
+    lines of both, in order; ``head`` the latest of them (``head_pruned``:
+    it is a pruned one, so it cannot be verified from this log).
     """
     fs = fs or OsFileSystem()
-    result: dict[str, Any] = {"ok": True, "head": None, "sealed": 0, "unsealed": [],
-                              "problems": [], "chain": [], "pruned": 0}
+    result: dict[str, Any] = {"ok": True, "head": None, "head_pruned": False, "sealed": 0,
+                              "unsealed": [], "problems": [], "chain": [], "pruned_chain": [],
+                              "seals": []}
     try:
         seals = read_seals(log_path, fs)
     except SealFileError as exc:
@@ -141,14 +175,22 @@ def verify_seals(log_path: str, log_id: bytes, segments: list[tuple[int, str]],
                                    "problem": str(exc)})
         return result
     on_disk = {name: first for first, name in segments}
+    n_pruned = pruned_prefix(seals, on_disk, pruned_before)
     prev = genesis(log_id)
     expected_first = segments[0][0] if segments else 1
-    for s in seals:
+    accepted: list[Seal] = []
+    for i, s in enumerate(seals):
         seg_path = os.path.join(log_path, s.segment)
-        if s.segment not in on_disk and s.last < pruned_before and not result["sealed"]:
-            # Pruned on purpose: its content is gone, so its seal is taken as given.
-            result["pruned"] += 1
-            result["chain"].append(s.seal)
+        if i < n_pruned:
+            # Pruned on purpose: its content is gone, so its seal is taken as
+            # given -- it can be chained from, never matched (see check_head).
+            if i and s.first != expected_first:
+                result["ok"] = False
+                result["problems"].append({"file": seg_path,
+                                           "problem": "pruned seal out of order"})
+                break
+            result["pruned_chain"].append(s.seal)
+            accepted.append(s)
             prev = bytes.fromhex(s.seal)
             expected_first = s.last + 1
             continue
@@ -169,10 +211,70 @@ def verify_seals(log_path: str, log_id: bytes, segments: list[tuple[int, str]],
                                                   "(changed, truncated or reordered)"})
             break
         result["chain"].append(fresh.seal)
+        accepted.append(fresh)
         result["sealed"] += 1
-        result["head"] = fresh.seal
         prev = bytes.fromhex(fresh.seal)
         expected_first = s.last + 1
+    result["seals"] = accepted
+    if accepted:
+        result["head"] = accepted[-1].seal
+        result["head_pruned"] = not result["chain"]
     sealed = {s.segment for s in seals}
     result["unsealed"] = [name for _, name in segments[:-1] if name not in sealed]
     return result
+
+
+VERIFIED = "verified"
+PRUNED = "pruned"
+NOT_FOUND = "not found"
+
+
+@dataclass(frozen=True)
+class HeadCheck:
+    """Whether a kept head hash is reproduced by the log (see :func:`check_head`)."""
+
+    hash: str
+    #: VERIFIED (recomputed from present bytes), PRUNED (matches only a seal
+    #: of a pruned segment: cannot be verified) or NOT_FOUND
+    status: str
+    #: 1-based place of the matched seal in the whole chain (pruned seals first)
+    index: int | None
+    of: int
+    segment: str | None = None
+    first: int | None = None
+    last: int | None = None
+    #: first position the recomputed part of the chain covers (None: nothing
+    #: recomputed); a verified head proves positions covered_from..last
+    covered_from: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == VERIFIED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "found": self.ok}
+
+
+def check_head(wanted: str, pruned_chain: list[str], chain: list[str],
+               seals: list[Seal]) -> HeadCheck:
+    """Look a kept head hash up in a chain from :func:`verify_seals`.
+
+    Only ``chain`` (seals recomputed from the segment files) can verify it:
+    a match there reproduces every input of that seal, back to the genesis or
+    to the pruned seal the recomputation started from.  A match in
+    ``pruned_chain`` (values read from the seals file, which whoever can
+    write the directory controls) is PRUNED: it cannot be verified.
+    """
+    wanted = wanted.lower()
+    total = len(pruned_chain) + len(chain)
+    covered = seals[len(pruned_chain)].first if chain else None
+    if wanted in chain:
+        index = len(pruned_chain) + chain.index(wanted)
+        status = VERIFIED
+    elif wanted in pruned_chain:
+        index = pruned_chain.index(wanted)
+        status = PRUNED
+    else:
+        return HeadCheck(wanted, NOT_FOUND, None, total, covered_from=covered)
+    s = seals[index]
+    return HeadCheck(wanted, status, index + 1, total, s.segment, s.first, s.last, covered)

@@ -27,10 +27,15 @@ Appending in time order is O(1) amortised (columns grow by 25%).  A batch
 appended in order is copied in with numpy (:meth:`SensorColumn.extend_sorted`)
 or, when it holds only a few samples, in plain Python
 (:meth:`SensorColumn.extend_small`): numpy's fixed cost per call would
-dominate a short batch.  A sample older than the newest goes to a small
-pending buffer that is merged into the columns in one vectorised pass when
-it grows past a fraction of the column or when the column is read, so
-out-of-order writes stay O(log n) each and reads always see a sorted column.
+dominate a short batch.  For the same reason the columns of many new keys (a
+replay, a checkpoint) are built together: :meth:`SensorColumn.new_columns`
+gives each views of shared arrays, and :meth:`SensorColumn.adopt` makes a
+column of given arrays without any numpy call.  A sample older than the
+newest goes to a small pending buffer that is merged into the columns in one
+vectorised pass when it grows past a fraction of the column or when the
+column is read, so out-of-order writes stay O(log n) each and reads always
+see a sorted column (the buffer is created with the first such sample: most
+columns have none).
 
 Invariant relied on by checkpoints: the first ``_n`` entries of a column
 array are never modified in place.  Appends write beyond ``_n``; growing,
@@ -49,7 +54,7 @@ import numpy as np
 
 from ._values import as_list, as_matrix
 
-__all__ = ["SensorColumn"]
+__all__ = ["SensorColumn", "prefix_len"]
 
 _INTERN_LIMIT = 4096  # distinct values interned per var column
 _MIN_CAPACITY = 16
@@ -57,6 +62,17 @@ _FLOAT_PREFIX = b"\xff\xcb"
 _U32_MAX = 0xFFFFFFFF
 _STEPS = np.arange(256, dtype=np.uint32)  # relative positions of a new key's first samples
 _STEPS.flags.writeable = False
+_NO_PENDING: frozenset[tuple[float, bytes]] = frozenset()
+#: the positions column of a key's first sample (read-only, shared), by item size
+_FIRST_POS: dict[int, np.ndarray] = {4: np.zeros(1, np.uint32), 8: np.zeros(1, np.uint64)}
+for _arr in _FIRST_POS.values():
+    _arr.flags.writeable = False
+
+
+def prefix_len(width: int) -> int:
+    """Bytes a fixed-layout column of values of `width` (at least 2) bytes starts
+    its prefix with (the rest is stored per sample)."""
+    return 2 if width > 2 else 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -97,8 +113,10 @@ class SensorColumn:
         self._pos_monotonic = True  # positions increase along the sorted order
         self.last_ts = -np.inf
         self._last_val = b""
-        self._pend: list[tuple[float, bytes, int]] = []
-        self._pend_set: set[tuple[float, bytes]] = set()
+        # out-of-order samples waiting for a merge; a shared empty pair until the
+        # first one (most columns never get one: no two containers each)
+        self._pend: list[tuple[float, bytes, int]] | tuple[()] = ()
+        self._pend_set: set[tuple[float, bytes]] | frozenset[tuple[float, bytes]] = _NO_PENDING
         self._list: list[bytes] | None = None
         self._intern: dict[bytes, bytes] | None = None
         vlen = len(first_value)
@@ -106,12 +124,95 @@ class SensorColumn:
         self._prefix = b""
         self._vlen = -1
         if vlen >= 2:
-            plen = 2 if vlen > 2 else 1
+            plen = prefix_len(vlen)
             self._prefix = first_value[:plen]
             self._vlen = vlen
             self._vals = np.empty(self._cap, _void(vlen - plen))
         else:
             self._to_var()
+
+    @classmethod
+    def new_columns(cls, ts: np.ndarray, pos: np.ndarray, mat: np.ndarray,
+                    sizes: np.ndarray) -> list[SensorColumn]:
+        """Fixed-layout columns for new keys, built together from their samples.
+
+        Column ``i`` takes the next ``sizes[i]`` samples: timestamps `ts`
+        (valid, -0.0 normalised, strictly increasing within a column),
+        positions `pos` (increasing within a column; the first creates the
+        key) and values, the rows of the ``(k, width)`` uint8 matrix `mat`
+        (width at least 2; rows of a column share their first
+        :func:`prefix_len` bytes).  This is what creating each column and
+        appending its samples gives, without numpy's fixed cost per column:
+        the columns share three arrays made read-only, and each keeps views
+        of its part with no spare capacity, so its first append copies (the
+        invariant checkpoints rely on holds).
+        """
+        k, width = mat.shape
+        plen = prefix_len(width)
+        firsts = np.cumsum(sizes) - sizes
+        base = pos[firsts]
+        rel = pos - np.repeat(base, sizes)
+        rel = rel.astype(np.uint32 if not k or int(rel.max()) <= _U32_MAX else np.uint64)
+        ts = np.array(ts, np.float64)
+        vals = np.ascontiguousarray(mat[:, plen:]).view(_void(width - plen)).reshape(k)
+        for arr in (ts, rel, vals):
+            arr.flags.writeable = False
+        lasts = firsts + sizes - 1
+        heads = mat[firsts, :plen].tobytes()  # each column's prefix
+        tails = mat[lasts].tobytes()  # and newest value
+        stamps = ts[lasts].tolist()
+        prefixes: dict[bytes, bytes] = {}
+        adopt = cls.adopt
+        first = _FIRST_POS[rel.dtype.itemsize]
+        out = []
+        for i, (a, n, created) in enumerate(zip(firsts.tolist(), sizes.tolist(),
+                                                base.tolist())):
+            b = a + n
+            prefix = heads[i * plen:(i + 1) * plen]
+            # a key's first sample is at relative position 0: one shared array
+            out.append(adopt(created, created, ts[a:b], rel[a:b] if n > 1 else first,
+                             stamps[i], tails[i * width:(i + 1) * width], True, vals[a:b],
+                             prefixes.setdefault(prefix, prefix)))
+        return out
+
+    @classmethod
+    def adopt(cls, created: int, pos_base: int, ts: np.ndarray, pos: np.ndarray,
+              last_ts: float, last_value: bytes, monotonic: bool,
+              vals: np.ndarray | None, prefix: bytes = b"",
+              values: list[bytes] | None = None,
+              intern: dict[bytes, bytes] | None = None) -> SensorColumn:
+        """A column adopting arrays known to form a valid one, with no numpy call.
+
+        `ts` (float64), `pos` (uint32 or uint64 offsets from `pos_base`) and,
+        for the fixed layout, `vals` (``V<width>``, `prefix` removed) hold
+        the column's samples, sorted; for the var layout `vals` is None and
+        `values` the list of encoded values (`intern` its intern table).
+        `last_ts` and `last_value` are the newest sample's; `monotonic` tells
+        whether positions increase along the column.  The column takes no
+        spare capacity: its first append copies the arrays.
+        """
+        col = cls.__new__(cls)
+        col.created = created
+        col._pos_base = pos_base
+        col._n = col._cap = len(ts)
+        col._ts = ts
+        col._pos = pos
+        col._pos_monotonic = monotonic
+        col.last_ts = last_ts
+        col._last_val = last_value
+        col._pend = ()
+        col._pend_set = _NO_PENDING
+        col._vals = vals
+        if vals is not None:
+            col._prefix = prefix
+            col._vlen = len(prefix) + vals.dtype.itemsize
+            col._list = col._intern = None
+        else:
+            col._prefix = b""
+            col._vlen = -1
+            col._list = values
+            col._intern = {} if intern is None else intern
+        return col
 
     # ------------------------------------------------------------------ layout
     @property
@@ -178,9 +279,13 @@ class SensorColumn:
             self._last_val = value
             self._append(ts, value, pos)
         else:
-            self._pend.append((ts, value, pos))
-            self._pend_set.add((ts, value))
-            if len(self._pend) > max(64, self._n >> 6):
+            pend, pend_set = self._pend, self._pend_set
+            if not isinstance(pend, list) or not isinstance(pend_set, set):
+                pend = self._pend = []
+                pend_set = self._pend_set = set()
+            pend.append((ts, value, pos))
+            pend_set.add((ts, value))
+            if len(pend) > max(64, self._n >> 6):
                 self._merge()
 
     def _grow(self, need: int) -> None:
@@ -342,8 +447,8 @@ class SensorColumn:
     def _merge(self) -> None:
         """Merge the pending out-of-order samples into the sorted columns."""
         pend = sorted(self._pend, key=lambda s: (s[0], s[1]))
-        self._pend = []
-        self._pend_set = set()
+        self._pend = ()
+        self._pend_set = _NO_PENDING
         n = self._n
         if self._vals is not None:
             for _, v, _ in pend:
@@ -547,8 +652,8 @@ class SensorColumn:
         col._pos_base = int(snap["pos_base"])
         col._pos_monotonic = bool(snap.get("monotonic", False)) or bool(
             n < 2 or np.all(col._pos[1:] >= col._pos[:-1]))
-        col._pend = []
-        col._pend_set = set()
+        col._pend = ()
+        col._pend_set = _NO_PENDING
         if "vals" in snap:
             col._vals = np.asarray(snap["vals"])
             col._prefix = bytes(snap["prefix"])

@@ -25,9 +25,11 @@ through an equivalent plain-Python path: for a few samples numpy's fixed
 cost per call outweighs the work (importing many small sensors is made of
 such batches).
 
-Replaying a log calls :meth:`State.apply` (one event) or
-:meth:`State.apply_sensor_batch` (a run of samples for one key) with the
-recorded positions; an event that contradicts the state raises
+Replaying a log calls :meth:`State.apply` (one event),
+:meth:`State.apply_sensor_batch` (a run of samples for one key; for a few
+samples :meth:`State.apply_sensor_samples`, in plain Python) or
+:meth:`State.add_sensors` (the columns of many new keys, built together) with
+the recorded positions; an event that contradicts the state raises
 :exc:`ImmutableKeyError`, which the log reports as corruption.
 
 Deleted entries are kept in a graveyard (with the position that deleted
@@ -105,6 +107,7 @@ _INF = math.inf
 SMALL_BATCH = 32
 _TYPES: dict[type, KeyType] = {Immutable: KeyType.IMMUTABLE, Indexed: KeyType.INDEXED,
                                SensorColumn: KeyType.MUTABLE}
+_TYPE_CODES: dict[type, int] = {type(None): 0, **{t: k.value for t, k in _TYPES.items()}}
 
 
 def _type_error(key: bytes, entry: Entry, wanted: str) -> ImmutableKeyError:
@@ -410,6 +413,38 @@ class State:
                 if not entry.contains(t, v):
                     entry.add(t, v, p)
 
+    def apply_sensor_samples(self, key: bytes, ts: list[float], values: list[bytes],
+                             pos: list[int]) -> None:
+        """:meth:`apply_sensor_batch` of a few samples, in plain Python.
+
+        Replaying many keys with a few samples each would otherwise pay
+        numpy's fixed cost per call for every key.  `ts`, `values` and
+        `pos` are lists; the samples need not be in time order.
+        """
+        for t in ts:
+            if not 0.0 <= t < _INF:
+                raise InvalidTimestampError(f"recorded sample of {key!r} has a bad timestamp")
+        entry = self._keys.get(key)
+        if entry is None:
+            entry = self._keys[key] = SensorColumn(pos[0], values[0], capacity=len(ts))
+        elif type(entry) is not SensorColumn:
+            raise _type_error(key, entry, "mutable")
+        for t, v, p in zip(ts, values, pos):
+            t += 0.0  # -0.0 -> 0.0
+            if not entry.contains(t, v):
+                entry.add(t, v, p)
+
+    def add_sensors(self, keys: Sequence[bytes], columns: Sequence[SensorColumn]) -> None:
+        """Add new mutable keys with their replayed columns
+        (:meth:`SensorColumn.new_columns`); ValueError if a key exists."""
+        new: dict[bytes, Entry] = dict(zip(keys, columns))
+        if len(new) != len(keys) or not self._keys.keys().isdisjoint(new):
+            raise ValueError("add_sensors: a key exists already or is given twice")
+        if self._keys:
+            self._keys.update(new)
+        else:
+            self._keys = new
+
     # ------------------------------------------------------------------ reads
     def __contains__(self, key: bytes) -> bool:
         return key in self._keys
@@ -432,6 +467,13 @@ class State:
     def key_type(self, key: bytes) -> KeyType | None:
         entry = self._keys.get(key)
         return None if entry is None else _TYPES[type(entry)]
+
+    def type_codes(self, keys: Sequence[bytes]) -> np.ndarray:
+        """The :class:`KeyType` value of each of `keys` (0: absent), in one pass."""
+        if not self._keys:
+            return np.zeros(len(keys), np.int64)
+        get = self._keys.get
+        return np.fromiter((_TYPE_CODES[type(get(k))] for k in keys), np.int64, len(keys))
 
     def get(self, key: bytes) -> tuple[Any, float | None]:
         """katsdptelstate Backend.get: (value, None) / (latest, ts) / (dict, None)."""

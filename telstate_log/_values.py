@@ -3,8 +3,9 @@
 Values travel either as a list of encoded ``bytes`` or, when they all have
 the same length, as a ``V<width>`` numpy array (one buffer, no Python object
 per value).  These helpers convert between the two and split batches into
-chunks of bounded size; they are pure functions used by the sensor columns,
-the log writer and the backends.
+chunks of bounded size, or gather fixed-width fields out of a buffer (log
+frames, checkpoint arrays); they are pure functions used by the sensor
+columns, the log writer, the replayer, checkpoints and the backends.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["as_list", "as_matrix", "chunks"]
+__all__ = ["as_list", "as_matrix", "chunks", "gather", "gather_numbers"]
 
 _SHORT = 4096  # list batches this short are sized in plain Python first
 
@@ -71,3 +73,17 @@ def as_list(values: Sequence[bytes] | np.ndarray, prefix: bytes) -> list[bytes]:
         w = values.dtype.itemsize
         return [prefix + raw[i:i + w] for i in range(0, len(raw), w)]
     return list(values)
+
+
+def gather(arr: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
+    """The `width` bytes at each of `offsets` in the uint8 array `arr`, as a
+    ``(len(offsets), width)`` matrix: one vectorised copy, at any alignment."""
+    if not len(offsets):
+        return np.zeros((0, width), np.uint8)
+    return sliding_window_view(arr, width)[offsets]  # type: ignore[no-any-return]
+
+
+def gather_numbers(arr: np.ndarray, offsets: np.ndarray, dtype: str) -> np.ndarray:
+    """The numbers of `dtype` (e.g. ``"<u4"``) at each of `offsets` in `arr`."""
+    dt = np.dtype(dtype)
+    return gather(arr, offsets, dt.itemsize).view(dt).reshape(len(offsets))

@@ -22,8 +22,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "replay"))
 
+import _redis_range_cases as range_cases
 from _rdb_helpers import redis_state, sample_state, write_state
 from _redis import RedisServer
+from _waiting import DEADLINE
 
 import telstate_log
 import telstate_log.aio
@@ -31,7 +33,8 @@ from telstate_log import ImmutableKeyError, KeyType
 from telstate_log.backends import KeyUpdateBase, MutableKeyUpdate
 
 
-async def next_update(monitor: Any, want: type = KeyUpdateBase, timeout: float = 5.0) -> Any:
+async def next_update(monitor: Any, want: type = KeyUpdateBase,
+                      timeout: float = DEADLINE) -> Any:
     """The next update of `monitor` that is a `want` (within `timeout` seconds)."""
     with anyio.fail_after(timeout):
         async for update in monitor:
@@ -78,6 +81,17 @@ async def check_operations(backend: Any, client: Any) -> None:
     await backend.clear()
     assert await backend.keys(b"*") == []
     assert repr(backend).startswith(f"<{type(backend).__name__} redis://127.0.0.1:")
+
+
+async def check_get_range_matches_katsdptelstate(backend: Any, client: Any) -> None:
+    """get_range's result or exception type, for every window and key kind, is
+    katsdptelstate's (see _redis_range_cases)."""
+    cases = range_cases.fill(client)
+    theirs = range_cases.expected(client, cases)
+    ours = [await range_cases.async_outcome(lambda case=case: backend.get_range(*case))
+            for case in cases]
+    wrong = range_cases.mismatches(cases, ours, theirs)
+    assert not wrong, wrong[:10]
 
 
 async def check_load_from_file(tmp_path: Path, backend: Any, client: Any) -> None:

@@ -119,3 +119,9 @@ class RedisServer:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def subscribers(client: redis.Redis, channel: bytes) -> int:
+    """How many connections the server has subscribed to `channel` (a readiness check:
+    a write published after this counts them reaches them)."""
+    return int(client.pubsub_numsub(channel)[0][1])

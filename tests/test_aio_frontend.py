@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
+from _waiting import DEADLINE, wait_until
 
 import telstate_log
 from telstate_log import ImmutableKeyError, InvalidTimestampError, KeyType
@@ -113,9 +114,10 @@ async def test_wait_key_shadowed_and_concurrent(ts: TelescopeState) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter, "root", ts)
         tg.start_soon(waiter, "ns", ns)
-        await anyio.sleep(0.05)
+        hub = ts.backend.to_sync()._hub  # type: ignore[attr-defined]
+        await wait_until(lambda: len(hub._all) == 2, what="both waiters to subscribe")
         await ts.add("k", True)  # satisfies the root waiter only
-        await anyio.sleep(0.1)
+        await wait_until(lambda: done, what="the root waiter")
         assert done == ["root"]
         await ns.add("k", True)
     assert sorted(done) == ["ns", "root"]
@@ -157,7 +159,7 @@ async def test_wake_from_sync_thread(ts: TelescopeState) -> None:
             await anyio.to_thread.run_sync(sync_ts.add, "k", 42)
 
         tg.start_soon(write_from_thread)
-        with anyio.fail_after(5):
+        with anyio.fail_after(DEADLINE):
             await ts.wait_key("k", lambda v, t: v == 42)
 
 

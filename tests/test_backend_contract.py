@@ -21,6 +21,7 @@ import anyio
 import anyio.from_thread
 import pytest
 from _model import Model
+from _waiting import DEADLINE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -349,7 +350,7 @@ async def test_async_wrappers_share_data(kind: str, tmp_path: Any,
                 break
         await monitor.aclose()
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(DEADLINE):
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             await subscribed.wait()

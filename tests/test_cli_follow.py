@@ -8,19 +8,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _cli_proc import cli_command, ignores_sigint
+from _waiting import DEADLINE
 from test_cli import cli
 
-from telstate_log import TelescopeState
+from telstate_log import TelescopeState, _cli_events
 from telstate_log.backends import LogBackend
 
 WRITER = str(Path(__file__).with_name("_writer_proc.py"))
 
 
-def tail_command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "telstate_log", "tail", *argv]
+def tail_command(*argv: str, sigint_ignored: bool = False) -> list[str]:
+    return cli_command("tail", *argv, sigint_ignored=sigint_ignored)
 
 
 def start_writer(path: Path, count: int, delay: float) -> subprocess.Popen[str]:
@@ -55,14 +59,24 @@ def test_tail_follows_a_writer_process(tmp_path: Path) -> None:
 
 
 def test_tail_follows_in_process_with_a_key_filter(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "log"
     backend = LogBackend(path, segment_bytes=4096, checkpoint_bytes=None)
     ts = TelescopeState(backend)
     ts.add("a", -1.0, ts=1.0)
+    following = threading.Event()
+    follow = _cli_events._follow
+
+    def signalling_follow(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        following.set()  # the existing event is printed: from here on, tail follows
+        yield from follow(*args, **kwargs)
+
+    monkeypatch.setattr(_cli_events, "_follow", signalling_follow)
 
     def write() -> None:
-        time.sleep(0.3)  # let tail open the log and print the existing event first
+        if not following.wait(DEADLINE):
+            return  # the tail's --timeout reports it
         for i in range(200):
             ts.add("a" if i % 2 else "b", float(i), ts=10.0 + i)
             time.sleep(0.001)
@@ -71,7 +85,7 @@ def test_tail_follows_in_process_with_a_key_filter(tmp_path: Path,
     writer.start()
     try:
         rc, out, err = cli(capsys, "tail", str(path), "a", "-f", "-n", "5", "--json",
-                           "--max-events", "101", "--timeout", "30")
+                           "--max-events", "101", "--timeout", str(DEADLINE))
     finally:
         writer.join()
         backend.close()
@@ -88,7 +102,7 @@ def test_tail_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     start = time.monotonic()
     rc, out, _ = cli(capsys, "tail", str(path), "-f", "--timeout", "0.3")
     assert rc == 0 and out.splitlines()[1].split()[0] == "1"
-    assert 0.25 < time.monotonic() - start < 10
+    assert 0.25 < time.monotonic() - start < DEADLINE  # not before the timeout; no hang
     # A timeout before --max-events events arrived is a failure.
     rc, out, _ = cli(capsys, "tail", str(path), "-f", "--timeout", "0.2", "--max-events", "2")
     assert rc == 1 and len(out.splitlines()) == 2
@@ -103,13 +117,38 @@ def test_tail_stops_cleanly_on_a_signal(tmp_path: Path, sig: signal.Signals) -> 
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()  # printed once it is following
+        first = proc.stdout.readline()  # printed once it is following (and handling signals)
         assert json.loads(first)["position"] == 1
-        time.sleep(0.1)
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert proc.returncode == 0, err
+    assert out == "" and "Traceback" not in err
+
+
+def test_tail_started_with_sigint_ignored_keeps_following(tmp_path: Path) -> None:
+    """A shell starts a background job with SIGINT ignored (Ctrl-C at the terminal is
+    not for it): ``tail -f`` keeps it ignored, as Python does, and stops on SIGTERM."""
+    path = tmp_path / "log"
+    backend = LogBackend(path)
+    ts = TelescopeState(backend)
+    ts.add("a", 1.0, ts=1.0)
+    proc = subprocess.Popen(tail_command(str(path), "-f", "--json", sigint_ignored=True),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["position"] == 1
+        assert ignores_sigint(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        ts.add("a", 2.0, ts=2.0)
+        assert json.loads(proc.stdout.readline())["value"] == 2.0  # still following
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        backend.close()
     assert proc.returncode == 0, err
     assert out == "" and "Traceback" not in err

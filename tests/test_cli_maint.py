@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from test_cli import LOG_EVENTS, build_log, cli, run
+from test_seal import _doctor, forge_pruned_claim, make_log, make_other_log
 
 from telstate_log import TelescopeState
 from telstate_log._encoding import encode_value
@@ -206,7 +208,7 @@ def test_prune(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         for i in range(400):
             backend.add_mutable(b"s", encode_value(float(i)), float(i))
     rc, out, _ = cli(capsys, "prune", str(path))
-    assert rc == 1
+    assert rc == 2
     rc, out, _ = cli(capsys, "prune", str(path), "--before", "200", "--json")
     data = json.loads(out)
     assert rc == 0 and data["removed"] and data["history_from"] <= 201
@@ -214,3 +216,121 @@ def test_prune(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert rc == 1 and "pruned" in err
     rc, out, _ = cli(capsys, "verify", str(path))
     assert rc == 0
+
+
+# ------------------------------------ kept heads, pruning and repair (issue 14: 1, 8, 9)
+def _fields(out: str) -> dict[str, str]:
+    """``label  value`` lines (labels may hold one space, the gap is two or more)."""
+    pairs = (re.split(r" {2,}", line, maxsplit=1) for line in out.splitlines() if line.strip())
+    return {p[0]: p[1] for p in pairs if len(p) == 2}
+
+
+def test_verify_head_rejects_a_forged_log_claiming_it_as_pruned(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Item 1: the whole log replaced, its seals chained on from a forged
+    "pruned" seal equal to the auditor's kept head, and ``pruned`` = 1."""
+    kept = make_log(tmp_path / "genuine")
+    forged = tmp_path / "forged"
+    make_other_log(forged)
+    forge_pruned_claim(forged, kept)
+    rc, out, _ = cli(capsys, "verify", str(forged), "--head", kept)
+    fields = _fields(out)
+    assert rc == 1
+    assert fields["head check"].startswith(f"{kept} cannot be verified: pruned")
+    assert "nothing sealed up to it changed" not in out
+    assert fields["result"] == "FAILED: the head hash cannot be verified: pruned"
+    rc, out, _ = cli(capsys, "verify", str(forged), "--head", kept, "--json")
+    data = json.loads(out)
+    assert rc == 1 and not data["passed"]
+    assert data["head_check"]["status"] == "pruned" and data["head_check"]["found"] is False
+    assert kept not in data["seal_chain"] and data["pruned_chain"] == [kept]
+
+
+def test_verify_and_repair_agree_on_a_garbage_checkpoint(capsys: pytest.CaptureFixture[str],
+                                                         log: Path) -> None:
+    """Item 8: verify reported a garbage checkpoint and told the user to run
+    repair; repair said "none found ... OK" and verify still failed."""
+    junk = log / "checkpoints" / "00000000000000000010.ckpt"
+    junk.parent.mkdir(exist_ok=True)
+    junk.write_bytes(b"garbage")
+    rc, out, _ = cli(capsys, "verify", str(log))
+    assert rc == 1 and f"'telstate-log repair {log}'" in _fields(out)["result"]
+    rc, out, _ = cli(capsys, "repair", str(log), "--dry-run")
+    assert rc == 1 and junk.exists() and f"moved   {junk} -> " in out
+    rc, out, _ = cli(capsys, "repair", str(log))
+    fields = _fields(out)
+    assert rc == 0 and fields["result"] == "repaired: the log verifies"
+    assert fields["damage"].startswith(f"{junk}: damaged checkpoint") and "lost" not in fields
+    assert not junk.exists()
+    rc, out, _ = cli(capsys, "verify", str(log))
+    assert rc == 0 and _fields(out)["result"] == "OK"
+
+
+def test_verify_does_not_suggest_repair_for_tampering(capsys: pytest.CaptureFixture[str],
+                                                      log: Path) -> None:
+    """Item 8: what repair cannot fix, verify does not send the user to repair for."""
+    seg = _doctor(log, 1, "value")
+    rc, out, _ = cli(capsys, "verify", str(log))
+    fields = _fields(out)
+    assert rc == 1 and "[repair cannot fix this]" in fields["problem"]
+    assert str(seg) in fields["problem"]
+    assert "cannot fix" in fields["result"] and f"repair {log}" not in fields["result"]
+    before = seg.read_bytes()
+    rc, out, _ = cli(capsys, "repair", str(log))
+    assert rc == 1 and _fields(out)["result"].startswith("FAILED: repair cannot fix 1 problem")
+    assert "none found" not in out and seg.read_bytes() == before
+
+
+def _prune_everything(path: Path) -> str:
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as backend:
+        for i in range(400):
+            backend.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+        head = backend.seal()
+        assert backend.prune(older_than=0).history_from == 401
+    assert head is not None
+    return head
+
+
+def test_head_and_pruned_range_after_pruning_everything(capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path) -> None:
+    """Item 9: after prune, verify showed no head and info "no events"."""
+    path = tmp_path / "log"
+    head = _prune_everything(path)
+    rc, out, _ = cli(capsys, "verify", str(path))
+    fields = _fields(out)
+    assert rc == 0 and fields["result"] == "OK"
+    assert fields["head hash"] == (f"{head} (its segment was pruned: it can no longer be "
+                                   "verified from this log)")
+    assert fields["pruned"].startswith("positions 1..400 (6 sealed segments")
+    rc, out, _ = cli(capsys, "verify", str(path), "--json")
+    data = json.loads(out)
+    assert data["head"] == head and data["head_pruned"] is True
+    assert data["pruned_positions"] == [1, 400] and data["pruned_seals"] == 6
+    rc, out, _ = cli(capsys, "verify", str(path), "--head", head)
+    assert rc == 1 and "cannot be verified: pruned" in _fields(out)["head check"]
+    rc, out, _ = cli(capsys, "info", str(path))
+    fields = _fields(out)
+    assert rc == 0 and fields["positions"].startswith(
+        "1 .. 400 (1 .. 400 pruned: their state is kept, not their history;")
+    assert fields["head hash"] == (f"{head} (6 segments sealed; its segment was pruned: "
+                                   "it can no longer be verified from this log)")
+    rc, out, _ = cli(capsys, "info", str(path), "--json")
+    info = json.loads(out)
+    assert info["positions"]["pruned"] == {"first": 1, "last": 400}
+    assert info["head"] == head and info["head_pruned"] is True
+
+
+def test_a_surviving_head_after_a_partial_prune(capsys: pytest.CaptureFixture[str],
+                                                log: Path) -> None:
+    head = verify_log(log).head
+    assert head is not None
+    with LogBackend(log, checkpoint_bytes=None) as backend:
+        cut = backend.prune(before=100).history_from
+    rc, out, _ = cli(capsys, "verify", str(log), "--head", head)
+    fields = _fields(out)
+    assert rc == 0 and fields["head hash"] == head and fields["result"] == "OK"
+    assert f"positions before {cut} were pruned and are not covered" in fields["head check"]
+    assert fields["pruned"].startswith(f"positions 1..{cut - 1} ")
+    rc, out, _ = cli(capsys, "info", str(log))
+    assert f"(1 .. {cut - 1} pruned: " in _fields(out)["positions"]
+    assert "pruned" not in _fields(out)["head hash"]

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from replay._rdb_helpers import aof_commands, expiring, rdb_file, sensor, string_record, write_state
+from test_faults import FaultyFileSystem
 
-from telstate_log import _progress
-from telstate_log._cli_rdb import add_export_parser, add_import_parser, parse_time
+from telstate_log import TelstateError, _progress
+from telstate_log._cli_rdb import add_export_parser, add_import_parser
 from telstate_log._encoding import encode_value
 from telstate_log._progress import Progress
+from telstate_log._types import KeyType
 from telstate_log.backends import LogBackend, MemoryBackend
+from telstate_log.backends import _log as log_backend_module
+from telstate_log.replay._rdb_load import import_rdb_to_log
 
 V = encode_value
 
@@ -78,11 +88,18 @@ def test_import_damaged_file_fails_cleanly(tmp_path: Path,
     data = rdb.read_bytes()
     rdb.write_bytes(data[:len(data) // 2])
     capsys.readouterr()
-    assert run("import", str(rdb), str(tmp_path / "copy")) == 1
+    assert run("import", str(rdb), str(tmp_path / "new" / "deeper" / "copy")) == 1
     err = capsys.readouterr().err
-    assert err.startswith("telstate-log import: Invalid RDB file") and "at byte" in err
-    with LogBackend(tmp_path / "copy", readonly=True, follow=False) as copy:
-        assert copy.position == 0
+    assert err.startswith("telstate-log import: error: Invalid RDB file") and "at byte" in err
+    assert not (tmp_path / "new").exists()          # no log, no directory made for it
+    before = _files(tmp_path / "log")
+    assert run("import", str(rdb), str(tmp_path / "log")) == 1
+    assert _files(tmp_path / "log") == before        # an existing log: exactly as it was
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
 
 
 def test_import_conflict_and_missing_input(tmp_path: Path,
@@ -101,10 +118,10 @@ def test_import_conflict_and_missing_input(tmp_path: Path,
 
 def test_export_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("export", str(tmp_path / "nowhere"), str(tmp_path / "out.rdb")) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert "nowhere: no such log directory" in capsys.readouterr().err
     make_log(tmp_path / "log")
     assert run("export", str(tmp_path / "log"), str(tmp_path / "no" / "dir.rdb")) == 1
-    assert capsys.readouterr().err.startswith("telstate-log export: ")
+    assert capsys.readouterr().err.startswith("telstate-log export: error: writing ")
 
 
 def test_export_of_a_log_with_a_live_writer(tmp_path: Path,
@@ -156,13 +173,153 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in capsys.readouterr().err
 
 
-def test_parse_time() -> None:
-    assert parse_time("1700000000") == 1700000000.0
-    assert parse_time("2024-01-01T02:00:00+02:00") == 1704067200.0
-    assert parse_time("2024-01-01 00:00") == 1704067200.0          # naive: UTC
-    for bad in ("-5", "nan", "inf", "soon"):
-        with pytest.raises(argparse.ArgumentTypeError):
-            parse_time(bad)
+# ------------------------------------------ failed imports into a new log leave nothing
+IMPORT_PROC = Path(__file__).resolve().parent / "_import_pause_proc.py"
+
+
+def _sensors_rdb(path: Path, keys: int = 600) -> Path:
+    """An RDB file of `keys` small sensors (more than one "read" progress report)."""
+    path.write_bytes(write_state({b"s%04d" % i: (KeyType.MUTABLE, sensor(20))
+                                  for i in range(keys)}))
+    return path
+
+
+@pytest.mark.parametrize("stage", ["read", "import"])
+def test_interrupted_import_into_a_new_log_leaves_nothing(tmp_path: Path, stage: str) -> None:
+    rdb = _sensors_rdb(tmp_path / "in.rdb")
+    log = tmp_path / "new" / "log"
+    proc = subprocess.Popen([sys.executable, str(IMPORT_PROC), stage, "import", str(rdb),
+                             str(log)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line[:1] == [b"paused"] and int(line[1]) > 0, line
+        if stage == "import":           # events of the first keys are in the new log
+            assert (log / "LOCK").exists()
+        else:                           # the file is read before the log is created
+            assert not (tmp_path / "new").exists()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_interrupted_read_leaves_an_existing_log_as_it_was(tmp_path: Path) -> None:
+    make_log(tmp_path / "log")
+    before = _files(tmp_path / "log")
+    rdb = _sensors_rdb(tmp_path / "in.rdb")
+    proc = subprocess.Popen([sys.executable, str(IMPORT_PROC), "read", "import", str(rdb),
+                             str(tmp_path / "log")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(b"paused ")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert _files(tmp_path / "log") == before
+
+
+def test_interrupted_import_into_an_existing_log_says_what_it_kept(tmp_path: Path) -> None:
+    """Events already written stay (each is valid); the message says where, and running
+    the import again finishes it."""
+    make_log(tmp_path / "log")
+    rdb = _sensors_rdb(tmp_path / "in.rdb", keys=20)
+    proc = subprocess.Popen([sys.executable, str(IMPORT_PROC), "import", "import", str(rdb),
+                             str(tmp_path / "log")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"paused 20\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    with LogBackend(tmp_path / "log", readonly=True, follow=False) as log:
+        kept = log.position
+    assert f"interrupted: positions 303..{kept} of".encode() in err, err
+    assert run("import", str(rdb), str(tmp_path / "log"), "--json") == 0
+    with LogBackend(tmp_path / "log", readonly=True, follow=False) as log:
+        assert log.position == 302 + 20 * 20
+
+
+def _disk_full(after: int) -> FaultyFileSystem:
+    """A file system whose segment writes fail with ENOSPC after `after` of them."""
+    fs = FaultyFileSystem()
+    fs.arm("write", ".seg", err=errno.ENOSPC, after=after, times=None)
+    return fs
+
+
+@pytest.mark.parametrize("after", [0, 1, 3])
+def test_full_disk_import_into_a_new_log_leaves_nothing(tmp_path: Path, after: int) -> None:
+    """0: the new log's first segment cannot be written; 1, 3: events can't."""
+    rdb = _sensors_rdb(tmp_path / "in.rdb", keys=50)
+    fs = _disk_full(after)
+    with pytest.raises((TelstateError, OSError)) as info:
+        import_rdb_to_log(rdb, tmp_path / "new" / "log", fs=fs, fsync="always")
+    assert "No space left" in str(info.value) or isinstance(info.value.__cause__, OSError)
+    assert fs.rules[0].fired >= 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_full_disk_cli_import_into_a_new_log_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rdb = _sensors_rdb(tmp_path / "in.rdb", keys=50)
+    fs = _disk_full(1)                  # the segment header goes, the events do not
+    monkeypatch.setattr(log_backend_module, "OsFileSystem", lambda: fs)
+    assert run("import", str(rdb), str(tmp_path / "new" / "log")) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "was not created" in err, err
+    assert fs.rules[0].fired >= 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_import_into_a_new_log_succeeds_and_keeps_it(tmp_path: Path) -> None:
+    rdb = _sensors_rdb(tmp_path / "in.rdb", keys=5)
+    stats = import_rdb_to_log(rdb, tmp_path / "new" / "log", fsync="never")
+    assert (stats.keys, stats.events) == (5, 100)
+    with LogBackend(tmp_path / "new" / "log", readonly=True, follow=False) as log:
+        assert log.position == 100
+
+
+def test_aof_file_is_named_for_what_it_is(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    aof = tmp_path / "appendonly.aof"
+    aof.write_bytes(rdb_file(string_record(b"k", b"v"))
+                    + aof_commands((b"SET", b"other", b"1")))
+    assert run("import", str(aof), str(tmp_path / "log")) == 1
+    err = capsys.readouterr().err
+    assert "append-only file, not a plain RDB file" in err and "checksum" not in err, err
+    assert not (tmp_path / "log").exists()
+
+
+def test_import_summary_tells_what_became_of_expiry_times(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    now_ms = int(time.time() * 1000)
+    rdb = tmp_path / "in.rdb"
+    rdb.write_bytes(rdb_file(expiring(string_record(b"gone", V(1)), now_ms - 60_000)
+                             + expiring(string_record(b"kept", V(2)), now_ms + 3_600_000)
+                             + string_record(b"plain", V(3))))
+    assert run("import", str(rdb), str(tmp_path / "log")) == 0
+    out = capsys.readouterr().out
+    assert "imported 2 keys" in out and "1 keys whose expiry time had passed were skipped" \
+        in out and "1 keys were imported without their expiry time" in out, out
+    assert run("import", str(rdb), str(tmp_path / "log2"), "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["keys"], summary["expired"], summary["expiry_dropped"]) == (2, 1, 1)
 
 
 # ------------------------------------------------------------------ progress

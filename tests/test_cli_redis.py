@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +18,16 @@ pytest.importorskip("katsdptelstate")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "replay"))
 
-from _import_export_helpers import fill, redis_view, theirs, view
+from _cli_proc import cli_command, ignores_sigint
+from _import_export_helpers import fill, marker_view, redis_view, theirs, view
+from _waiting import DEADLINE, wait_for
 from test_cli import cli
 
 from telstate_log import TelescopeState, _writer
 from telstate_log.backends import LogBackend
-from telstate_log.replay import DEFAULT_MARKER_KEY
+from telstate_log.replay._marker import MarkerStore
 
 pytestmark = [pytest.mark.redis, pytest.mark.interop]
-MARKER = DEFAULT_MARKER_KEY.decode()
 SECRET = "s3cret-Pa55"
 
 
@@ -46,15 +45,8 @@ def log_view(path: Path) -> dict[str, Any]:
         return view(TelescopeState(backend))
 
 
-def command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "telstate_log", *argv]
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+def command(*argv: str, sigint_ignored: bool = False) -> list[str]:
+    return cli_command(*argv, sigint_ignored=sigint_ignored)
 
 
 # ------------------------------------------------------------------ project
@@ -71,9 +63,15 @@ def test_project_json_exit_codes_and_refusal(capsys: pytest.CaptureFixture[str],
     rc, out, err = cli(capsys, "project", str(log_path), redis_url)      # resumes: nothing new
     assert rc == 0 and "projected up to position" in out and "events            0" in out
     client.set(b"intruder", b"1")
-    client.delete(DEFAULT_MARKER_KEY)
+    store = MarkerStore(client)
+    store.meta.delete(store.key)
+    store.close()
     rc, out, err = cli(capsys, "project", str(log_path), redis_url)
     assert rc == 1 and "--overwrite" in err and out == ""
+    rc, out, err = cli(capsys, "project", str(log_path), redis_url, "--marker-db", "0")
+    assert rc == 1 and "marker database (0)" in err and out == ""
+    rc, out, err = cli(capsys, "project", str(log_path), redis_url, "--marker-db", "x")
+    assert rc == 2 and "invalid database" in err
     rc, out, err = cli(capsys, "project", str(log_path), redis_url, "--overwrite", "--upto",
                        "5", "--json")
     assert rc == 0 and json.loads(out)["position"] == 5 and client.get(b"intruder") is None
@@ -114,7 +112,7 @@ def test_passwords_are_never_printed(capsys: pytest.CaptureFixture[str], log_pat
         wait_for(lambda: (record_log / "LOCK").exists() and _position(record_log) > 0)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 0, err
     assert SECRET not in out + err
     with LogBackend(record_log, readonly=True, follow=False) as backend:
@@ -143,9 +141,9 @@ def test_project_follow_stops_cleanly_on_a_signal(tmp_path: Path, client: redis.
         wait_for(lambda: client.exists("start"))
         for i in range(50):
             ts.add("sensor", float(i), ts=float(i))
-        theirs(client).wait_key("sensor", lambda value, t: value == 49.0, timeout=10)
+        theirs(client).wait_key("sensor", lambda value, t: value == 49.0, timeout=DEADLINE)
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -153,8 +151,37 @@ def test_project_follow_stops_cleanly_on_a_signal(tmp_path: Path, client: redis.
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert summary["stopped"] is True and summary["position"] == 51
-    assert theirs(client)[MARKER]["position"] == 51
+    assert marker_view(client)["position"] == 51
     assert redis_view(client) == log_view(path)
+
+
+def test_project_follow_started_with_sigint_ignored_keeps_it_ignored(
+        tmp_path: Path, client: redis.Redis, redis_url: str) -> None:
+    """A shell starts a background job with SIGINT ignored (Ctrl-C at the terminal is
+    for its foreground job): the command keeps following, and stops on SIGTERM."""
+    path = tmp_path / "log"
+    backend = LogBackend(path, fsync="never")
+    ts = TelescopeState(backend)
+    ts["start"] = 1
+    proc = subprocess.Popen(command("project", str(path), redis_url, "--follow", "--json",
+                                    sigint_ignored=True),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: client.exists("start"), what="the backfill")
+        assert ignores_sigint(proc.pid)             # no handler installed over SIG_IGN
+        proc.send_signal(signal.SIGINT)
+        ts["after"] = 2
+        wait_for(lambda: client.exists("after"), what="an event written after SIGINT")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        backend.close()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stopped"] is True and summary["position"] == 2
 
 
 # ------------------------------------------------------------------- record
@@ -170,7 +197,7 @@ def test_record_until_sigterm(tmp_path: Path, client: redis.Redis, redis_url: st
         expected = len(view(k))
         wait_for(lambda: len(log_view(path)) == expected and _position(path) >= 410)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -204,19 +231,35 @@ def test_replay_targets(capsys: pytest.CaptureFixture[str], log_path: Path, tmp_
     assert rc == 0 and json.loads(out)["events"] == 0
 
 
-def test_replay_stops_on_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("signals", "sigint_ignored"), [
+    ([signal.SIGTERM], False), ([signal.SIGINT], False),
+    ([signal.SIGINT, signal.SIGTERM], True)], ids=["SIGTERM", "SIGINT", "SIGINT-ignored"])
+def test_replay_stops_on_a_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  signals: list[signal.Signals], sigint_ignored: bool) -> None:
+    """SIGTERM or Ctrl-C stops a replay after the events applied so far; started with
+    SIGINT ignored (a shell's background job), it keeps SIGINT ignored."""
     ticks = itertools.count()
-    monkeypatch.setattr(_writer, "_time", lambda: 1.7e9 + 10.0 * next(ticks))
+    monkeypatch.setattr(_writer, "_time", lambda: 1.7e9 + 1000.0 * next(ticks))
     path = tmp_path / "log"
     with LogBackend(path, fsync="never") as backend:
         for i in range(5):
-            backend.set_immutable(b"k%d" % i, b"\xff\x01")      # ten seconds apart
-    proc = subprocess.Popen(command("replay", str(path), "memory", "--json"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=20)
+            backend.set_immutable(b"k%d" % i, b"\xff\x01")      # 1000 seconds apart
+    copy = tmp_path / "copy"
+    proc = subprocess.Popen(command("replay", str(path), str(copy), "--json",
+                                    sigint_ignored=sigint_ignored),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Ready: the first event is in the copy, so the replay is under way (and listening
+        # for signals); the next one is due 1000 s later.
+        wait_for(lambda: _position(copy) >= 1, what="the first replayed event")
+        assert ignores_sigint(proc.pid) == sigint_ignored
+        for sig in signals:
+            proc.send_signal(sig)
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 0, err
     summary = json.loads(out)
-    assert summary["stopped"] is True and summary["events"] == 1 and summary["keys_at_end"] == 1
+    assert summary["stopped"] is True and (summary["events"], summary["last"]) == (1, 1)
+    assert set(log_view(copy)) == {"k0"}

@@ -63,6 +63,7 @@ from unittest import mock
 
 import anyio
 import pytest
+from _waiting import DEADLINE
 
 import telstate_log.aio
 from telstate_log import KeyType, LogLockedError
@@ -435,7 +436,7 @@ class HeldSealerFS(OsFileSystem):
                 self.sealing_own.set()
                 self.later_queued.wait(30)
             elif name.endswith(".seg") and name > self.own:
-                self.release.wait(30)
+                self.release.wait(3 * DEADLINE)  # held past the test's wait for seal()
         return super().read(path, offset, size)
 
 
@@ -463,7 +464,7 @@ def test_seal_returns_while_writes_go_on(tmp_path: Path) -> None:
             b.add_mutable(b"k", value_for(float(i)), float(i))  # finish a later segment
             i += 1
         fs.later_queued.set()
-        sealer_call.join(5)
+        sealer_call.join(DEADLINE)
         returned = not sealer_call.is_alive()
         fs.release.set()
         sealer_call.join(30)

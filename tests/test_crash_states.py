@@ -17,9 +17,9 @@ import collections
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _crashfs import (
@@ -38,12 +38,14 @@ from _crashfs import (
     run_states,
     scratch_root,
 )
+from _waiting import wait_for
 
 from telstate_log import LogCorruptError
+from telstate_log import _format as fmt
 from telstate_log._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from telstate_log._encoding import encode_value
 from telstate_log._fileio import OsFileSystem
-from telstate_log._recovery import list_segments
+from telstate_log._recovery import list_segments, read_synced
 from telstate_log._repair import repair_log, verify_log
 from telstate_log._retention import read_pruned
 from telstate_log._seal import file_digest, read_seals
@@ -430,9 +432,7 @@ def test_torn_tail_followed_by_segments_never_written(tmp_path: Path,
             assert [ts for _, ts in samples] == [1e9 + i for i in range(kept_pos)]
             w.add_mutable(b"s", encode_value(-1.0), 2e9)
         # ... and follows the writer that repaired the log (no false gap)
-        deadline = time.monotonic() + 10
-        while reader.position < kept_pos + 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: reader.position >= kept_pos + 1, what="the follower")
         assert reader.position == kept_pos + 1
         assert reader.get_range(b"s", 1.5e9, float("inf"), False, False) == [
             (encode_value(-1.0), 2e9)]
@@ -460,3 +460,211 @@ def test_empty_segment_before_a_written_one_is_corruption(tmp_path: Path) -> Non
     with pytest.raises(LogCorruptError, match="header is 0 bytes"):
         LogBackend(path)
     assert _tree(path) == before
+
+
+# ------------------------------------- segments emptied after a synced creation
+def _newest_segment(path: Path) -> Path:
+    return path / list_segments(OsFileSystem(), str(path))[-1][1]
+
+
+def _blank(seg: Path, damage: str) -> None:
+    """Zero-fill (same size) or truncate to 0 bytes the segment file `seg`."""
+    seg.write_bytes(bytes(seg.stat().st_size) if damage == "zero-fill" else b"")
+
+
+@pytest.mark.parametrize("damage", ["zero-fill", "truncate"])
+@pytest.mark.parametrize("policy", ["always", "interval"])
+def test_emptied_newest_segment_after_synced_creation_is_corruption(
+        tmp_path: Path, policy: str, damage: str) -> None:
+    """Issue 14, defect 2: under ``fsync="always"`` a segment's header and
+    directory entry are synced before any event in it is acknowledged (and
+    "interval" syncs creations too), so a newest segment found empty or
+    zero-filled is damage.  Recovery used to remove it as "a segment whose
+    creation was cut short", opened at position 146 of 200 and reused the
+    lost positions."""
+    path = tmp_path / "log"
+    with LogBackend(path, fsync=policy, segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(200):
+            b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+    seg = _newest_segment(path)
+    assert seg.name != "00000000000000000001.seg"  # rotated: events in an older segment too
+    _blank(seg, damage)
+    before = _tree(path)
+    for readonly in (False, True):
+        with pytest.raises(LogCorruptError, match="created with syncs") as info:
+            LogBackend(path, readonly=readonly)
+        assert info.value.path == str(seg)
+    assert _tree(path) == before  # nothing removed, nothing truncated
+
+
+@pytest.mark.parametrize("damage", ["zero-fill", "truncate"])
+def test_emptied_only_segment_after_synced_creation_is_corruption(tmp_path: Path,
+                                                                  damage: str) -> None:
+    """The same damage to the only segment: no older segment can tell, the
+    record in ``synced-segment`` does (the log used to reopen empty)."""
+    path = tmp_path / "log"
+    with LogBackend(path, fsync="always", checkpoint_bytes=None) as b:
+        for i in range(10):
+            b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+    seg = _newest_segment(path)
+    assert seg.name == "00000000000000000001.seg"
+    _blank(seg, damage)
+    with pytest.raises(LogCorruptError, match="created with syncs") as info:
+        LogBackend(path)
+    assert info.value.path == str(seg)
+    assert seg.exists()
+
+
+def _blank_newest_states(trace: list[Any], initial: Any, first_after: int) -> list[CrashState]:
+    """Crash states of the ordered model whose newest segment, created after
+    position `first_after`, holds nothing."""
+    out = []
+    for state in crash_states(trace, initial, relaxed=False, max_cuts=4).states:
+        segs = sorted(n for n in state.files if n.endswith(".seg"))
+        if (segs and int(segs[-1][:20]) > first_after
+                and not state.files[segs[-1]].strip(b"\0")):
+            out.append(state)
+    return out
+
+
+@pytest.mark.parametrize("earlier", [None, "always"])
+def test_emptied_newest_segment_after_a_crash_without_syncs_recovers(
+        scratch: str, earlier: str | None) -> None:
+    """The same damage is a legitimate crash state where the segment was
+    created without syncs: it is removed and the log opens at the torn tail
+    before it -- also when an earlier session wrote the log with
+    ``fsync="always"`` (what decides is what is on disk, not the policy of
+    a session)."""
+    path = os.path.join(scratch, "log")
+    ref = Reference()
+    if earlier is not None:
+        with LogBackend(path, fsync=earlier, segment_bytes=4096, checkpoint_bytes=None) as b:
+            for i in range(100):
+                b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+                ref.apply(add_event(b"s", encode_value(float(i)), 1e9 + i))
+    synced = read_synced(OsFileSystem(), path)
+    assert (synced > 1) == (earlier is not None)
+    fs = RecordingFileSystem(path)
+    d = Driver(fs, path, fsync="never", flush_interval=0.0, ref=ref)
+    for i in range(200):
+        d.add(b"s", encode_value(float(i)), 2e9 + i)
+    d.close()
+    states = _blank_newest_states(fs.trace, fs.initial, synced)
+    assert len(states) >= 2, "the crash model produced no emptied newest segment"
+    for n, state in enumerate(states):
+        out = check_state(state, os.path.join(scratch, f"state-{n}"), d.ref)
+        assert out.status == "ok", f"{state.variant} {state.where}: {out.detail}"
+        assert out.position is not None and out.position >= synced
+
+
+def test_synced_creation_is_recorded_before_its_events_are_durable(scratch: str) -> None:
+    """In every crash state of an ``fsync="always"`` workload, a segment that
+    holds an event acknowledged as durable is covered by the durable record
+    of synced creations (so emptying it later cannot pass for a crash)."""
+    path = os.path.join(scratch, "log")
+    fs = RecordingFileSystem(path)
+    d = Driver(fs, path, fsync="always", flush_interval=0.0)
+    for i in range(250):
+        d.add(b"s", encode_value(float(i)), 1e9 + i)
+    d.close()
+    firsts = sorted({int(op.dst[:20]) for op in fs.trace
+                     if op.kind == "rename" and op.dst.endswith(".seg")})
+    assert len(firsts) >= 3
+    space = crash_states(fs.trace, fs.initial, relaxed=True, max_cuts=4)
+    checked = 0
+    for state in space.states:
+        if state.floor < 1:
+            continue
+        holding = max(f for f in firsts if f <= state.floor)
+        record = fmt.parse_synced(state.files.get(fmt.SYNCED_FILE, b""))
+        assert not isinstance(record, str), f"{state.variant} {state.where}: {record}"
+        assert record[0] >= holding, (state.variant, state.where)
+        checked += 1
+    assert checked > 50
+
+
+def test_synced_record_ahead_of_the_log_is_lowered(tmp_path: Path) -> None:
+    """A crash between recording a synced creation and the segment's rename
+    leaves the record ahead of the log.  A writer without syncs that then
+    creates a segment at that very position must not have it taken for a
+    synced one after its own crash: the writer lowers the record first."""
+    path = tmp_path / "log"
+    with LogBackend(path, fsync="always", segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(30):
+            b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+        log_id = b.log_id
+    assert log_id is not None
+    newest = list_segments(OsFileSystem(), str(path))[-1][0]
+    (path / fmt.SYNCED_FILE).write_bytes(fmt.encode_synced(31, log_id))  # the crash's leftover
+    with LogBackend(path, fsync="never", checkpoint_bytes=None) as w:
+        assert read_synced(OsFileSystem(), str(path)) == newest
+        w.seal()  # creates segment 31 without syncs
+        assert _newest_segment(path).name == "00000000000000000031.seg"
+    _blank(_newest_segment(path), "truncate")  # a crash lost its content
+    with LogBackend(path) as b2:
+        assert b2.position == 30
+    # segment 1 is sealed: the last writer started segment 31 again, with syncs
+    assert read_synced(OsFileSystem(), str(path)) == 31
+    assert (path / fmt.segment_name(31)).stat().st_size == fmt.HEADER_SIZE
+
+
+def test_synced_record_with_no_segment_is_removed(tmp_path: Path) -> None:
+    """A crash while creating a log with syncs can leave the record but no
+    segment; a writer without syncs then removes it before creating one."""
+    path = tmp_path / "log"
+    path.mkdir()
+    (path / fmt.SYNCED_FILE).write_bytes(fmt.encode_synced(1, bytes(16)))
+    with LogBackend(path, fsync="never", checkpoint_bytes=None) as w:
+        assert not (path / fmt.SYNCED_FILE).exists()
+        w.add_mutable(b"s", encode_value(1.0), 1e9)
+    _blank(_newest_segment(path), "zero-fill")
+    with LogBackend(path) as b:
+        assert b.position == 0
+
+
+@pytest.mark.parametrize("damage", ["bit-flip", "other-log"])
+def test_damaged_synced_record(tmp_path: Path, damage: str,
+                               caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged record cannot vouch for anything: where it must judge a
+    segment that holds nothing, opening fails naming it; otherwise a writer
+    sets it aside (``.bad``) and records afresh at the next synced creation."""
+    path = tmp_path / "log"
+    with LogBackend(path, fsync="always", segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(100):
+            b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+    record = path / fmt.SYNCED_FILE
+    good = record.read_bytes()
+    if damage == "bit-flip":
+        record.write_bytes(good[:14] + bytes([good[14] ^ 1]) + good[15:])
+    else:
+        first = fmt.parse_synced(good)
+        assert not isinstance(first, str)
+        record.write_bytes(fmt.encode_synced(first[0], b"\xee" * 16))
+    seg = _newest_segment(path)
+    content = seg.read_bytes()
+    _blank(seg, "zero-fill")
+    with pytest.raises(LogCorruptError) as info:
+        LogBackend(path)
+    assert info.value.path == str(record)
+    seg.write_bytes(content)
+    with LogBackend(path, readonly=True, follow=False) as r:  # a reader needs no record
+        assert r.position == 100
+    assert record.exists()
+    with LogBackend(path, fsync="always", segment_bytes=4096, checkpoint_bytes=None) as w:
+        assert not record.exists() and (path / (fmt.SYNCED_FILE + ".bad")).exists()
+        assert "setting aside a damaged record" in caplog.text
+        while _newest_segment(path) == seg:
+            w.add_mutable(b"s", encode_value(0.0), 2e9 + w.position)
+    assert read_synced(OsFileSystem(), str(path)) == int(_newest_segment(path).name[:20])
+
+
+def test_log_without_synced_record_still_recovers_an_emptied_segment(tmp_path: Path) -> None:
+    """Logs written before the record existed (the golden log) have none: an
+    empty newest segment is still taken for a creation cut short."""
+    path = tmp_path / "log"
+    shutil.copytree(Path(__file__).parent / "data" / "log" / "golden-v1", path)
+    assert not (path / fmt.SYNCED_FILE).exists()
+    (path / fmt.segment_name(99)).write_bytes(b"")
+    with LogBackend(path, use_checkpoints=False) as b:
+        assert b.position == 98
+    assert not (path / fmt.segment_name(99)).exists()

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 from _crashfs import Reference, add_event, backend_signature
+from _waiting import wait_for
 
 from telstate_log import LogError
 from telstate_log._encoding import encode_value
@@ -421,12 +422,9 @@ def test_failed_flush_of_buffered_writes_fails_the_writer(tmp_path: Path, err: i
     m.sync()
     rule = m.fs.arm("write", _is_segment, err=err, times=None)
     m.fill(5)  # accepted into the buffer; the flusher thread hits the error
-    deadline = time.monotonic() + 10
-    while not rule.fired and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for(lambda: m.b._writer.failed is not None, what="the flusher to fail the writer")
     assert rule.fired
     m.fs.disarm()
-    time.sleep(0.05)
     assert set(m.attempt(3)) == {"LogFailedError"}
     with pytest.raises(LogFailedError):
         m.b.sync()
@@ -456,11 +454,8 @@ def test_failed_fsync_is_final(tmp_path: Path, fsync: str) -> None:
             m.add()
     elif fsync == "interval":
         m.add()  # the timer's fsync of this write fails
-        deadline = time.monotonic() + 10
-        while not rule.fired and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert rule.fired
-        time.sleep(0.05)
+        wait_for(lambda: m.b._writer.failed is not None, what="the timer to fail the writer")
+        assert rule.fired and m.b._durability.failed is not None
     else:
         m.add()
         with pytest.raises(LogFailedError):

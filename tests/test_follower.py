@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from _waiting import DEADLINE, wait_for
 
 import telstate_log
 import telstate_log.aio
@@ -84,7 +86,7 @@ def test_follower_survives_writer_crash_and_restart(tmp_path: Path) -> None:
     path.mkdir()
     reader = LogBackend(path, readonly=True)
     proc = start_writer(path, 100000, delay=0.0005)
-    time.sleep(0.3)
+    wait_for(lambda: reader.position >= 200, what="the writer to be well under way")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc2 = start_writer(path, 200, delay=0.0)  # recovers (truncating a torn tail) and goes on
@@ -118,11 +120,15 @@ async def test_async_follower_wait_key(tmp_path: Path) -> None:
 
 
 def test_watcher_wakes_on_write(tmp_path: Path) -> None:
-    watcher = DirectoryWatcher(str(tmp_path), max_wait=5.0)
+    # The backstop is an hour: returning at all means the write woke the watcher.
+    watcher = DirectoryWatcher(str(tmp_path), max_wait=3600.0)
+    woke = threading.Event()
+    waiter = threading.Thread(target=lambda: (watcher.wait(0), woke.set()))
     try:
-        start = time.monotonic()
         (tmp_path / "x").write_bytes(b"1")
-        watcher.wait(0)
-        assert time.monotonic() - start < 4.0
+        waiter.start()
+        assert woke.wait(DEADLINE)
     finally:
+        watcher.wake()
+        waiter.join(DEADLINE)
         watcher.close()

@@ -145,6 +145,23 @@ def test_header_layout() -> None:
     assert "version" in str(fmt.parse_header(_reseal(head, 8, 2)))
 
 
+def test_synced_record_layout() -> None:
+    rec = fmt.encode_synced(147, bytes(range(16)))
+    assert len(rec) == fmt.SYNCED_SIZE == 40
+    assert rec[:8] == b"TSLOGSYN" and rec[8] == 1 and rec[9:12] == bytes(3)
+    assert struct.unpack_from("<Q", rec, 12)[0] == 147
+    assert rec[20:36] == bytes(range(16))
+    assert struct.unpack_from("<I", rec, 36)[0] == zlib.crc32(rec[:36])
+    assert fmt.parse_synced(rec) == (147, bytes(range(16)))
+    assert "checksum" in str(fmt.parse_synced(rec[:12] + b"\x00" + rec[13:]))
+    assert "magic" in str(fmt.parse_synced(b"X" + rec[1:36] + struct.pack(
+        "<I", zlib.crc32(b"X" + rec[1:36]))))
+    assert "version" in str(fmt.parse_synced(rec[:8] + b"\x02" + rec[9:36] + struct.pack(
+        "<I", zlib.crc32(rec[:8] + b"\x02" + rec[9:36]))))
+    assert "expected 40" in str(fmt.parse_synced(rec[:39]))
+    assert "expected 40" in str(fmt.parse_synced(b""))
+
+
 def _reseal(head: bytes, index: int, value: int) -> bytes:
     b = bytearray(head)
     b[index] = value

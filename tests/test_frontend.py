@@ -7,9 +7,11 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from _waiting import DEADLINE
 
 import telstate_log
 from telstate_log import CancelledError, ImmutableKeyError, KeyType, TimeoutError
@@ -94,17 +96,36 @@ def test_position_and_completions(tmp_path: Path) -> None:
     ts.backend.close()
 
 
-def test_wait_key_timeout_and_cancel_future() -> None:
+def test_wait_key_timeout_and_cancel_future(monkeypatch: pytest.MonkeyPatch) -> None:
     ts = telstate_log.TelescopeState()
     start = time.monotonic()
     with pytest.raises(TimeoutError):
         ts.wait_key("k", timeout=0.2)
-    assert 0.15 < time.monotonic() - start < 2
+    assert 0.15 < time.monotonic() - start < DEADLINE  # not early, and it does end
+    # Record how long each wait for an update lasts (the monitor's send(timeout)), and
+    # cancel during the third.
+    waits: list[float | None] = []
     future: concurrent.futures.Future[None] = concurrent.futures.Future()
-    threading.Timer(0.1, future.set_result, (None,)).start()
-    start = time.monotonic()
+    monitor_keys = ts.backend.monitor_keys
+
+    class RecordingMonitor:
+        def __init__(self, keys: Any) -> None:
+            self._monitor = monitor_keys(keys)
+
+        def send(self, wait: float | None) -> Any:
+            waits.append(wait)
+            if len(waits) == 3:
+                future.set_result(None)
+            return self._monitor.send(wait)
+
+        def close(self) -> None:
+            self._monitor.close()
+
+    monkeypatch.setattr(ts.backend, "monitor_keys", RecordingMonitor)
     with pytest.raises(CancelledError):
         ts.wait_key("k", cancel_future=future)
-    assert time.monotonic() - start < 1.0  # polled every 0.1 s, not every second
+    assert len(waits) == 3 and waits[0] is None
+    assert all(w is not None and w <= 0.1 for w in waits[1:])  # polled every 0.1 s, not 1 s
+    monkeypatch.undo()
     threading.Timer(0.1, ts.add, ("k", 5.0)).start()
-    ts.wait_key("k", lambda v, t: v == 5.0 and not math.isnan(t), timeout=5)
+    ts.wait_key("k", lambda v, t: v == 5.0 and not math.isnan(t), timeout=DEADLINE)

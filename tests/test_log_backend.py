@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _waiting import wait_for
 
 import telstate_log
 from telstate_log import LogCorruptError, LogError, LogLockedError, ReadOnlyError
+from telstate_log import _format as fmt
 from telstate_log._checkpoint import list_checkpoints
 from telstate_log._encoding import encode_value
 from telstate_log._errors import LogFailedError, LogWriteError
 from telstate_log._fileio import OsFileSystem
 from telstate_log._recovery import list_segments
-from telstate_log.backends import LogBackend
+from telstate_log._replayer import COST_DELETE, COST_KEY, COST_SUB_KEY, replay_cost
+from telstate_log.backends import LogBackend, _log
 
 
 def fill(b: LogBackend, n: int, key: bytes = b"sensor", start: float = 1e9) -> None:
@@ -158,6 +161,75 @@ def test_checkpoint_ahead_of_log_is_ignored(tmp_path: Path) -> None:
         assert b2.get(b"sensor")[1] == 1e9 + b2.position - 1
 
 
+def many_keys(b: LogBackend, keys: int) -> None:
+    for i in range(keys):
+        b.add_mutable(b"key%06d" % i, encode_value(float(i)), 1e9 + i)
+
+
+@pytest.mark.parametrize("checkpoint_bytes", [_log.DEFAULT_CHECKPOINT_BYTES, None])
+def test_close_checkpoints_a_small_tail_of_many_keys(tmp_path: Path,
+                                                     checkpoint_bytes: int | None) -> None:
+    """Issue 14, defect 3: close() only checkpointed a tail of 16 MiB, so a log of
+    many keys (100,000 keys in 7 MB) replayed in full on every open.  It now
+    checkpoints by replay cost: a tail of one-sample keys worth the cost, far
+    below 16 MiB, gets a checkpoint, and the log reopens from it."""
+    path = tmp_path / "log"
+    keys = _log.CLOSE_CHECKPOINT_COST // (1 + COST_KEY) + 1
+    with LogBackend(path, fsync="never", checkpoint_bytes=checkpoint_bytes) as b:
+        many_keys(b, keys)
+        assert b._tail_bytes() < _log.CLOSE_CHECKPOINT_BYTES // 8
+        before = state_of(b)
+    assert [c.position for c in list_checkpoints(str(path))] == [keys]
+    with LogBackend(path, readonly=True, follow=False) as b2:
+        assert state_of(b2) == before
+
+
+def test_close_checkpoints_a_costly_tail_it_only_replayed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tail left without a checkpoint (a crash, or an older version) is
+    replayed by the next writer; its clean close checkpoints it even if it wrote
+    nothing itself (the bytes it appended were all the old rule looked at)."""
+    path = tmp_path / "log"
+    keys = _log.CLOSE_CHECKPOINT_COST // (1 + COST_KEY) + 1
+    with monkeypatch.context() as m:  # a writer that never checkpoints on close
+        m.setattr(_log, "CLOSE_CHECKPOINT_COST", 1 << 62)
+        with LogBackend(path, fsync="never") as b:
+            many_keys(b, keys)
+    assert not list_checkpoints(str(path))
+    with LogBackend(path, fsync="never"):
+        pass
+    assert len(list_checkpoints(str(path))) == 1
+    with LogBackend(path, fsync="never"):  # nothing since that checkpoint: no other
+        pass
+    assert len(list_checkpoints(str(path))) == 1
+
+
+def test_close_leaves_a_cheap_tail(tmp_path: Path) -> None:
+    """A tail that replays fast is not worth a checkpoint: close() writes none."""
+    path = tmp_path / "log"
+    with LogBackend(path, fsync="never") as b:
+        many_keys(b, 100)
+        fill(b, 1000)
+    assert not list_checkpoints(str(path))
+
+
+def test_replay_cost_counts_events_keys_sub_keys_and_deletes(tmp_path: Path) -> None:
+    with LogBackend(path := tmp_path / "log", fsync="never", checkpoint_bytes=None) as b:
+        fill(b, 10)  # positions 1..10: one key
+        since = b.position
+        fill(b, 5, start=2e9)  # 5 events of a key created before `since`
+        b.set_immutable(b"imm", encode_value(1))  # a key
+        b.set_indexed(b"idx", encode_value(1), encode_value(1))  # a key, a sub-key
+        b.set_indexed(b"idx", encode_value(2), encode_value(2))  # a sub-key
+        many_keys(b, 3)  # 3 keys
+        b.delete(b"key000000")  # a delete
+        cost = replay_cost(b._state, since)
+        assert b.position - since == 5 + 1 + 2 + 3 + 1
+        assert cost == 12 + COST_KEY * (1 + 1 + 2) + COST_SUB_KEY * 2 + COST_DELETE * 1
+        assert replay_cost(b._state, b.position) == 0
+    assert path.exists()
+
+
 def test_torn_tail_truncated_every_offset(tmp_path: Path,
                                           caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "log"
@@ -280,9 +352,7 @@ def test_interval_policy_syncs_in_background(tmp_path: Path) -> None:
     fs = CountingFS()
     with LogBackend(tmp_path / "log", fsync="interval", fsync_interval=0.05, fs=fs) as b:
         b.add_mutable(b"s", b"\xff\x01", 1.0)
-        deadline = __import__("time").monotonic() + 5
-        while b.durable_position < 1 and __import__("time").monotonic() < deadline:
-            __import__("time").sleep(0.01)
+        wait_for(lambda: b.durable_position >= 1, what="the background fsync")
         assert b.durable_position == 1
 
 
@@ -350,3 +420,31 @@ def test_seal_after_reopen_covers_the_earlier_writers_events(tmp_path: Path) -> 
     from telstate_log._seal import read_seals
 
     assert read_seals(str(tmp_path / "log"))[-1].last == 3
+
+
+@pytest.mark.parametrize("synced", [True, False])
+def test_follower_judges_an_empty_next_segment_by_the_synced_record(tmp_path: Path,
+                                                                    synced: bool) -> None:
+    """A reader following the log that finds the next segment named but empty
+    waits for the writer to remove it only if its creation may have been cut
+    short; if ``synced-segment`` says it was created with syncs it is damage
+    (issue 14, defect 2) and following fails instead of waiting forever."""
+    path = tmp_path / "log"
+    with LogBackend(path, fsync="always", segment_bytes=4096, checkpoint_bytes=None) as w:
+        fill(w, 100)
+        log_id = w.log_id
+    assert log_id is not None
+    with LogBackend(path, readonly=True, follow=False) as r:
+        assert r.position == 100
+        assert not r._follow_step()
+        nxt = path / fmt.segment_name(101)
+        if synced:
+            (path / fmt.SYNCED_FILE).write_bytes(fmt.encode_synced(101, log_id))
+        nxt.write_bytes(bytes(700))
+        if synced:
+            with pytest.raises(LogCorruptError, match="created with syncs") as info:
+                r._follow_step()
+            assert info.value.path == str(nxt)
+        else:
+            assert not r._follow_step()  # a crash's leftover: the next writer removes it
+            assert r.position == 100

@@ -133,11 +133,11 @@ def test_cached() -> None:
 def test_pathological_pattern_is_fast() -> None:
     key = b"a" * 20000
     pattern = b"*a" * 30 + b"*b"
-    start = time.perf_counter()
+    start = time.process_time()   # CPU time: other processes' load does not stretch it
     assert not compile_pattern(pattern)(key)
     assert compile_pattern(pattern[:-1] + b"a")(key)
     assert not compile_pattern(b"*[a]?" * 40 + b"[b]")(key)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def _brute_force(pattern: bytes, key: bytes) -> bool:

@@ -13,7 +13,6 @@ redis.asyncio client is refused).  Tests run under anyio's asyncio backend
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "replay"))
 
 from _aio_redis_cases import (
     check_first_contact_failure,
+    check_get_range_matches_katsdptelstate,
     check_load_from_file,
     check_operations,
     check_restart,
     check_wrong_password,
 )
 from _aio_redis_cases import next_update as _next
-from _redis import RedisServer
+from _redis import RedisServer, subscribers
+from _waiting import DEADLINE, wait_until
 
 import telstate_log
 import telstate_log.aio
@@ -63,7 +64,7 @@ def client(redis_url: str) -> Any:
     client.close()
 
 
-async def _channels_become(client: Any, expected: set[bytes], timeout: float = 5.0) -> None:
+async def _channels_become(client: Any, expected: set[bytes], timeout: float = DEADLINE) -> None:
     with anyio.fail_after(timeout):
         while set(client.pubsub_channels()) != expected:
             await anyio.sleep(0.01)
@@ -92,6 +93,10 @@ def test_refused_outside_an_event_loop(redis_url: str) -> None:
 # ------------------------------------------------------------------- contract
 async def test_operations(backend: RedisBackend, client: Any) -> None:
     await check_operations(backend, client)
+
+
+async def test_get_range_matches_katsdptelstate(backend: RedisBackend, client: Any) -> None:
+    await check_get_range_matches_katsdptelstate(backend, client)
 
 
 async def test_load_from_file(tmp_path: Path, backend: RedisBackend, client: Any) -> None:
@@ -156,22 +161,22 @@ async def test_waits_woken_across_libraries(backend: RedisBackend, redis_url: st
     ours = telstate_log.aio.TelescopeState(backend)
     # katsdptelstate's sync front end, in worker threads: its aio backend's
     # wait_closed() can hang with redis-py 8 (a StreamWriter.wait_closed race).
-    theirs = katsdptelstate.TelescopeState(
-        kt_redis.RedisBackend(redis.Redis.from_url(redis_url)))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ours.wait_indexed, "table", "s", lambda v: v == 2)
-        await anyio.sleep(0.2)
-        start = time.monotonic()
-        await anyio.to_thread.run_sync(theirs.set_indexed, "table", "s", 2)
-    assert time.monotonic() - start < 1.0
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(anyio.to_thread.run_sync, lambda: theirs.wait_key(
-            "sensor", lambda v, t: v == 2, timeout=5))
-        await anyio.sleep(0.2)
-        start = time.monotonic()
-        await ours.add("sensor", 1, ts=4.0)
-        await ours.add("sensor", 2, ts=5.0)
-    assert time.monotonic() - start < 1.0
+    client = redis.Redis.from_url(redis_url)
+    theirs = katsdptelstate.TelescopeState(kt_redis.RedisBackend(client))
+    # Neither library re-reads a key on a timer: once the waiter is subscribed, only
+    # the writer's update message can end its wait.
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ours.wait_indexed, "table", "s", lambda v: v == 2)
+            await wait_until(lambda: subscribers(client, b"update/table") == 1)
+            await anyio.to_thread.run_sync(theirs.set_indexed, "table", "s", 2)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, lambda: theirs.wait_key(
+                "sensor", lambda v, t: v == 2, timeout=DEADLINE))
+            await wait_until(lambda: subscribers(client, b"update/sensor") == 1)
+            await ours.add("sensor", 1, ts=4.0)
+            await ours.add("sensor", 2, ts=5.0)
+    client.close()
 
 
 async def test_pump_survives_killed_connection(fresh_redis: RedisServer) -> None:
@@ -197,7 +202,7 @@ async def test_reconnect_after_restart(fresh_redis: RedisServer) -> None:
     await backend.wait_closed()
 
 
-async def test_close_ends_waits(backend: RedisBackend) -> None:
+async def test_close_ends_waits(backend: RedisBackend, client: Any) -> None:
     ts = telstate_log.aio.TelescopeState(backend)
     errors: list[BaseException] = []
 
@@ -207,10 +212,10 @@ async def test_close_ends_waits(backend: RedisBackend) -> None:
         except telstate_log.ConnectionError as exc:
             errors.append(exc)
 
-    with anyio.fail_after(5):
+    with anyio.fail_after(DEADLINE):
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait)
-            await anyio.sleep(0.2)
+            await _channels_become(client, {b"telstate_log/idle", b"update/never"})
             backend.close()
             await backend.wait_closed()
     assert len(errors) == 1 and "closed" in str(errors[0])

@@ -12,8 +12,9 @@ test runs under asyncio and under trio (conftest's `anyio_backend`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
-import time
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "replay"))
 
 from _aio_redis_cases import (
     check_first_contact_failure,
+    check_get_range_matches_katsdptelstate,
     check_load_from_file,
     check_operations,
     check_wrong_password,
 )
 from _aio_redis_cases import next_update as _next
-from _redis import RedisServer
+from _redis import RedisServer, subscribers
+from _waiting import DEADLINE, wait_until
 
 import telstate_log
 import telstate_log.aio
@@ -61,6 +64,37 @@ def writer(redis_url: str) -> Iterator[telstate_log.TelescopeState]:
     sync = SyncRedisBackend.from_url(redis_url)
     yield telstate_log.TelescopeState(sync)
     sync.close()
+
+
+class _Steps:
+    """Counts the monitor steps finished (in worker threads), in all and per monitor
+    after :meth:`cut`: a cancelled or closed wait may finish the step it has in
+    flight (at most STEP_SECONDS long), and must start no other."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.total = 0
+        self.after_cut: collections.Counter[int] = collections.Counter()
+        self._cut = False
+        self._lock = threading.Lock()
+        step = _redis_threads._Stepper.step
+
+        def counted(stepper: Any) -> Any:
+            try:
+                return step(stepper)
+            finally:
+                with self._lock:
+                    self.total += 1
+                    if self._cut:
+                        self.after_cut[id(stepper)] += 1
+
+        monkeypatch.setattr(_redis_threads._Stepper, "step", counted)
+
+    def cut(self) -> None:
+        self._cut = True
+
+    def prompt(self) -> bool:
+        """No monitor finished more than its one step in flight after the cut."""
+        return max(self.after_cut.values(), default=0) <= 1
 
 
 def _threads_in_sync_backend(function: str | None = None) -> int:
@@ -124,6 +158,11 @@ async def test_operations(backend: ThreadedRedisBackend, client: redis.Redis) ->
     await check_operations(backend, client)
 
 
+async def test_get_range_matches_katsdptelstate(backend: ThreadedRedisBackend,
+                                                client: redis.Redis) -> None:
+    await check_get_range_matches_katsdptelstate(backend, client)
+
+
 async def test_concurrent_first_writers(backend: ThreadedRedisBackend) -> None:
     results: dict[int, bytes | None] = {}
 
@@ -147,23 +186,24 @@ async def test_load_from_file(tmp_path: Path, backend: ThreadedRedisBackend,
 
 # ------------------------------------------------------------------- waiting
 async def test_wait_key_woken_by_other_threads(backend: ThreadedRedisBackend,
-                                               writer: telstate_log.TelescopeState) -> None:
+                                               writer: telstate_log.TelescopeState,
+                                               client: redis.Redis) -> None:
+    # A monitor step that times out re-reads nothing: once subscribed, a wait ends only
+    # when the writes' update messages wake it.
     ts = telstate_log.aio.TelescopeState(backend)
-    async with anyio.create_task_group() as tg:                 # barrier: the key appears
-        tg.start_soon(ts.wait_key, "ready")
-        await anyio.sleep(0.3)
-        start = time.monotonic()
-        await anyio.to_thread.run_sync(writer.set, "ready", True)
-    assert time.monotonic() - start < 1.0
-    async with anyio.create_task_group() as tg:                 # subscription: a condition
-        tg.start_soon(ts.wait_key, "sensor", lambda value, t: value == 3)
-        tg.start_soon(ts.wait_indexed, "table", "m001", lambda value: value == "on")
-        await anyio.sleep(0.3)
-        start = time.monotonic()
-        for value in (1, 2, 3):
-            await anyio.to_thread.run_sync(writer.add, "sensor", value, float(value))
-        await anyio.to_thread.run_sync(writer.set_indexed, "table", "m001", "on")
-    assert time.monotonic() - start < 1.0
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:             # barrier: the key appears
+            tg.start_soon(ts.wait_key, "ready")
+            await wait_until(lambda: subscribers(client, b"update/ready") == 1)
+            await anyio.to_thread.run_sync(writer.set, "ready", True)
+        async with anyio.create_task_group() as tg:             # subscription: a condition
+            tg.start_soon(ts.wait_key, "sensor", lambda value, t: value == 3)
+            tg.start_soon(ts.wait_indexed, "table", "m001", lambda value: value == "on")
+            await wait_until(lambda: subscribers(client, b"update/sensor") == 1
+                             and subscribers(client, b"update/table") == 1)
+            for value in (1, 2, 3):
+                await anyio.to_thread.run_sync(writer.add, "sensor", value, float(value))
+            await anyio.to_thread.run_sync(writer.set_indexed, "table", "m001", "on")
 
 
 async def test_monitor_protocol(backend: ThreadedRedisBackend, client: redis.Redis) -> None:
@@ -182,22 +222,23 @@ async def test_monitor_protocol(backend: ThreadedRedisBackend, client: redis.Red
     assert client.pubsub_channels() == []                        # closed before aclose returned
 
 
-async def test_cancellation_is_prompt_and_leaves_no_thread(backend: ThreadedRedisBackend,
-                                                           client: redis.Redis) -> None:
+async def test_cancellation_is_prompt_and_leaves_no_thread(
+        backend: ThreadedRedisBackend, client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     ts = telstate_log.aio.TelescopeState(backend)
+    steps = _Steps(monkeypatch)
     async with anyio.create_task_group() as tg:
 
         async def wait_long() -> None:
-            with anyio.fail_after(60):
+            with anyio.fail_after(2 * DEADLINE):
                 await ts.wait_key("never")
 
         tg.start_soon(wait_long)
         tg.start_soon(ts.wait_indexed, "never", "s")
-        await anyio.sleep(0.5)
-        assert client.pubsub_numsub(b"update/never") == [(b"update/never", 2)]
-        start = time.monotonic()
+        await wait_until(lambda: subscribers(client, b"update/never") == 2)
+        steps.cut()
         tg.cancel_scope.cancel()
-    assert time.monotonic() - start < 1.0
+    assert steps.total >= 2 and steps.prompt()   # only the steps in flight were waited for
     # Nothing left behind, checked without waiting: no step still running, no subscription.
     assert _threads_in_sync_backend() == 0
     assert client.pubsub_channels() == []
@@ -208,38 +249,44 @@ async def test_cancellation_is_prompt_and_leaves_no_thread(backend: ThreadedRedi
 async def test_native_asyncio_cancellation(anyio_backend: str, backend: ThreadedRedisBackend,
                                            client: redis.Redis) -> None:
     ts = telstate_log.aio.TelescopeState(backend)
-    start = time.monotonic()
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(ts.wait_key("never"), 0.3)
-    assert time.monotonic() - start < 1.3
     assert _threads_in_sync_backend() == 0
     assert client.pubsub_channels() == []
 
 
 async def test_monitors_share_a_bounded_pool(monkeypatch: pytest.MonkeyPatch,
                                              backend: ThreadedRedisBackend,
-                                             writer: telstate_log.TelescopeState) -> None:
+                                             writer: telstate_log.TelescopeState,
+                                             client: redis.Redis) -> None:
     monkeypatch.setattr(_redis_threads, "MONITOR_THREADS", 2)
     limiter = _redis_threads._monitor_threads()      # this event loop's (made now: 2 tokens)
     assert limiter.total_tokens == 2
     ts = telstate_log.aio.TelescopeState(backend)
     busiest = waiting = 0
+
+    def sample() -> bool:
+        """Note the busiest moment so far; true once all six are subscribed."""
+        nonlocal busiest, waiting
+        busiest = max(busiest, _threads_in_sync_backend("monitor_keys"))
+        waiting = max(waiting, limiter.statistics().tasks_waiting)
+        return all(subscribers(client, b"update/key%d" % i) == 1 for i in range(6))
+
     async with anyio.create_task_group() as tg:
         for i in range(6):
             tg.start_soon(ts.wait_key, f"key{i}")
-        with anyio.fail_after(10):
-            for _ in range(50):                     # 1 s of samples while all six wait
-                await anyio.sleep(0.02)
-                busiest = max(busiest, _threads_in_sync_backend("monitor_keys"))
-                waiting = max(waiting, limiter.statistics().tasks_waiting)
+        with anyio.fail_after(DEADLINE):
+            await wait_until(sample)                # sampled all the while they subscribe
             for i in range(6):
                 await anyio.to_thread.run_sync(writer.set, f"key{i}", i)
     assert busiest <= 2 and waiting >= 1            # they took turns, and all were woken
 
 
 # ------------------------------------------------------------- closing, faults
-async def test_close_ends_waits(backend: ThreadedRedisBackend) -> None:
+async def test_close_ends_waits(backend: ThreadedRedisBackend, client: redis.Redis,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
     ts = telstate_log.aio.TelescopeState(backend)
+    steps = _Steps(monkeypatch)
     errors: list[BaseException] = []
 
     async def wait(key: str) -> None:
@@ -248,15 +295,16 @@ async def test_close_ends_waits(backend: ThreadedRedisBackend) -> None:
         except telstate_log.ConnectionError as exc:
             errors.append(exc)
 
-    with anyio.fail_after(5):
+    with anyio.fail_after(DEADLINE):
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait, "never")
             tg.start_soon(wait, "never2")
-            await anyio.sleep(0.3)
-            start = time.monotonic()
+            await wait_until(lambda: subscribers(client, b"update/never") == 1
+                             and subscribers(client, b"update/never2") == 1)
+            steps.cut()
             backend.close()
             await backend.wait_closed()
-    assert time.monotonic() - start < 1.0
+    assert steps.prompt()                           # each ended after its step in flight
     assert len(errors) == 2 and all("closed" in str(exc) for exc in errors)
     assert backend.to_sync().closed
     with pytest.raises(telstate_log.ConnectionError, match="closed"):
@@ -270,10 +318,12 @@ async def test_wait_survives_server_restart(fresh_redis: RedisServer) -> None:
     monitor = backend.monitor_keys([b"k"])
     await _next(monitor)
     await _next(monitor)                                         # subscribed
-    with anyio.fail_after(15):
+    client = fresh_redis.client()
+    with anyio.fail_after(DEADLINE):
         async with anyio.create_task_group() as tg:
             tg.start_soon(ts.wait_key, "k2", lambda value, t: value == 2)
-            await anyio.sleep(0.3)
+            await wait_until(lambda: subscribers(client, b"update/k2") == 1)
+            client.close()
             await anyio.to_thread.run_sync(fresh_redis.restart)  # no persistence: data gone
             assert type(await _next(monitor)) is KeyUpdateBase   # resubscribed: re-read
             assert not await ts.exists("before")

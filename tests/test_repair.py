@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,3 +136,124 @@ def test_repair_of_a_healthy_log_changes_nothing(tmp_path: Path) -> None:
     report = repair_log(tmp_path / "log")
     assert not report.damaged and report.kept_position == 50
     assert {p.name: p.read_bytes() for p in segments(tmp_path / "log")} == before
+
+
+# ------------------------------- one definition of damage for verify and repair (item 8)
+def _garbage_checkpoint(path: Path) -> Path:
+    junk = path / "checkpoints" / "00000000000000000010.ckpt"
+    junk.write_bytes(b"garbage")
+    return junk
+
+
+def _foreign_checkpoint(path: Path) -> Path:
+    other = path.parent / "other"
+    with LogBackend(other, checkpoint_bytes=None) as b:
+        for i in range(150):
+            b.add_mutable(b"x", encode_value(i), float(i))
+        cp = b.checkpoint()
+    assert cp is not None
+    target = path / "checkpoints" / os.path.basename(cp)
+    target.write_bytes(Path(cp).read_bytes())
+    return target
+
+
+@pytest.mark.parametrize("make_bad", [_garbage_checkpoint, _foreign_checkpoint])
+def test_repair_sets_aside_every_checkpoint_verify_reports(tmp_path: Path, make_bad: Any) -> None:
+    path = tmp_path / "log"
+    make_log(path)
+    bad = make_bad(path)
+    report = verify_log(path)
+    assert report.damaged
+    [problem] = report.problems
+    assert problem["file"] == str(bad) and problem["kind"] == "checkpoint"
+    assert problem["repairable"]
+    segs = {p.name: p.read_bytes() for p in segments(path)}
+    dry = repair_log(path, dry_run=True)
+    assert dry.damaged and dry.moved == [str(bad)] and bad.exists()
+    repaired = repair_log(path)
+    assert repaired.damaged and repaired.problem == problem and not repaired.unrepairable
+    assert repaired.lost_positions is None and repaired.kept_position == 400
+    assert repaired.moved_to is not None
+    assert (Path(repaired.moved_to) / ("checkpoint-" + bad.name)).read_bytes() != b""
+    assert not bad.exists()
+    assert {p.name: p.read_bytes() for p in segments(path)} == segs  # no event lost
+    after = verify_log(path)
+    assert not after.damaged, after.problems
+    assert not repair_log(path).damaged
+
+
+def _doctor_sealed_segment(path: Path) -> Path:
+    """Change a value in a sealed segment, keeping every CRC valid (tampering)."""
+    from test_seal import _doctor
+
+    return _doctor(path, 1, "value")
+
+
+def test_repair_leaves_tampering_alone_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(300):
+            b.add_mutable(b"sensor", encode_value(float(i)), 1e9 + i)
+        b.seal()
+    seg = _doctor_sealed_segment(path)
+    report = verify_log(path)
+    [problem] = report.problems
+    assert problem["file"] == str(seg) and problem["kind"] == "seal"
+    assert problem["repairable"] is False
+    before = {p.name: p.read_bytes() for p in segments(path)}
+    repaired = repair_log(path)
+    assert not repaired.damaged and repaired.unrepairable == [problem]
+    assert {p.name: p.read_bytes() for p in segments(path)} == before  # evidence kept
+    assert not any(name.startswith("damaged-") for name in os.listdir(path))
+
+
+def _pruned_log(path: Path, more: int) -> None:
+    """400 events, pruned before 200 (its checkpoint is at 400), then `more` events."""
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(400):
+            b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
+        b.seal()
+        b.prune(before=200)
+        for i in range(more):
+            b.add_mutable(b"s", encode_value(-float(i)), 2e9 + i)
+        b.seal()
+
+
+def _damage_tail(seg: Path) -> None:
+    data = bytearray(seg.read_bytes())
+    data[-3] ^= 0xFF
+    seg.write_bytes(bytes(data))
+
+
+def test_repair_of_a_pruned_log_keeps_the_pruned_seals(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    _pruned_log(path, more=200)
+    before = verify_log(path)
+    assert not before.damaged and before.pruned_chain
+    _damage_tail(segments(path)[-2])  # the last sealed segment, after the checkpoint
+    report = repair_log(path)
+    assert report.damaged and report.kept_position > 400
+    after = verify_log(path)
+    assert not after.damaged, after.problems
+    assert after.pruned_chain == before.pruned_chain  # the chain still runs from genesis
+    assert after.seal_chain == before.seal_chain[:-1]
+
+
+def test_repair_refuses_to_cut_a_pruned_log_before_its_checkpoint(tmp_path: Path) -> None:
+    """Cutting before the only checkpoint covering the pruned part would leave
+    a log that cannot open: repair says so and changes nothing."""
+    path = tmp_path / "log"
+    _pruned_log(path, more=0)
+    seg = segments(path)[-2]  # ends at 400, where the checkpoint is
+    _damage_tail(seg)
+    report = verify_log(path)
+    problem = next(p for p in report.problems if p["kind"] == "segment")
+    assert problem["file"] == str(seg) and problem["repairable"] is False
+    assert "pruned" in problem["repair_note"]
+    files = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    repaired = repair_log(path)
+    assert not repaired.damaged and problem["problem"] in [
+        p["problem"] for p in repaired.unrepairable]
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == files
+    with LogBackend(path, readonly=True, follow=False) as b:  # still opens
+        assert b.position == 400

@@ -6,6 +6,7 @@ so only the seals can catch them.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import struct
 import zlib
@@ -13,12 +14,22 @@ from pathlib import Path
 
 import pytest
 
+from telstate_log import LogError
 from telstate_log import _format as fmt
 from telstate_log._encoding import encode_value
 from telstate_log._fileio import OsFileSystem
 from telstate_log._recovery import list_segments
 from telstate_log._repair import verify_log
-from telstate_log._seal import genesis, read_seals, seal_segment, write_seals
+from telstate_log._seal import (
+    NOT_FOUND,
+    PRUNED,
+    SEALS_FILE,
+    Seal,
+    genesis,
+    read_seals,
+    seal_segment,
+    write_seals,
+)
 from telstate_log.backends import LogBackend
 
 
@@ -157,3 +168,145 @@ def test_seals_survive_reopen_and_crash_before_sealing(tmp_path: Path) -> None:
     report = verify_log(path)
     assert report.ok and report.unsealed_segments == []
     assert report.sealed_segments == len(segments(path)) - 1
+
+
+# ------------------------------------------------- kept heads and pruning (issue 14, item 1)
+def forge_pruned_claim(path: Path, kept_head: str) -> None:
+    """The forgery of issue 14 item 1 on the log at `path`: a first line in
+    ``seals`` claims a pruned segment whose seal is `kept_head`, the log's real
+    seals are chained on from it, and ``pruned`` says 1."""
+    fs = OsFileSystem()
+    segs = list_segments(fs, str(path))
+    prev = bytes.fromhex(kept_head)
+    forged = [Seal(fmt.segment_name(0), 0, 0, 0, "00" * 32, kept_head)]
+    for (first, name), (nxt, _) in itertools.pairwise(segs):
+        s = seal_segment(fs, str(path), name, first, nxt - 1, prev)
+        forged.append(s)
+        prev = bytes.fromhex(s.seal)
+    write_seals(str(path), forged)
+    (path / "pruned").write_text("1\n")
+
+
+def make_other_log(path: Path) -> None:
+    """A different log: the same keys and times, other values."""
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(300):
+            b.add_mutable(b"sensor", encode_value(-float(i)), 1e9 + i)
+        b.seal()
+
+
+def test_a_forged_log_claiming_the_kept_head_as_pruned_is_not_verified(tmp_path: Path) -> None:
+    kept = make_log(tmp_path / "genuine")
+    forged = tmp_path / "forged"
+    make_other_log(forged)
+    forge_pruned_claim(forged, kept)
+    report = verify_log(forged)
+    assert kept not in report.seal_chain  # only recomputed seals are in it
+    assert report.pruned_chain == [kept]
+    check = report.check_head(kept)
+    assert check.status == PRUNED and not check.ok and check.index == 1
+    assert report.check_head(report.seal_chain[-1]).ok  # its own seals do verify
+
+
+def _sealed_twice_then_pruned(path: Path) -> tuple[str, str, int]:
+    """(an early head whose segment is pruned, a later head that survives, the cut)."""
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(300):
+            b.add_mutable(b"sensor", encode_value(float(i)), 1e9 + i)
+        early = b.seal()
+        for i in range(300):
+            b.add_mutable(b"sensor", encode_value(float(i)), 2e9 + i)
+        late = b.seal()
+        cut = b.prune(before=301).history_from
+    assert early is not None and late is not None and cut == 301
+    return early, late, cut
+
+
+def test_kept_heads_after_a_prune(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    early, late, cut = _sealed_twice_then_pruned(path)
+    report = verify_log(path)
+    assert report.ok and not report.problems and report.pruned_before == cut
+    assert report.head == late and not report.head_pruned
+    assert early in report.pruned_chain and early not in report.seal_chain
+    gone = report.check_head(early)
+    assert gone.status == PRUNED and not gone.ok and gone.last == cut - 1
+    kept = report.check_head(late.upper())
+    assert kept.ok and kept.covered_from == cut and kept.index == kept.of
+    assert report.check_head("ab" * 32).status == NOT_FOUND
+
+
+def test_a_rewritten_pruned_seal_cannot_reproduce_a_later_head(tmp_path: Path) -> None:
+    """The recomputation after a prune starts from an unverified pruned seal;
+    a kept head reproduced from present bytes pins that start too."""
+    path = tmp_path / "log"
+    _early, late, cut = _sealed_twice_then_pruned(path)
+    fs = OsFileSystem()
+    seals = read_seals(str(path))
+    n = sum(1 for s in seals if s.last < cut)
+    prev = bytes.fromhex("cd" * 32)  # the forger's choice of pruned seal
+    rewritten = [*seals[:n - 1], Seal(seals[n - 1].segment, seals[n - 1].first,
+                                      seals[n - 1].last, seals[n - 1].size,
+                                      seals[n - 1].digest, prev.hex())]
+    for s in seals[n:]:  # every surviving seal recomputed from there: self-consistent
+        fresh = seal_segment(fs, str(path), s.segment, s.first, s.last, prev)
+        rewritten.append(fresh)
+        prev = bytes.fromhex(fresh.seal)
+    write_seals(str(path), rewritten)
+    report = verify_log(path)
+    assert report.ok and not report.problems
+    assert report.check_head(late).status == NOT_FOUND
+
+
+def test_head_of_a_wholly_pruned_chain_is_shown_but_not_verified(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as b:
+        for i in range(400):
+            b.add_mutable(b"sensor", encode_value(float(i)), 1e9 + i)
+        head = b.seal()
+        assert b.prune(older_than=0).history_from == 401
+    report = verify_log(path)
+    assert report.ok and not report.problems
+    assert report.head == head and report.head_pruned  # was None before the fix
+    assert report.seal_chain == [] and report.pruned_chain[-1] == head
+    assert report.check_head(head).status == PRUNED
+
+
+class FailingSealsFS(OsFileSystem):
+    """Fails every write of the seals file while `failing` is set."""
+
+    failing = False
+
+    def create(self, path: str) -> int:
+        if self.failing and path.endswith(SEALS_FILE + ".tmp"):
+            raise OSError(errno.EIO, "injected")
+        return super().create(path)
+
+
+def test_prune_keeps_segments_left_unsealed_by_a_failed_seal(tmp_path: Path) -> None:
+    """Pruning a finished segment before it was sealed made sealing fail for
+    good (the sealer retried a file that was gone) and, after a reopen, the
+    chain skipped it ("seal out of order")."""
+    path = tmp_path / "log"
+    fs = FailingSealsFS()
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None, fs=fs) as b:
+        for i in range(100):
+            b.add_mutable(b"sensor", encode_value(float(i)), 1e9 + i)
+        b.seal()
+        sealed = {s.segment for s in read_seals(str(path))}
+        fs.failing = True
+        for i in range(300):
+            b.add_mutable(b"sensor", encode_value(float(i)), 2e9 + i)
+        with pytest.raises(LogError, match="sealing failed"):
+            b.seal()
+        report = b.prune(before=350)
+        assert set(report.removed) == sealed and report.unsealed
+        assert report.history_from == 101
+        fs.failing = False
+        head = b.seal()  # the backlog is sealed, in order
+    with LogBackend(path, segment_bytes=4096, checkpoint_bytes=None) as b:
+        b.add_mutable(b"sensor", encode_value(-1.0), 3e9)
+        last = b.seal()
+    verified = verify_log(path)
+    assert not verified.damaged, verified.problems
+    assert verified.check_head(head).ok and verified.head == last

@@ -7,7 +7,10 @@ Every successful write becomes an event in the log (format:
 :class:`~telstate_log._state.State` serves all reads.  Opening a log loads
 the newest valid checkpoint and replays the segments after it
 (:mod:`telstate_log._recovery`), truncating a torn tail and refusing any
-other damage.
+other damage.  :meth:`LogBackend.close` writes a checkpoint when that
+replay would be costly, judged by what replaying costs (events, keys
+created, deletes: :func:`~telstate_log._replayer.replay_cost`) as well as
+by bytes -- 7 MB of one-sample keys replay slower than 16 MiB of samples.
 
 Durability contract -- what is on disk when a write call returns:
 
@@ -43,11 +46,14 @@ import threading
 from typing import Any
 
 from .. import _format as fmt
+from .._checkpoint import VERSION as CHECKPOINT_VERSION_1
 from .._checkpoint import (
+    checkpoint_version,
     list_checkpoints,
     snapshot_state,
     write_checkpoint,
 )
+from .._checkpoint_table import wants_table
 from .._durability import Durability
 from .._errors import HistoryUnavailableError, LogError, ReadOnlyError
 from .._fileio import FileSystem, OsFileSystem
@@ -55,6 +61,7 @@ from .._follower import Follower
 from .._history import Event, EventReader, key_history_plan
 from .._lockfile import acquire_lock, release_lock
 from .._recovery import Resume, Tail
+from .._replayer import COST_PER_EVENT_MAX, replay_cost
 from .._retention import PruneReport, prune_log
 from .._seal import SealFileError, read_seals
 from .._sealer import Sealer
@@ -70,6 +77,11 @@ FSYNC_POLICIES = ("always", "interval", "never")
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_CHECKPOINT_BYTES = 256 << 20
 KEEP_CHECKPOINTS = 2
+#: close() checkpoints a tail of this many bytes (or checkpoint_bytes if less) ...
+CLOSE_CHECKPOINT_BYTES = 16 << 20
+#: ... or one whose replay would cost this much (see telstate_log._replayer.replay_cost;
+#: about 0.1 s): the size of a log says little about its replay time
+CLOSE_CHECKPOINT_COST = 100_000
 
 
 class LogBackend(StateBackend):
@@ -93,7 +105,10 @@ class LogBackend(StateBackend):
         Label recorded with every event (e.g. the writing program's name).
     checkpoint_bytes
         Write a checkpoint in the background after this many bytes of log
-        (None: only on :meth:`checkpoint` and, for a large tail, on close).
+        (None: only on :meth:`checkpoint` and on close).  Whatever it is,
+        :meth:`close` writes one if replaying the log after the newest
+        checkpoint would take long (:data:`CLOSE_CHECKPOINT_COST`), so a
+        cleanly closed log reopens fast whatever its shape.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: str = "interval",
@@ -124,6 +139,8 @@ class LogBackend(StateBackend):
         self._checkpointing = threading.Lock()
         self._ckpt_thread: threading.Thread | None = None
         self._ckpt_mark = 0
+        self._ckpt_position = 0  # of the newest checkpoint (replay starts after it)
+        self._ckpt_legacy = False  # the newest checkpoint was written without a table
         self._ckpt_due = 1 << 62 if checkpoint_bytes is None else checkpoint_bytes
         self._sync_each = fsync == "always"
         self._flush_interval = flush_interval
@@ -142,6 +159,11 @@ class LogBackend(StateBackend):
             self._tail = tail
             self.log_id = tail.log_id
             if not readonly:
+                newest = list_checkpoints(self.path)
+                self._ckpt_position = min(newest[0].position if newest else 0, state.position)
+                # a checkpoint of an older version has no column table
+                self._ckpt_legacy = bool(newest) and \
+                    checkpoint_version(newest[0].path) == CHECKPOINT_VERSION_1
                 self._open_writer(tail, fsync_interval)
             elif follow:
                 self._follower = Follower(self.path, self._follow_step)
@@ -278,12 +300,31 @@ class LogBackend(StateBackend):
             except OSError:
                 pass
             raise LogError(f"could not write a checkpoint: {exc}") from exc
+        self._ckpt_position = max(self._ckpt_position, snap["position"])
+        self._ckpt_legacy = False
         for old in list_checkpoints(self.path)[KEEP_CHECKPOINTS:]:
             try:
                 self._fs.remove(old.path)
             except OSError:
                 pass
         return path
+
+    def _tail_is_costly(self) -> bool:
+        """Whether the log after the newest checkpoint is worth a checkpoint on close:
+        many bytes, or a replay cost (keys, events, deletes) of about 0.1 s or more
+        -- or the newest checkpoint is of an older version that loads many short
+        sensors slowly (it has no column table: see telstate_log._checkpoint_table)."""
+        limit = CLOSE_CHECKPOINT_BYTES if self._checkpoint_bytes is None \
+            else min(self._checkpoint_bytes, CLOSE_CHECKPOINT_BYTES)
+        if self._tail_bytes() >= limit:
+            return True
+        with self._lock:
+            if self._ckpt_legacy and wants_table(self._state):
+                return True
+            events = self._state.position - self._ckpt_position
+            if events * COST_PER_EVENT_MAX < CLOSE_CHECKPOINT_COST:
+                return False  # cheap whatever they are (no pass over the state)
+            return replay_cost(self._state, self._ckpt_position) >= CLOSE_CHECKPOINT_COST
 
     def _start_background_checkpoint(self) -> None:
         if not self._checkpointing.acquire(blocking=False):
@@ -406,7 +447,7 @@ class LogBackend(StateBackend):
 
     # --------------------------------------------------------------- close
     def close(self) -> None:
-        """Flush, sync (unless ``fsync="never"``), checkpoint a long tail, release."""
+        """Flush, sync (unless ``fsync="never"``), checkpoint a costly tail, release."""
         if self._closed:
             return
         self._closed = True
@@ -420,8 +461,7 @@ class LogBackend(StateBackend):
                 if self._durability.failed is None and self._writer.failed is None:
                     if self.fsync != "never":
                         self._durability.sync()
-                    if self._checkpoint_bytes is not None and \
-                            self._tail_bytes() >= min(self._checkpoint_bytes, 16 << 20):
+                    if self._tail_is_costly():
                         self.checkpoint()
                 if self._sealer is not None:  # while its pre-seal syncs still work
                     self._sealer.close()

@@ -87,9 +87,10 @@ def _step(b: LogBackend, seg_path: str) -> bool:
     if position + 1 != tail.segment_first and fs.exists(next_path):
         data = fs.read(next_path, 0, fmt.HEADER_SIZE)
         if (isinstance(fmt.parse_header(data), str) and not data.strip(b"\0")
-                and not _written_after(b, position + 1)):
+                and _holds_nothing(b, position + 1) and not _written_after(b, position + 1)):
             # named but never written (a creation cut short by a crash without
-            # syncs): the next writer removes it; wait for that
+            # syncs; LogCorruptError if it was created with syncs): the next
+            # writer removes it; wait for that
             return False
         header = checked_header(data, next_path, position + 1, b.log_id)
         if problem is not None:
@@ -173,7 +174,8 @@ def _written_after(b: LogBackend, first: int) -> bool:
 def _holds_nothing(b: LogBackend, first: int) -> bool:
     """Whether segment `first` is a creation cut short (or was removed meanwhile)."""
     try:
-        return creation_cut_short(b._fs, os.path.join(b.path, fmt.segment_name(first)))
+        return creation_cut_short(b._fs, os.path.join(b.path, fmt.segment_name(first)),
+                                  b.log_id)
     except FileNotFoundError:
         return True
 

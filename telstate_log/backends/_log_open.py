@@ -9,7 +9,8 @@ checkpoint is only set aside (renamed ``.bad``) once the log has opened
 without it -- a replay that fails after a checkpoint may be damage in the
 log itself, and then the checkpoints are kept and the damage is reported.
 A pruned log cannot be rebuilt without a checkpoint and says so.
-Interrupted segment creations (``*.seg.tmp``) are removed by a writer.
+Interrupted segment creations (``*.seg.tmp``, ``synced-segment.tmp``) are
+removed by a writer.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def _accept(fs: FileSystem, path: str, tail: Tail, failed: list[tuple[str, BaseE
     if readonly:
         return
     for name in fs.listdir(path):
-        if name.endswith(".seg.tmp"):  # an interrupted segment creation
+        if name.endswith(".seg.tmp") or name == fmt.SYNCED_FILE + ".tmp":
+            # an interrupted segment creation
             fs.remove(os.path.join(path, name))
     finish_recovery(fs, path, tail)
     for cp_path, _exc in failed:

@@ -198,7 +198,7 @@ class RedisBackend(Backend):
 
     def _pubsub(self) -> redis.client.PubSub:
         """A PubSub whose connections fail fast (the monitor does the retrying)."""
-        return self._pubsub_client.pubsub()  # type: ignore[no-untyped-call,no-any-return]
+        return self._pubsub_client.pubsub()
 
     def _next_update(self, link: _Subscription, timeout: float | None) -> KeyUpdateBase | None:
         """The next update within `timeout` seconds (None: wait indefinitely)."""

@@ -167,10 +167,15 @@ _KEY_TYPES: dict[str, KeyType | None] = {
 REDIS_TYPES = {kind: name for name, kind in _KEY_TYPES.items() if kind is not None}
 
 
+def _type_name(type_name: Any) -> str:
+    """A ``TYPE`` reply as text (``"none"`` for a missing key)."""
+    return type_name.decode("ascii", "replace") if isinstance(type_name, bytes) \
+        else str(type_name)
+
+
 def key_type_from_redis(key: bytes, type_name: Any) -> KeyType | None:
     """Map a ``TYPE`` reply to a KeyType; other Redis types raise ImmutableKeyError."""
-    name = type_name.decode("ascii", "replace") if isinstance(type_name, bytes) \
-        else str(type_name)
+    name = _type_name(type_name)
     try:
         return _KEY_TYPES[name]
     except KeyError:
@@ -295,6 +300,11 @@ def range_bounds(start_time: float, end_time: float, include_end: bool) -> tuple
 
 def plan_get_range(key: bytes, start_time: float, end_time: float, include_previous: bool,
                    include_end: bool) -> Plan[list[tuple[bytes, float]] | None]:
+    """katsdptelstate's ``get_range``: the key's TYPE and the range queries in one
+    transaction.  A key that is not a sensor raises :exc:`ImmutableKeyError` where
+    katsdptelstate's queries fail with WRONGTYPE; where no query is needed (the
+    window is empty -- ``st=inf``, ``et<0``, ``et=0`` without `include_end` -- and
+    `include_previous` is off or ``st <= 0``) any existing key gives ``[]``, as there."""
     low, high = range_bounds(start_time, end_time, include_end)
     commands: list[Op] = [("TYPE", key)]
     if include_previous and low != b"-":
@@ -302,6 +312,11 @@ def plan_get_range(key: bytes, start_time: float, end_time: float, include_previ
     if low != b"+" and high != b"-":
         commands.append(("ZRANGEBYLEX", key, low, high))
     replies = yield ("pipeline", True, commands)
+    if len(commands) == 1:
+        # An empty window and no sample before it asked for: like katsdptelstate's
+        # RedisBackend, which then sends no query that could fail with WRONGTYPE,
+        # any existing key (whatever its type) answers [].
+        return None if _type_name(replies[0]) == "none" else []
     kind = key_type_from_redis(key, replies[0])
     if kind is None:
         return None

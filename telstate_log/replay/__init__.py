@@ -12,12 +12,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._marker import DEFAULT_MARKER_KEY, ForeignDatabaseError, ProjectionError
+    from ._marker import (
+        DEFAULT_MARKER_DB,
+        DEFAULT_MARKER_KEY,
+        ForeignDatabaseError,
+        ProjectionError,
+    )
     from ._paced import ReplayStats, paced_events, replay_into
     from ._projector import Projector, ProjectorStatus
     from ._recorder import Recorder, RecorderStats
 
 __all__ = [
+    "DEFAULT_MARKER_DB",
     "DEFAULT_MARKER_KEY",
     "ForeignDatabaseError",
     "ProjectionError",
@@ -31,7 +37,8 @@ __all__ = [
 ]
 
 _HOMES = {
-    "DEFAULT_MARKER_KEY": "_marker", "ForeignDatabaseError": "_marker",
+    "DEFAULT_MARKER_DB": "_marker", "DEFAULT_MARKER_KEY": "_marker",
+    "ForeignDatabaseError": "_marker",
     "ProjectionError": "_marker", "Projector": "_projector", "ProjectorStatus": "_projector",
     "Recorder": "_recorder", "RecorderStats": "_recorder", "ReplayStats": "_paced",
     "paced_events": "_paced", "replay_into": "_paced",

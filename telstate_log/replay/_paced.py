@@ -202,8 +202,7 @@ class _RedisSink:
                 f"found {found}")
 
     def _apply(self, events: Sequence[Event]) -> None:
-        reserved = None if self.store is None else self.store.key
-        commands = event_commands(events, self._keys_before, reserved=reserved)
+        commands = event_commands(events, self._keys_before)
         if self.store is None:
             with self.client.pipeline(transaction=True) as pipe:
                 for args in commands:

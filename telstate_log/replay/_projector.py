@@ -5,17 +5,20 @@ Theory of operation
 A :class:`Projector` keeps one Redis database equal to the state of a log
 at some position, so that katsdptelstate clients (readers, ``wait_key``
 users, katdal) can use the log as if it were their Redis.  How far it got
-lives in the database itself, in the marker key (:mod:`._marker`), and
-every batch of writes commits together with its marker update in one
-``MULTI``/``EXEC`` guarded by ``WATCH``: a projector killed at any moment
-and restarted resumes exactly after the last committed batch, and no event
-is ever applied twice.
+lives on the same server, in a marker kept in another database (by default
+15, see :mod:`._marker`) so that clients listing the projected database meet
+only telescope state; every batch of writes commits together with its
+marker update in one ``MULTI``/``EXEC`` guarded by ``WATCH``: a projector
+killed at any moment and restarted resumes exactly after the last committed
+batch, and no event is ever applied twice.
 
 *Claiming a database.*  An empty database, or one whose marker names this
 log, is used; anything else (keys but no marker, a marker of another log,
 a marker that records a failure) raises :exc:`ForeignDatabaseError` unless
-``overwrite=True``, which ``FLUSHDB``\\ s it first.  A marker ahead of the
-log (the log was truncated or repaired) is refused the same way.
+``overwrite=True``, which ``FLUSHDB``\\ s it first (in the transaction that
+writes the new marker).  A marker ahead of the log (the log was truncated
+or repaired) is refused the same way.  A marker that an earlier version
+kept in the projected database is moved to the marker database first.
 
 *Backfill* (:meth:`Projector.backfill`) loads the state at a position N
 (default: the log's current position) as fast as Redis can take it: the
@@ -64,6 +67,7 @@ from .._history import Event
 from .._progress import ProgressCallback
 from ..backends._redis_endpoint import check_client
 from ._marker import (
+    DEFAULT_MARKER_DB,
     DEFAULT_MARKER_KEY,
     ForeignDatabaseError,
     Marker,
@@ -115,7 +119,11 @@ class Projector:
         FLUSHDB a database holding data not projected from this log, instead
         of raising :exc:`ForeignDatabaseError`.
     marker_key
-        Name of the marker key.
+        Name of the marker key (followed by ``:<database number>`` in the
+        marker database).
+    marker_db
+        The database of the same server that keeps the marker (never the
+        projected one; the server must have it: see its ``databases`` setting).
     batch_events, batch_bytes
         Most events per catch-up step, and about how many bytes go in one
         transaction (backfills and catch-up).
@@ -124,7 +132,8 @@ class Projector:
     """
 
     def __init__(self, backend: Any, client: redis.Redis, *, overwrite: bool = False,
-                 marker_key: bytes = DEFAULT_MARKER_KEY, batch_events: int = 4096,
+                 marker_key: bytes = DEFAULT_MARKER_KEY, marker_db: int = DEFAULT_MARKER_DB,
+                 batch_events: int = 4096,
                  batch_bytes: int = 8 << 20, progress: ProgressCallback | None = None) -> None:
         log_id = getattr(backend, "log_id", None)
         if not isinstance(log_id, bytes) or not hasattr(backend, "events"):
@@ -136,30 +145,31 @@ class Projector:
         self.backend = backend
         self.client = client
         self.log_id = log_id.hex()
-        self.store = MarkerStore(client, marker_key)
+        self.store = MarkerStore(client, marker_key, marker_db=marker_db)
         self.batch_events = batch_events
         self.batch_bytes = batch_bytes
         self.progress = progress
         self.events_applied = 0
         self.keys_restored = 0
-        self._claim(overwrite)
+        try:
+            self._claim(overwrite)
+        except BaseException:
+            self.store.close()
+            raise
 
     # ------------------------------------------------------------- claiming
     def _claim(self, overwrite: bool) -> None:
         try:
             marker = self.store.read()
-        except ForeignDatabaseError:
-            if not overwrite:
-                raise
-            marker = None
-            self.store.current = None
-        problem = self._problem(marker)
+            problem = self._problem(marker)
+        except ForeignDatabaseError as exc:            # not a marker at all
+            marker, problem = None, str(exc)
         if problem is None and marker is not None:
             return
         if problem is not None and not overwrite:
             raise ForeignDatabaseError(f"{problem}; pass overwrite=True (--overwrite) to "
                                        "FLUSHDB it and project this log")
-        self.store.initialise(self.log_id, flush=overwrite and problem is not None)
+        self.store.initialise(self.log_id, flush=problem is not None)
 
     def _problem(self, marker: Marker | None) -> str | None:
         """Why the database cannot be used as it is (None: it can)."""
@@ -244,9 +254,6 @@ class Projector:
             self.backend.as_of(position=target).snapshot_items(b"*")
         if after is not None:
             items = [item for item in items if item[0] > after]
-        if any(key == self.store.key for key, _, _ in items):
-            raise ProjectionError(f"the log has a key named {self.store.key!r}, which is the "
-                                  "projector's marker: choose another marker key")
         return items
 
     def _restore_snapshot(self, target: int, stop: threading.Event | None) -> bool:
@@ -339,8 +346,7 @@ class Projector:
         marker = self.marker
         if events[0].position != marker.position + 1:
             return False
-        commands = event_commands(events, lambda p: self.backend.as_of(position=p - 1).keys(b"*"),
-                                  reserved=self.store.key)
+        commands = event_commands(events, lambda p: self.backend.as_of(position=p - 1).keys(b"*"))
         if not self._commit(commands, replace(marker, position=events[-1].position)):
             return False
         self.events_applied += len(events)
@@ -389,6 +395,10 @@ class Projector:
         return ProjectorStatus(self.log_id, marker.position, self.backend.position,
                                marker.backfill_target, self.events_applied,
                                self.keys_restored, self.store.transactions)
+
+    def close(self) -> None:
+        """Close the connections to the marker database (the client is the caller's)."""
+        self.store.close()
 
     @classmethod
     def from_url(cls, backend: Any, url: str, **options: Any) -> Projector:

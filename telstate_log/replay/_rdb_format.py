@@ -27,10 +27,10 @@ and :func:`split_member` convert between that member layout and
 ``(value, timestamp)``; :func:`member_problem` validates a whole zset.
 
 This module holds the format knowledge that is not about file framing:
-constants, length encoding, the decoders of the two compact encodings Redis
-uses for small hashes and zsets (ziplist, listpack; see the section below),
-and :class:`RdbEntry`, the decoded form of a key that the reader returns and
-the writer accepts.
+constants, length encoding, the decoders of the compact encodings Redis uses
+for small hashes and zsets (ziplist, listpack, and the zipmap of Redis 2.x
+hashes; see the section below), and :class:`RdbEntry`, the decoded form of a
+key that the reader returns and the writer accepts.
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ __all__ = [
     "MAGIC", "MAX_READ_VERSION", "MIN_CHECKSUM_VERSION", "OP_AUX", "OP_EOF", "OP_EXPIRETIME",
     "OP_EXPIRETIME_MS", "OP_FREQ", "OP_FUNCTION", "OP_FUNCTION2", "OP_IDLE", "OP_MODULE_AUX",
     "OP_RESIZEDB", "OP_SELECTDB", "OP_SLOT_INFO", "TS_LIMIT", "TYPE_HASH", "TYPE_HASH_LISTPACK",
-    "TYPE_HASH_ZIPLIST", "TYPE_NAMES", "TYPE_STRING", "TYPE_ZSET", "TYPE_ZSET_2",
-    "TYPE_ZSET_LISTPACK", "TYPE_ZSET_ZIPLIST", "WRITE_VERSION", "PackedError", "RdbEntry",
+    "TYPE_HASH_ZIPLIST", "TYPE_HASH_ZIPMAP", "TYPE_NAMES", "TYPE_STRING", "TYPE_ZSET",
+    "TYPE_ZSET_2", "TYPE_ZSET_LISTPACK", "TYPE_ZSET_ZIPLIST", "WRITE_VERSION", "PackedError",
+    "RdbEntry",
     "Value", "encode_length", "encode_string", "is_zero_score", "length_prefix",
     "listpack_entries", "member_problem", "pack_member", "split_member", "uniform_packed_zset",
-    "uniform_records", "ziplist_entries",
+    "uniform_records", "ziplist_entries", "zipmap_entries",
 ]
 
 MAGIC = b"REDIS"
@@ -83,6 +84,7 @@ TYPE_STRING = 0
 TYPE_ZSET = 3
 TYPE_HASH = 4
 TYPE_ZSET_2 = 5
+TYPE_HASH_ZIPMAP = 9
 TYPE_ZSET_ZIPLIST = 12
 TYPE_HASH_ZIPLIST = 13
 TYPE_HASH_LISTPACK = 16
@@ -109,12 +111,17 @@ Value: TypeAlias = "bytes | list[bytes] | dict[bytes, bytes]"
 
 
 class RdbEntry(NamedTuple):
-    """One key of an RDB file: database number, name, telstate kind and value."""
+    """One key of an RDB file: database number, name, telstate kind and value.
+
+    `expires` is the key's expiry time in the file (Unix milliseconds, None if
+    it has none); the writer never writes one.
+    """
 
     db: int
     key: bytes
     kind: KeyType
     value: Value
+    expires: int | None = None
 
 
 _first = operator.itemgetter(0)
@@ -250,8 +257,18 @@ def member_problem(members: Sequence[bytes]) -> str | None:
 # means "not recorded".  Both decoders check every field against the blob and
 # each other; Redis itself trusts listpacks on load, so this is the strict
 # check.
+#
+# Zipmap (type 9, hashes in RDB files of Redis 2.x, which converts them on
+# load): ``<count: 1 byte, 254 = not recorded>`` then per pair ``<len> field
+# <len> <free: 1 byte> value <free unused bytes>``, then 0xFF.  A ``<len>`` is
+# one byte 0..253, or 254 + a u32 (little-endian); 0xFF where a field would
+# start ends the map.  Its decoder checks what Redis' deep integrity check
+# does (every length inside the blob, a recorded count equal to the pairs
+# found, not empty) and more: the terminator must be the blob's last byte,
+# and 255 is never a value length.
 
 _UNKNOWN_COUNT = 0xFFFF
+_ZM_BIGLEN = 254        # zipmap: a u32 length follows; as a count: "not recorded"
 _ZL_INT_SIZES = {0xC0: 2, 0xD0: 4, 0xE0: 8, 0xF0: 3, 0xFE: 1}
 _LP_INT_SIZES = {0xF1: 2, 0xF2: 3, 0xF3: 4, 0xF4: 8}
 _ZL_HEADER = struct.Struct("<IIH")
@@ -455,4 +472,45 @@ def listpack_entries(blob: bytes) -> list[bytes]:
         entries.append(value)
     if count not in (_UNKNOWN_COUNT, len(entries)):
         raise PackedError(f"listpack header says {count} entries, found {len(entries)}", 4)
+    return entries
+
+
+def zipmap_entries(blob: bytes) -> list[bytes]:
+    """Decode a zipmap into its entries: field, value, field, value, ..."""
+    size = len(blob)
+    stop = size - 1
+    if size < 2:
+        raise PackedError(f"zipmap of {size} bytes is shorter than its header", 0)
+    if blob[stop] != 0xFF:
+        raise PackedError("zipmap does not end with 0xFF", stop)
+    entries: list[bytes] = []
+    pos = 1
+    while blob[pos] != 0xFF:
+        start = pos
+        for part in ("field", "value"):
+            first = blob[pos] if pos < stop else 0xFF
+            if first < _ZM_BIGLEN:
+                length, pos = first, pos + 1
+            elif first == _ZM_BIGLEN and pos + 5 <= stop:
+                length, pos = _LE32.unpack_from(blob, pos + 1)[0], pos + 5
+            elif first == 0xFF and pos < stop:
+                raise PackedError(f"invalid zipmap {part} length byte 0xff", pos)
+            else:
+                raise PackedError(f"truncated zipmap {part}", start)
+            free = 0
+            if part == "value":
+                if pos >= stop:
+                    raise PackedError("truncated zipmap value", start)
+                free, pos = blob[pos], pos + 1
+            if pos + length + free > stop:
+                raise PackedError(f"zipmap {part} runs past the end of the zipmap", start)
+            entries.append(blob[pos:pos + length])
+            pos += length + free
+    if pos != stop:
+        raise PackedError(f"zipmap ends at byte {pos}, {stop - pos} bytes before the end "
+                          "of its blob", pos)
+    if not entries:
+        raise PackedError("empty zipmap", 0)
+    if blob[0] != _ZM_BIGLEN and blob[0] != len(entries) // 2:
+        raise PackedError(f"zipmap header says {blob[0]} pairs, found {len(entries) // 2}", 0)
     return entries

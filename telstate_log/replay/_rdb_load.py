@@ -8,7 +8,8 @@ field, a zset one bulk ``add_mutable_many`` per key (the log records
 ADD_BATCH frames) with the samples' own timestamps.  The import runs in
 three steps, so that a bad file or a conflict changes *nothing*:
 
-1. **Read and validate everything** (no lock held).  The whole file goes
+1. **Read and validate everything** (no lock held; :func:`read_rdb`, and
+   steps 2 and 3 are :func:`apply_rdb`).  The whole file goes
    through :class:`~._rdb_reader.RdbReader`, which checks every byte
    (katsdptelstate writes a zero CRC, so the checksum alone proves
    nothing); any problem raises :exc:`RdbParseError` with the offset before
@@ -36,28 +37,42 @@ three steps, so that a bad file or a conflict changes *nothing*:
    checkpoint scheduling are handled once, after the lock is released.
 
 Re-importing a file already loaded plans no events and writes nothing.  Only
-an I/O failure of the log itself (disk full) during step 3 can leave part of
-a file imported; each event written is valid on its own.
+a failure during step 3 -- an I/O error of the log itself (disk full) or an
+interrupt (Ctrl-C) -- can leave part of a file imported; each event written
+is valid on its own, and importing the file again completes it.
+:func:`import_rdb_to_log` removes a log it created when the import fails
+for any reason, so a failed import into a new log leaves nothing behind
+(see :mod:`telstate_log._new_log`); it reads and validates the file before
+it opens or creates the log.
+
+Telescope state has no expiry.  A key whose expiry time in the file has
+already passed is skipped, as redis-server does when it loads the file
+(judged against one reading of `clock` taken when the import starts: a key
+is expired if its expiry is before that millisecond); a key with a future
+expiry is imported for good.  :class:`ImportStats` counts both.
 
 Only one database is imported: by default the file must hold keys in
 database 0 alone (other databases raise :exc:`RdbParseError` naming them);
-pass `db` to pick one and ignore the rest.
+pass `db` to pick one and ignore the rest (a `db` with no keys in the file
+raises :exc:`RdbParseError` naming the databases it has).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any, Union, cast
 
 import numpy as np
 
-from .._encoding import same_immutable_value
-from .._errors import ImmutableKeyError, RdbParseError
+from .._encoding import decode_value, same_immutable_value
+from .._errors import DecodeError, ImmutableKeyError, RdbParseError
+from .._new_log import NewLog
 from .._progress import ProgressCallback
 from .._state import SMALL_BATCH
 from .._types import KeyType
@@ -68,7 +83,8 @@ if TYPE_CHECKING:
     from .._state import State
     from ..backends._state_backend import StateBackend
 
-__all__ = ["ImportStats", "import_rdb", "load_rdb_into"]
+__all__ = ["ImportStats", "RdbContents", "apply_rdb", "import_rdb", "import_rdb_to_log",
+           "load_rdb_into", "read_rdb"]
 
 FileArg = Union[str, bytes, "os.PathLike[Any]", IO[bytes]]
 _Payload = Union[bytes, dict[bytes, bytes], "_Samples"]
@@ -79,12 +95,14 @@ _PROGRESS_KEYS = 256          # keys read between two "read" progress reports
 class ImportStats:
     """What an import did."""
 
-    keys: int        #: keys of the imported database in the file
+    keys: int        #: keys of the imported database in the file (expired ones left out)
     samples: int     #: sensor samples in the file
     bytes: int       #: size of the file
     seconds: float   #: wall-clock time of the whole import
     events: int      #: new events written (0 if the file was already loaded)
     position: int    #: backend position afterwards
+    expired: int = 0         #: keys skipped because their expiry time had passed
+    expiry_dropped: int = 0  #: keys imported without the (future) expiry time they had
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,15 +170,48 @@ def _describe(file: FileArg) -> tuple[Source, str | None, int]:
     return data, name if isinstance(name, str) else None, len(data)
 
 
-def _read(source: Source, filename: str | None, db: int | None,
-          progress: ProgressCallback | None) -> tuple[list[tuple[bytes, KeyType, _Payload]], int]:
-    """Parse and validate the whole file; returns (entries of the chosen db, samples)."""
+class RdbContents:
+    """A read and validated RDB file, ready for :func:`apply_rdb` (once)."""
+
+    __slots__ = ("entries", "expired", "expiry_dropped", "filename", "samples", "size",
+                 "started")
+
+    def __init__(self, entries: list[tuple[bytes, KeyType, _Payload]], samples: int,
+                 expired: int, expiry_dropped: int, filename: str | None, size: int,
+                 started: float) -> None:
+        self.entries = entries
+        self.samples = samples
+        self.expired = expired
+        self.expiry_dropped = expiry_dropped
+        self.filename = filename
+        self.size = size
+        self.started = started
+
+
+def read_rdb(file: FileArg, *, db: int | None = None, progress: ProgressCallback | None = None,
+             clock: Callable[[], float] = time.time) -> RdbContents:
+    """Read and validate an RDB file (step 1 of :func:`import_rdb`; same arguments)."""
+    started = time.perf_counter()
+    reader_source, filename, size = _describe(file)
+    return _read(reader_source, filename, size, db, progress, clock, started)
+
+
+def _read(source: Source, filename: str | None, size: int, db: int | None,
+          progress: ProgressCallback | None, clock: Callable[[], float],
+          started: float) -> RdbContents:
+    """Parse and validate the whole file, keeping the live keys of the chosen db."""
     wanted = 0 if db is None else db
     entries: list[tuple[bytes, KeyType, _Payload]] = []
     others: set[int] = set()
-    samples = 0
+    samples = expired = expiry_dropped = 0
+    now_ms = math.floor(clock() * 1000)     # what redis-server compares expiry times with
     with RdbReader(source, filename=filename) as reader:
         for entry in reader:
+            if entry.expires is not None:
+                if entry.expires < now_ms:
+                    expired += entry.db == wanted
+                    continue
+                expiry_dropped += entry.db == wanted
             if entry.db != wanted:
                 others.add(entry.db)
                 continue
@@ -177,12 +228,25 @@ def _read(source: Source, filename: str | None, db: int | None,
         listed = ", ".join(map(str, sorted(others)))
         raise RdbParseError(filename, f"keys in database(s) {listed} as well as 0; choose one "
                             "database to import (db=N, or --db N on the command line)")
-    return entries, samples
+    if db is not None and not entries and not expired:
+        held = ", ".join(map(str, sorted(others)))
+        raise RdbParseError(filename, f"no keys in database {db}" + (
+            f"; the file has keys in database(s) {held}" if held else "; the file holds no keys"))
+    return RdbContents(entries, samples, expired, expiry_dropped, filename, size, started)
 
 
 def _conflict(key: bytes, label: str, reason: str) -> ImmutableKeyError:
-    return ImmutableKeyError(f"cannot import key {key!r} from {label}: {reason}; "
+    text = key.decode("utf-8", "backslashreplace")  # keys are text, shown as such
+    return ImmutableKeyError(f"cannot import key {text!r} from {label}: {reason}; "
                              "nothing was imported")
+
+
+def _sub_key_text(sub_key: bytes) -> str:
+    """An encoded sub-key as the value it encodes (its bytes if it does not decode)."""
+    try:
+        return repr(decode_value(sub_key))
+    except (DecodeError, ValueError):
+        return repr(sub_key)
 
 
 def _plan_samples(col: SensorColumn, samples: _Samples) -> tuple[np.ndarray, list[bytes]]:
@@ -227,7 +291,8 @@ def _plan(state: State, entries: Iterable[tuple[bytes, KeyType, _Payload]],
                 if old is None:
                     new[sub_key] = sub_value
                 elif not same_immutable_value(old, sub_value):
-                    raise _conflict(key, label, f"the value of sub-key {sub_key!r} differs")
+                    raise _conflict(key, label, f"the value of sub-key "
+                                    f"{_sub_key_text(sub_key)} differs")
             if new:
                 steps.append(_Step(key, kind, new, len(new)))
         else:
@@ -265,7 +330,8 @@ def _apply(backend: StateBackend, steps: list[_Step], total: int,
 
 
 def import_rdb(backend: StateBackend, file: FileArg, *, source: str | None = None,
-               db: int | None = None, progress: ProgressCallback | None = None) -> ImportStats:
+               db: int | None = None, progress: ProgressCallback | None = None,
+               clock: Callable[[], float] = time.time) -> ImportStats:
     """Import the keys of an RDB file into `backend` (see the module docstring).
 
     Parameters
@@ -282,6 +348,9 @@ def import_rdb(backend: StateBackend, file: FileArg, *, source: str | None = Non
         keys in other databases.
     progress
         ``progress(stage, done, total)`` callback (see :mod:`telstate_log._progress`).
+    clock
+        Current time in Unix seconds, read once to tell expired keys (the
+        default is the system clock).
 
     Raises
     ------
@@ -290,9 +359,15 @@ def import_rdb(backend: StateBackend, file: FileArg, *, source: str | None = Non
     ImmutableKeyError
         A key conflicts with the backend's data (nothing was imported).
     """
-    started = time.perf_counter()
-    reader_source, filename, size = _describe(file)
-    entries, samples = _read(reader_source, filename, db, progress)
+    contents = read_rdb(file, db=db, progress=progress, clock=clock)
+    return apply_rdb(backend, contents, source=source, progress=progress)
+
+
+def apply_rdb(backend: StateBackend, contents: RdbContents, *, source: str | None = None,
+              progress: ProgressCallback | None = None) -> ImportStats:
+    """Plan and apply a file read by :func:`read_rdb` (steps 2 and 3 of :func:`import_rdb`)."""
+    filename, entries = contents.filename, contents.entries
+    contents.entries = []                   # applied once; freed as the steps are written
     label = source if source is not None else \
         f"import:{os.path.basename(filename) if filename else '<stream>'}"
     lock, state = backend._locked_state()
@@ -307,9 +382,36 @@ def import_rdb(backend: StateBackend, file: FileArg, *, source: str | None = Non
         after = backend.position
     if last:
         backend._after_write(last)
-    return ImportStats(keys=keys, samples=samples, bytes=size,
-                       seconds=time.perf_counter() - started, events=after - before,
-                       position=after)
+    return ImportStats(keys=keys, samples=contents.samples, bytes=contents.size,
+                       seconds=time.perf_counter() - contents.started, events=after - before,
+                       position=after, expired=contents.expired,
+                       expiry_dropped=contents.expiry_dropped)
+
+
+def import_rdb_to_log(file: FileArg, path: str | os.PathLike[str], *,
+                      source: str | None = None, db: int | None = None,
+                      progress: ProgressCallback | None = None,
+                      clock: Callable[[], float] = time.time,
+                      **log_options: Any) -> ImportStats:
+    """Import an RDB file into the log at `path`, creating the log if it is missing.
+
+    The file is read and validated first (see :func:`import_rdb` for the
+    arguments); then the log is opened, or created with the directories it
+    needs, with `log_options` (``fsync``, ``fs``, ... of
+    :class:`~telstate_log.backends.LogBackend`).  If anything fails after
+    that -- a conflict, a full disk, an interrupt, closing the log -- a log
+    created here is removed again, with the directories made for it, and the
+    error re-raised: a failed import into a new log leaves nothing.
+    """
+    from ..backends._log import LogBackend
+
+    contents = read_rdb(file, db=db, progress=progress, clock=clock)
+    with NewLog(path) as new:
+        new.make()
+        with LogBackend(new.path, **log_options) as log:
+            stats = apply_rdb(log, contents, source=source, progress=progress)
+        new.keep()
+    return stats
 
 
 def _apply_as(backend: StateBackend, steps: list[_Step], label: str,
@@ -333,5 +435,6 @@ def _apply_as(backend: StateBackend, steps: list[_Step], label: str,
 
 def load_rdb_into(backend: StateBackend, file: FileArg, *, source: str | None = None,
                   db: int | None = None) -> int:
-    """Import an RDB file (see :func:`import_rdb`); returns the number of keys in it."""
+    """Import an RDB file (see :func:`import_rdb`); returns the number of keys imported
+    from it (present already or not; keys whose expiry time had passed are left out)."""
     return import_rdb(backend, file, source=source, db=db).keys

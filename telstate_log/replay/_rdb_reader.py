@@ -5,18 +5,28 @@ Theory of operation
 Accepted is what katsdptelstate (RDB version 6) and redis-server up to 7.4
 (versions 10-12) write for telescope state; anything else is refused:
 
-* value types: string (0) -> immutable; hash (4, ziplist 13, listpack 16) ->
-  indexed; zset (3 text scores, 5 binary scores, ziplist 12, listpack 17) ->
-  mutable, with all scores 0 and members checked by
-  :func:`._rdb_format.member_problem`.  Lists, sets, streams, modules and
-  zipmaps are errors naming the key.  Any string (including the blob holding
-  a ziplist or listpack) may be plain, integer-encoded or LZF-compressed.
+* value types: string (0) -> immutable; hash (4, zipmap 9, ziplist 13,
+  listpack 16) -> indexed; zset (3 text scores, 5 binary scores, ziplist 12,
+  listpack 17) -> mutable, with all scores 0 and members checked by
+  :func:`._rdb_format.member_problem`.  Every other type -- lists (1, 10, 14,
+  18), sets (2, 11, 20), streams, modules, hashes with field expiry -- is an
+  :exc:`RdbUnsupportedTypeError` naming the key, its type and the offset of
+  its record.  Any string (including the blob holding a zipmap, ziplist or
+  listpack) may be plain, integer-encoded or LZF-compressed.
 * opcodes: AUX (kept in :attr:`RdbReader.aux`); SELECTDB; RESIZEDB,
-  SLOT_INFO and FUNCTION2 (skipped); expiry, IDLE and FREQ before a key
-  (checked, ignored: telescope state never expires); MODULE_AUX and the
+  SLOT_INFO and FUNCTION2 (skipped); expiry (returned as
+  :attr:`RdbEntry.expires`, whether or not it has passed: the caller decides),
+  IDLE and FREQ (checked, ignored) before a key; MODULE_AUX and the
   pre-release FUNCTION are refused.  EOF must be followed by exactly the
   CRC-64 (version >= 5).  A non-zero CRC is verified over the whole file
   before the first entry is returned; zero means "not computed", as for Redis.
+* an append-only file written with ``aof-use-rdb-preamble`` (an RDB file
+  followed by AOF commands, ``*<n>\\r\\n$...``) fails its checksum (before
+  version 5: has bytes after EOF); before reporting that, the reader looks
+  for the end of an RDB preamble (EOF opcode, a CRC-64 that matches the bytes
+  before it -- or is zero, and all the rest parses as AOF commands -- then a
+  RESP array) and raises :exc:`RdbAofPreambleError` naming where the AOF
+  commands start.
 
 Everything is untrusted: lengths are checked against the bytes left before
 anything is sliced or allocated, counts against the smallest possible record
@@ -40,11 +50,12 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 import struct
 from collections.abc import Generator, Iterator
 from typing import IO, Any, NoReturn, TypeAlias
 
-from .._errors import RdbParseError
+from .._errors import RdbAofPreambleError, RdbParseError, RdbUnsupportedTypeError
 from .._types import KeyType
 from . import _rdb_format as fmt
 from ._crc64 import crc64
@@ -57,12 +68,13 @@ Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | I
 _Buffer: TypeAlias = "bytes | mmap.mmap"
 
 _LE64 = struct.Struct("<Q")
+_LE_I64 = struct.Struct("<q")
+_LE_I32 = struct.Struct("<i")
 _BE32 = struct.Struct(">I")
 _BE64 = struct.Struct(">Q")
 _LE_DOUBLE = struct.Struct("<d")
 _INT_SIZES = (1, 2, 4)          # string encodings 0xC0, 0xC1, 0xC2
 _ZERO_SCORE = b"\x00" * 8
-_KEY_METADATA = {fmt.OP_EXPIRETIME_MS: 8, fmt.OP_EXPIRETIME: 4, fmt.OP_FREQ: 1}  # sizes
 _SKIPPED_LENGTHS = {fmt.OP_RESIZEDB: ("database size hint", "expires size hint"),
                     fmt.OP_SLOT_INFO: ("slot id", "slot size", "slot expires size")}
 # Errors that bounds checks should make impossible; turned into RdbParseError.
@@ -220,24 +232,32 @@ def _read_packed(cur: _Cursor, rdb_type: int) -> list[bytes]:
     return _packed_entries(cur, rdb_type, start, blob, at)
 
 
+_PACKED = {fmt.TYPE_ZSET_ZIPLIST: ("ziplist", fmt.ziplist_entries),
+           fmt.TYPE_HASH_ZIPLIST: ("ziplist", fmt.ziplist_entries),
+           fmt.TYPE_ZSET_LISTPACK: ("listpack", fmt.listpack_entries),
+           fmt.TYPE_HASH_LISTPACK: ("listpack", fmt.listpack_entries),
+           fmt.TYPE_HASH_ZIPMAP: ("zipmap", fmt.zipmap_entries)}
+_PACKED_HASHES = (fmt.TYPE_HASH_ZIPLIST, fmt.TYPE_HASH_LISTPACK, fmt.TYPE_HASH_ZIPMAP)
+
+
 def _packed_entries(cur: _Cursor, rdb_type: int, start: int, blob: bytes,
                     at: int) -> list[bytes]:
     """Entries of the packed `blob` read at `start` (its data at `at`, -1 if decoded)."""
-    is_zip = rdb_type in (fmt.TYPE_ZSET_ZIPLIST, fmt.TYPE_HASH_ZIPLIST)
+    name, decode = _PACKED[rdb_type]
     try:
-        entries = fmt.ziplist_entries(blob) if is_zip else fmt.listpack_entries(blob)
+        entries = decode(blob)
     except fmt.PackedError as exc:
         if at >= 0:
             cur.fail(exc.reason, at + exc.offset)
         cur.fail(f"{exc.reason} (at byte {exc.offset} of the decompressed data)", start)
     if not entries or len(entries) % 2:
-        cur.fail(f"{'ziplist' if is_zip else 'listpack'} holds {len(entries)} entries, "
-                 "expected a non-zero even number", start)
+        cur.fail(f"{name} holds {len(entries)} entries, expected a non-zero even number", start)
     return entries
 
 
-def _decode_value(cur: _Cursor, rdb_type: int, key: bytes | None) -> tuple[KeyType, Value]:
-    """Decode one value of `rdb_type` at the cursor."""
+def _decode_value(cur: _Cursor, rdb_type: int, key: bytes | None,
+                  record: int) -> tuple[KeyType, Value]:
+    """Decode one value of `rdb_type` at the cursor (the record starts at `record`)."""
     start = cur.pos
     members: list[bytes]
     if rdb_type == fmt.TYPE_STRING:
@@ -246,7 +266,7 @@ def _decode_value(cur: _Cursor, rdb_type: int, key: bytes | None) -> tuple[KeyTy
         return KeyType.INDEXED, _read_hash(cur)
     if rdb_type in (fmt.TYPE_ZSET, fmt.TYPE_ZSET_2):
         members = _read_zset(cur, rdb_type == fmt.TYPE_ZSET_2)
-    elif rdb_type in (fmt.TYPE_HASH_ZIPLIST, fmt.TYPE_HASH_LISTPACK):
+    elif rdb_type in _PACKED_HASHES:
         entries = _read_packed(cur, rdb_type)
         result = dict(zip(entries[0::2], entries[1::2], strict=True))
         if len(result) * 2 != len(entries):
@@ -266,8 +286,9 @@ def _decode_value(cur: _Cursor, rdb_type: int, key: bytes | None) -> tuple[KeyTy
     else:
         name = fmt.TYPE_NAMES.get(rdb_type, "unknown")
         what = f" of key {key!r}" if key is not None else ""
-        cur.fail(f"value{what} has type {rdb_type} ({name}), which telescope state never "
-                 "uses", start)
+        raise RdbUnsupportedTypeError(
+            cur.filename, f"value{what} has type {rdb_type} ({name}), which telescope state "
+            "cannot hold (it keeps only strings, hashes and sorted sets)", record, key, rdb_type)
     members.sort()
     problem = fmt.member_problem(members)
     if problem is not None:
@@ -284,7 +305,7 @@ def decode_value(buf: bytes, pos: int, end: int, rdb_type: int, *,
     """
     cur = _Cursor(buf, pos, end, filename)
     try:
-        kind, value = _decode_value(cur, rdb_type, None)
+        kind, value = _decode_value(cur, rdb_type, None, pos)
     except _BACKSTOP as exc:
         raise RdbParseError(filename, f"malformed data ({exc})", cur.pos) from exc
     return kind, value, cur.pos
@@ -305,6 +326,67 @@ def _open_buffer(source: Source) -> tuple[_Buffer, Any]:
     if not isinstance(data, bytes):
         raise TypeError("RDB file objects must be opened in binary mode")
     return data, getattr(source, "name", None)
+
+
+#: The end of an RDB preamble: EOF opcode and CRC-64, then an AOF command (a RESP array).
+_PREAMBLE_END = re.compile(rb"\xff[\x00-\xff]{8}(?=\*[1-9][0-9]{0,9}\r\n\$)")
+_PREAMBLE_CANDIDATES = 16   # CRCs computed at most while looking for a preamble's end
+# AOF commands: arrays of bulk strings, and what a file cut short may end with.
+_RESP_ARRAY = re.compile(rb"\*([1-9][0-9]{0,9})\r\n")
+_RESP_BULK = re.compile(rb"\$(0|[1-9][0-9]{0,11})\r\n")
+_RESP_CUT = re.compile(rb"[*$][0-9]*\r?")
+
+
+def _is_aof_tail(buf: _Buffer, pos: int) -> bool:
+    """Whether ``buf[pos:]`` is AOF commands (the last one possibly cut short)."""
+    size = len(buf)
+    while pos < size:
+        array = _RESP_ARRAY.match(buf, pos)
+        if array is None:
+            return _RESP_CUT.fullmatch(buf, pos) is not None
+        pos = array.end()
+        for _ in range(int(array[1])):
+            bulk = _RESP_BULK.match(buf, pos)
+            if bulk is None:
+                return pos == size or _RESP_CUT.fullmatch(buf, pos) is not None
+            end = bulk.end() + int(bulk[1])
+            if end + 2 > size:
+                return b"\r\n".startswith(buf[end:size])
+            if buf[end:end + 2] != b"\r\n":
+                return False
+            pos = end + 2
+    return True
+
+
+def _crc_of(buf: _Buffer, size: int) -> int:
+    """CRC-64 of ``buf[:size]``, without copying."""
+    with memoryview(buf) as view, view[:size] as body:
+        return crc64(body)
+
+
+def _aof_preamble_end(buf: _Buffer) -> int | None:
+    """Where the AOF commands start if `buf` is an RDB preamble followed by them, else None.
+
+    A candidate is an EOF opcode and 8 bytes followed by a RESP array header;
+    it counts if those 8 bytes are the CRC-64 of everything before them, or
+    zero (the preamble's "no checksum") and all the rest is AOF commands.
+    Only the first few candidates are checked: a value could hold such bytes.
+    """
+    for n, match in enumerate(_PREAMBLE_END.finditer(buf, 9)):
+        if n == _PREAMBLE_CANDIDATES:
+            break
+        crc_at = match.start() + 1
+        stored = _LE64.unpack_from(buf, crc_at)[0]
+        if stored == _crc_of(buf, crc_at) or (stored == 0 and _is_aof_tail(buf, match.end())):
+            return match.end()
+    return None
+
+
+def _aof_error(filename: Any, offset: int) -> RdbAofPreambleError:
+    return RdbAofPreambleError(
+        filename, f"this is a Redis append-only file, not a plain RDB file: an RDB preamble "
+        f"followed by AOF commands from byte {offset} on (written with aof-use-rdb-preamble); "
+        "import an RDB snapshot instead (SAVE or BGSAVE, or redis-cli --rdb FILE)", offset)
 
 
 class RdbReader:
@@ -342,9 +424,11 @@ class RdbReader:
             raise RdbParseError(self.filename, "file too short for EOF and checksum", size)
         stored = _LE64.unpack_from(buf, size - 8)[0]
         if stored:
-            with memoryview(buf) as view, view[:size - 8] as body:
-                actual = crc64(body)
+            actual = _crc_of(buf, size - 8)
             if actual != stored:
+                aof = _aof_preamble_end(buf)
+                if aof is not None:
+                    raise _aof_error(self.filename, aof)
                 raise RdbParseError(self.filename, f"checksum mismatch: file says "
                                     f"0x{stored:016x}, data gives 0x{actual:016x}", size - 8)
         return version, size - 8, bool(stored)
@@ -367,6 +451,7 @@ class RdbReader:
         seen: dict[int, set[bytes]] = {}
         keys = seen.setdefault(db, set())         # the keys of database `db` so far
         metadata_at = -1                          # offset of expiry/LRU data awaiting a key
+        expires: int | None = None                # expiry time awaiting a key
         buf = cur.buf
         while True:
             at = cur.pos
@@ -377,17 +462,21 @@ class RdbReader:
                 op = cur.byte("opcode (file truncated before EOF?)")  # raises
             if op < fmt.OP_SLOT_INFO:
                 key = cur.raw_string()[0]
-                kind, value = _decode_value(cur, op, key)
+                kind, value = _decode_value(cur, op, key, at)
                 if key in keys:
                     cur.fail(f"duplicate key {key!r} in database {db}", at)
                 keys.add(key)
                 metadata_at = -1
-                yield RdbEntry(db, key, kind, value)
+                yield RdbEntry(db, key, kind, value, expires)
+                expires = None
                 continue
             if metadata_at >= 0 and op not in (fmt.OP_IDLE, fmt.OP_FREQ):
                 cur.fail("expiry or LRU/LFU data not followed by a key", metadata_at)
             if op == fmt.OP_EOF:
                 if cur.pos != cur.end:
+                    aof = cur.pos + (8 if self.version >= fmt.MIN_CHECKSUM_VERSION else 0)
+                    if _RESP_ARRAY.match(buf, aof) and _is_aof_tail(buf, aof):
+                        raise _aof_error(self.filename, aof)
                     cur.fail(f"{cur.end - cur.pos} unexpected bytes after EOF", cur.pos)
                 return
             if op == fmt.OP_SELECTDB:
@@ -399,8 +488,14 @@ class RdbReader:
             elif op in _SKIPPED_LENGTHS:
                 for what in _SKIPPED_LENGTHS[op]:
                     cur.length(what)
-            elif op in _KEY_METADATA:
-                cur.take(_KEY_METADATA[op], "expiry time or LFU frequency")
+            elif op == fmt.OP_EXPIRETIME_MS:
+                expires = _LE_I64.unpack_from(buf, cur.take(8, "expiry time"))[0]
+                metadata_at = at
+            elif op == fmt.OP_EXPIRETIME:             # seconds, before RDB version 3
+                expires = 1000 * _LE_I32.unpack_from(buf, cur.take(4, "expiry time"))[0]
+                metadata_at = at
+            elif op == fmt.OP_FREQ:
+                cur.take(1, "LFU frequency")
                 metadata_at = at
             elif op == fmt.OP_IDLE:
                 cur.length("LRU idle time")

@@ -70,7 +70,6 @@ from .._errors import ConnectionError, ImmutableKeyError, InvalidTimestampError
 from .._types import IndexedKeyUpdate, MutableKeyUpdate
 from ..backends._redis import REDIS_DOWN
 from ..backends._redis_endpoint import check_client, describe_pool, pubsub_pool_options
-from ._marker import DEFAULT_MARKER_KEY
 from ._record_messages import (
     classify,
     confirmed_update,
@@ -218,7 +217,7 @@ class Recorder:
     # ------------------------------------------------------------- subscription
     def _subscribe(self) -> None:
         """Subscribe on a new connection and wait for the server's confirmations."""
-        pubsub: redis.client.PubSub = self._sub_client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub: redis.client.PubSub = self._sub_client.pubsub()
         patterns = self._patterns()
         try:
             pubsub.psubscribe(*patterns)
@@ -290,7 +289,7 @@ class Recorder:
     # --------------------------------------------------------------- recording
     def resync(self) -> ReconcileReport:
         """Reconcile the log with the whole database now."""
-        report = reconcile(self.backend, self.client, skip=(DEFAULT_MARKER_KEY,))
+        report = reconcile(self.backend, self.client)
         self.stats.resyncs += 1
         self._last_resync = time.monotonic()
         if report.changed:

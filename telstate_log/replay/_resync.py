@@ -22,10 +22,12 @@ it key by key, writing only the events that make a difference:
 * a key the backend has but Redis does not: a ``delete`` event.
 
 Keys that are not telescope state (other Redis types, or values our DUMP
-decoder refuses) are skipped with a warning, as is the projector's marker
-key.  Reconciling a single key (:func:`reconcile_key`) serves the recorder
-when one key's history is in doubt (an immutable that would have to change,
-a ``RESTORE`` or ``RENAME`` seen through keyspace notifications).
+decoder refuses) are skipped with a warning; a projector marker that an
+earlier version left in a projected database (an indexed key whose fields
+make a marker, see :func:`~._marker.is_marker`) is skipped silently.
+Reconciling a single key (:func:`reconcile_key`) serves the recorder when
+one key's history is in doubt (an immutable that would have to change, a
+``RESTORE`` or ``RENAME`` seen through keyspace notifications).
 
 A reconcile is as consistent as ``SCAN``: every key present for the whole
 scan is seen; changes made during the scan reach the recorder as pub/sub
@@ -49,7 +51,7 @@ from .._encoding import same_immutable_value
 from .._errors import RdbParseError
 from .._types import KeyType
 from ._dump import parse_dump
-from ._marker import DEFAULT_MARKER_KEY
+from ._marker import is_marker
 
 __all__ = ["ReconcileReport", "dump_keys", "reconcile", "reconcile_key"]
 
@@ -198,17 +200,15 @@ def reconcile_key(backend: Any, key: bytes, found: RedisValue | None,
     return report
 
 
-def reconcile(backend: Any, client: redis.Redis, *,
-              skip: Iterable[bytes] = (DEFAULT_MARKER_KEY,)) -> ReconcileReport:
+def reconcile(backend: Any, client: redis.Redis) -> ReconcileReport:
     """Make `backend` equal to the Redis database of `client` (see module docstring)."""
-    skipped = set(skip)
     report = ReconcileReport()
     seen: set[bytes] = set()
     cursor = 0
     while True:
         cursor, keys = client.scan(cursor, count=SCAN_BATCH)
         fresh = [k for k in dict.fromkeys(keys)
-                 if isinstance(k, bytes) and k not in seen and k not in skipped]
+                 if isinstance(k, bytes) and k not in seen]
         seen.update(fresh)
         for key, payload in dump_keys(client, fresh):
             if payload is None:              # deleted since the SCAN returned it
@@ -217,6 +217,9 @@ def reconcile(backend: Any, client: redis.Redis, *,
             found = decode_dump(key, payload)
             if found is None:
                 report.skipped += 1
+                continue
+            if is_marker(*found):
+                seen.discard(key)            # not telescope state: nor in the log
                 continue
             reconcile_key(backend, key, found, report)
         if not cursor:

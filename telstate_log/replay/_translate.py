@@ -31,7 +31,7 @@ message (:mod:`telstate_log.backends._redis_messages`): ``set`` -> ``SET``;
 ``ZADD``; each still gets its own message, as katsdptelstate sends one per
 sample); ``set_indexed`` -> ``HSET``; ``delete`` -> ``UNLINK``; ``clear`` ->
 ``UNLINK`` of every key that existed just before it (asked of the caller,
-who has the log's as-of views), never of the reserved marker key.
+who has the log's as-of views).
 katsdptelstate publishes nothing for deletes and clears, and neither do we.
 """
 
@@ -50,7 +50,6 @@ from ..backends._redis_messages import immutable_message, indexed_message, updat
 from . import _rdb_format as fmt
 from ._crc64 import crc64
 from ._dump import dump_hash, dump_string
-from ._marker import ProjectionError
 
 __all__ = ["MAX_ARGS", "Batch", "Command", "event_commands", "event_size", "restore_batches",
            "restore_command", "restore_payload", "split_events", "zset_payload"]
@@ -210,12 +209,11 @@ def split_events(events: Sequence[Event], max_bytes: int) -> Iterator[Sequence[E
 
 
 def event_commands(events: Sequence[Event], keys_before: Callable[[int], Sequence[bytes]],
-                   *, publish: bool = True, reserved: bytes | None = None) -> list[Command]:
+                   *, publish: bool = True) -> list[Command]:
     """The Redis commands that apply `events` (see the module docstring).
 
     `keys_before(position)` lists the keys that existed just before the
-    clear at `position`.  An event on the `reserved` key (the projector's
-    marker) raises :exc:`ProjectionError`.
+    clear at `position`.
     """
     out: list[Command] = []
     run_key: bytes | None = None
@@ -237,9 +235,6 @@ def event_commands(events: Sequence[Event], keys_before: Callable[[int], Sequenc
 
     for event in events:
         key = event.key
-        if reserved is not None and key == reserved:
-            raise ProjectionError(f"the log has a key named {reserved!r}, which is the "
-                                  "projector's marker: choose another marker key")
         if event.kind == "add":
             if key != run_key:
                 end_run()
@@ -263,7 +258,7 @@ def event_commands(events: Sequence[Event], keys_before: Callable[[int], Sequenc
         elif event.kind == "delete":
             out.append(("UNLINK", key))
         elif event.kind == "clear":
-            doomed = [k for k in keys_before(event.position) if k != reserved]
+            doomed = list(keys_before(event.position))
             for first in range(0, len(doomed), MAX_ARGS):
                 out.append(("UNLINK", *doomed[first:first + MAX_ARGS]))
         else:

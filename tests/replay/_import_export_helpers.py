@@ -131,10 +131,18 @@ def theirs(client: Any) -> Any:
 
 
 def redis_view(client: Any) -> View:
-    """:func:`view` of a Redis database as katsdptelstate reads it, without the
-    projector's own marker key."""
-    from telstate_log.replay import DEFAULT_MARKER_KEY
+    """:func:`view` of a Redis database as katsdptelstate reads it (every key, so a
+    projector's marker there would show)."""
+    return view(theirs(client))
 
-    state = view(theirs(client))
-    state.pop(DEFAULT_MARKER_KEY.decode(), None)
-    return state
+
+def marker_view(client: Any) -> dict[str, Any]:
+    """The projector's marker of the database of `client`, read by katsdptelstate from
+    the marker database (its fields are telescope-state values); {} if there is none."""
+    from telstate_log.replay._marker import MarkerStore
+
+    store = MarkerStore(client)
+    try:
+        return dict(theirs(store.meta).get(store.key.decode(), {}))
+    finally:
+        store.close()

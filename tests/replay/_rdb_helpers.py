@@ -259,6 +259,34 @@ def packed_record(rdb_type: int, key: bytes, blob: bytes) -> bytes:
     return bytes([rdb_type]) + rstr(key) + rstr(blob)
 
 
+def zm_len(n: int, big: bool = False) -> bytes:
+    """Zipmap length: one byte below 254, else (or if `big`) 254 + u32 little-endian."""
+    return bytes([n]) if n < 254 and not big else b"\xfe" + struct.pack("<I", n)
+
+
+def zipmap(pairs: list[tuple[bytes, bytes]], count: int | None = None, free: int = 0,
+           big: bool = False) -> bytes:
+    """Zipmap blob (Redis 2.x small hash); `free` unused bytes after each value."""
+    body = b"".join(zm_len(len(f), big) + f + zm_len(len(v), big) + bytes([free]) + v
+                    + b"\x00" * free for f, v in pairs)
+    return bytes([len(pairs) if count is None else count]) + body + b"\xff"
+
+
+def expiring(record: bytes, expires_ms: int) -> bytes:
+    """`record` preceded by an EXPIRETIME_MS opcode."""
+    return b"\xfc" + struct.pack("<q", expires_ms) + record
+
+
+def string_record(key: bytes, value: bytes) -> bytes:
+    return b"\x00" + rstr(key) + rstr(value)
+
+
+def aof_commands(*commands: tuple[bytes, ...]) -> bytes:
+    """Commands in the RESP form of an append-only file."""
+    return b"".join(b"*%d\r\n" % len(c) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in c)
+                    for c in commands)
+
+
 # --- golden-file inputs -------------------------------------------------------
 
 def golden_ours_state() -> State:

@@ -28,6 +28,7 @@ from _rdb_helpers import (
     rstr,
     sensor,
     ziplist,
+    zipmap,
     zl_int,
     zl_str,
     zset3,
@@ -57,6 +58,7 @@ def _hand_built(crc: bool) -> bytes:
             + packed_record(16, b"hlp", listpack([lp_str(b"a"), lp_int(-3000), lp_str(b"b"),
                                                   lp_str(b"x" * 70)]))
             + packed_record(13, b"hzl", ziplist([zl_str(b"a"), zl_int(70000, "24")]))
+            + packed_record(9, b"hzm", zipmap([(b"a", b"1"), (b"long", b"y" * 300)], free=1))
             + hash4(b"h4", {b"f": b"v", b"g": b"\xc0"})
             + b"\x00" + rstr(b"lzf") + b"\xc3\x06\x0a\x02abc\xa0\x02"
             + b"\x00\x03int\xc1\x39\x30")
@@ -76,11 +78,11 @@ def _corpus() -> list[tuple[str, bytes, bool]]:
 
 
 def _timed(func: Callable[[], Any]) -> Any:
-    start = time.perf_counter()
+    start = time.process_time()   # CPU time: other processes' load does not stretch it
     try:
         return func()
     finally:
-        assert time.perf_counter() - start < CASE_SECONDS
+        assert time.process_time() - start < CASE_SECONDS
 
 
 def _parse(data: bytes) -> list[Any] | None:
@@ -173,9 +175,9 @@ def test_hostile_lengths_fail_fast_without_allocating(body: bytes) -> None:
     data = rdb_file(body, crc=False)
     tracemalloc.start()
     try:
-        start = time.perf_counter()
+        start = time.process_time()
         entries = _parse(data)
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,19 @@ from typing import Any
 import anyio
 import pytest
 from _import_export_helpers import full_range, log_events, open_log, segment_sizes
-from _rdb_helpers import hash4, rdb_file, rstr, sensor, write_state, zset3
+from _rdb_helpers import (
+    expiring,
+    hash4,
+    packed_record,
+    rdb_file,
+    rstr,
+    sensor,
+    string_record,
+    write_state,
+    zipmap,
+    zset3,
+)
+from _redis import RedisServer, require_redis
 
 from telstate_log import ImmutableKeyError, RdbParseError, ReadOnlyError
 from telstate_log import _format as fmt
@@ -19,7 +33,7 @@ from telstate_log._encoding import encode_value
 from telstate_log._types import KeyType
 from telstate_log.backends import LogBackend, MemoryBackend
 from telstate_log.backends._state_backend import StateBackend
-from telstate_log.replay._rdb_format import pack_member
+from telstate_log.replay._rdb_format import pack_member, split_member
 from telstate_log.replay._rdb_load import import_rdb, load_rdb_into
 
 V = encode_value
@@ -104,7 +118,7 @@ def test_conflict_changes_nothing(backend: StateBackend, tmp_path: Path, key: by
     state = {b"good_%d" % i: (KeyType.IMMUTABLE, V(i)) for i in range(5)}
     state[b"good_sensor"] = (KeyType.MUTABLE, sensor(100))
     state[key] = (kind, value)
-    with pytest.raises(ImmutableKeyError, match=f"{key!r}.*{match}"):
+    with pytest.raises(ImmutableKeyError, match=f"key {key.decode()!r}.*{match}"):
         backend.load_from_file(str(_write(tmp_path / "in.rdb", state)))
     assert _snapshot(backend) == before
 
@@ -144,6 +158,8 @@ def test_damaged_file_changes_nothing(backend: StateBackend, tmp_path: Path, nam
                                       data: bytes) -> None:
     _prefill(backend)
     before = _snapshot(backend)
+    if isinstance(backend, LogBackend):
+        backend.sync()                  # the prefill is on disk: sizes cannot change later
     sizes = segment_sizes(Path(backend.path)) if isinstance(backend, LogBackend) else None
     path = tmp_path / f"{name}.rdb"
     path.write_bytes(data)
@@ -214,6 +230,10 @@ def test_other_databases(backend: StateBackend, tmp_path: Path) -> None:
     with pytest.raises(RdbParseError, match=r"database\(s\) 2 as well as 0"):
         backend.load_from_file(str(path))
     assert backend.position == 0 and backend.keys(b"*") == []
+    with pytest.raises(RdbParseError, match=r"no keys in database 5; the file has keys in "
+                                            r"database\(s\) 0, 2"):
+        import_rdb(backend, path, db=5)
+    assert backend.position == 0
     assert import_rdb(backend, path, db=2).keys == 1
     assert backend.keys(b"*") == [b"two"]
     assert import_rdb(backend, path, db=0).keys == 1
@@ -276,3 +296,72 @@ def test_log_durability_and_checkpoints_after_import(tmp_path: Path,
         assert list((tmp_path / "log" / "checkpoints").iterdir())
     with open_log(tmp_path / "log") as reopened:
         assert _snapshot(reopened) == expected
+
+
+# --- expiry: telescope state keeps no expiry times ------------------------------------------
+
+NOW = 1_800_000_000.0          # the injected clock, in Unix seconds
+NOW_MS = int(NOW * 1000)
+
+
+def _expiry_file(path: Path) -> Path:
+    body = (expiring(string_record(b"past", V(1)), NOW_MS - 1)
+            + expiring(string_record(b"negative", V(2)), -5)
+            + b"\xfd" + struct.pack("<i", int(NOW) - 1) + string_record(b"past_s", V(3))
+            + expiring(string_record(b"at_now", V(4)), NOW_MS)        # not yet: redis keeps it
+            + expiring(zset3(b"future", sensor(3)), NOW_MS + 10**9)
+            + string_record(b"plain", V(5))
+            + b"\xfe\x02" + expiring(string_record(b"other_db", V(6)), NOW_MS - 1))
+    path.write_bytes(rdb_file(body))
+    return path
+
+
+def test_expired_keys_skipped_future_expiry_dropped(backend: StateBackend, tmp_path: Path) -> None:
+    rdb = _expiry_file(tmp_path / "expiry.rdb")
+    stats = import_rdb(backend, rdb, clock=lambda: NOW)
+    assert sorted(backend.keys(b"*")) == [b"at_now", b"future", b"plain"]
+    assert (stats.keys, stats.expired, stats.expiry_dropped) == (3, 3, 2)
+    assert stats.events == backend.position == 1 + 3 + 1
+    assert backend.get(b"at_now") == (V(4), None)
+    assert full_range(backend, b"future") == [(m[8:], split_member(m)[1]) for m in sensor(3)]
+    # later, past both expiry times: only "plain" is live
+    later = import_rdb(MemoryBackend(), rdb, clock=lambda: NOW + 2e6)
+    assert (later.keys, later.expired, later.expiry_dropped) == (1, 5, 0)
+
+
+def test_a_database_of_expired_keys_only(tmp_path: Path) -> None:
+    """Expired keys are as good as absent: they neither count as another database
+    nor make a chosen database an error."""
+    rdb = _expiry_file(tmp_path / "expiry.rdb")
+    stats = import_rdb(MemoryBackend(), rdb, db=2, clock=lambda: NOW)
+    assert (stats.keys, stats.expired, stats.events) == (0, 1, 0)
+
+
+@pytest.mark.redis
+def test_expiry_judged_like_redis_server(tmp_path: Path) -> None:
+    """redis-server 7, loading the same file at about the same time, keeps the same keys."""
+    require_redis()
+    now_ms = int(time.time() * 1000)
+    body = (expiring(string_record(b"expired", b"1"), now_ms - 60_000)
+            + expiring(string_record(b"long_ago", b"2"), 1000)
+            + expiring(string_record(b"later", b"3"), now_ms + 3_600_000)
+            + string_record(b"forever", b"4"))
+    (tmp_path / "dump.rdb").write_bytes(rdb_file(body))
+    server = RedisServer(tmp_path).start()
+    try:
+        theirs = sorted(server.client().keys(b"*"))
+    finally:
+        server.cleanup()
+    ours = MemoryBackend()
+    stats = import_rdb(ours, tmp_path / "dump.rdb")
+    assert sorted(ours.keys(b"*")) == theirs == [b"forever", b"later"]
+    assert (stats.expired, stats.expiry_dropped) == (2, 1)
+
+
+def test_zipmap_hash_imported_as_indexed(backend: StateBackend, tmp_path: Path) -> None:
+    table = {V("a"): V(1), V("b"): V("two" * 100)}
+    rdb = tmp_path / "v3.rdb"
+    rdb.write_bytes(rdb_file(packed_record(9, b"table", zipmap(list(table.items()))),
+                             version=3))
+    assert import_rdb(backend, rdb).keys == 1
+    assert backend.get(b"table")[0] == table

@@ -12,6 +12,7 @@ from _rdb_helpers import (
     GOLDEN_KATSDPTELSTATE,
     GOLDEN_OURS,
     GOLDEN_REDIS7,
+    aof_commands,
     fill_redis,
     golden_ours_state,
     golden_redis7_state,
@@ -27,14 +28,17 @@ from _rdb_helpers import (
     rstr,
     sample_state,
     sensor,
+    string_record,
     ziplist,
+    zipmap,
     zl_int,
     zl_str,
     zset3,
     zset5,
 )
+from _redis import RedisServer, require_redis
 
-from telstate_log._errors import RdbParseError
+from telstate_log._errors import RdbAofPreambleError, RdbParseError, RdbUnsupportedTypeError
 from telstate_log._types import KeyType
 from telstate_log.replay._rdb_format import pack_member, split_member
 from telstate_log.replay._rdb_reader import RdbEntry, RdbReader, iter_rdb
@@ -341,21 +345,136 @@ def test_packed_error_offsets_point_into_the_file() -> None:
     assert data[err.offset] == 0xF5
 
 
+# --- zipmap (Redis 2.x hashes, RDB type 9) ----------------------------------------------
+
+ZIPMAP_PAIRS = [(b"f1", b"v1"), (b"empty", b""), (b"long", b"x" * 300), (b"k" * 260, b"\xff\x01")]
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 6, 9])
+def test_hash_zipmap(version: int) -> None:
+    expected = dict(ZIPMAP_PAIRS)
+    for blob in (zipmap(ZIPMAP_PAIRS), zipmap(ZIPMAP_PAIRS, free=3),
+                 zipmap(ZIPMAP_PAIRS, big=True), zipmap(ZIPMAP_PAIRS, count=254)):
+        (entry,) = read(rdb_file(packed_record(9, b"h", blob), version=version))
+        assert (entry.kind, entry.value) == (KeyType.INDEXED, expected)
+
+
+def test_hash_zipmap_of_254_pairs_or_more() -> None:
+    pairs = [(b"f%03d" % i, b"%d" % i) for i in range(300)]
+    assert one(packed_record(9, b"h", zipmap(pairs, count=254)), version=3) == dict(pairs)
+
+
+_ZM_PAIR = b"\x01a\x01\x00b"          # field "a", value "b", no free bytes
+
+
+@pytest.mark.parametrize(("blob", "match"), [
+    (b"\x01", "shorter than its header"),
+    (b"\x01" + _ZM_PAIR, "does not end with 0xFF"),
+    (b"\x00\xff", "empty zipmap"),
+    (b"\xfe\xff", "empty zipmap"),
+    (b"\x02" + _ZM_PAIR + b"\xff", "header says 2 pairs, found 1"),
+    (b"\x00" + _ZM_PAIR + b"\xff", "header says 0 pairs, found 1"),
+    (b"\x01\x01a\xff", "truncated zipmap value"),
+    (b"\x01\x01a\x01\xff", "truncated zipmap value"),
+    (b"\x01\x01a\xff\x00b\xff", "invalid zipmap value length byte 0xff"),
+    (b"\x01\x01a\x05\x00b\xff", "zipmap value runs past the end"),
+    (b"\x01\x01a\x01\x09b\xff", "zipmap value runs past the end"),
+    (b"\x01\x09a\xff", "zipmap field runs past the end"),
+    (b"\x01\xfe\x01\x00\xff", "truncated zipmap field"),
+    (b"\x01\x01a\xfe\x01\x00\x00\xff", "truncated zipmap value"),
+    (b"\x01" + _ZM_PAIR + b"\xff\x00\xff", "ends at byte 6, 2 bytes before the end"),
+])
+def test_zipmap_strictness(blob: bytes, match: str) -> None:
+    fails(rdb_file(packed_record(9, b"h", blob), version=3), match)
+
+
+def test_zipmap_duplicates_and_offsets() -> None:
+    fails(rdb_file(packed_record(9, b"h", zipmap([(b"a", b"1"), (b"a", b"2")])), version=3),
+          "duplicate hash field")
+    blob = b"\x01\x01a\xff\x00b\xff"
+    data = rdb_file(packed_record(9, b"h", blob), version=3)
+    err = fails(data, "value length byte")
+    assert data[err.offset] == 0xFF and err.offset == data.index(blob) + 3
+
+
+# --- types telescope state cannot hold ------------------------------------------------
+
+@pytest.mark.parametrize(("rdb_type", "body", "name"), [
+    (1, b"\x01\x01a", "list"),
+    (2, b"\x01\x01a", "set"),
+    (10, rstr(ziplist([zl_str(b"a"), zl_int(5)])), "list \\(ziplist\\)"),
+    (11, rstr(b"\x02\x00\x00\x00\x01\x00\x00\x00\x07\x00"), "set \\(intset\\)"),
+    (14, b"\x01" + rstr(ziplist([zl_str(b"a")])), "list \\(quicklist\\)"),
+    (15, b"", "stream"),
+    (18, b"", "list \\(quicklist v2\\)"),
+    (20, rstr(listpack([lp_str(b"a")])), "set \\(listpack\\)"),
+    (6, b"", "module"),
+    (7, b"", "module"),
+    (24, b"", "hash with field expiry"),
+    (25, b"", "hash with field expiry"),
+    (30, b"", "unknown"),
+])
+def test_types_telescope_state_cannot_hold(rdb_type: int, body: bytes, name: str) -> None:
+    good = b"\x00" + rstr(b"before") + rstr(b"v")
+    for version in (3, 9):
+        data = rdb_file(good + bytes([rdb_type]) + rstr(b"the key") + body, version=version)
+        err = fails(data, f"key b'the key' has type {rdb_type} \\({name}")
+        assert isinstance(err, RdbUnsupportedTypeError)
+        assert (err.key, err.rdb_type) == (b"the key", rdb_type)
+        assert err.offset == data.index(b"\x07the key") - 1 and data[err.offset] == rdb_type
+        assert "cannot hold" in str(err) and f"at byte {err.offset}" in str(err)
+
+
+# --- append-only files with an RDB preamble ---------------------------------------------
+
+AOF_TAIL = aof_commands((b"SELECT", b"0"), (b"SET", b"tail", b"2"))
+
+
+@pytest.mark.parametrize(("version", "crc"), [(9, True), (9, False), (10, True), (4, False)])
+def test_aof_with_rdb_preamble(version: int, crc: bool) -> None:
+    preamble = rdb_file(string_record(b"pre", b"1"), version=version, crc=crc)
+    data = preamble + AOF_TAIL
+    err = fails(data, "append-only file, not a plain RDB file: an RDB preamble followed by "
+                      "AOF commands")
+    assert isinstance(err, RdbAofPreambleError)
+    assert err.offset == len(preamble) and "checksum" not in str(err)
+    assert read(preamble)[0].key == b"pre"          # the preamble alone is a fine RDB file
+
+
+@pytest.mark.parametrize("lookalike", [
+    b"\xff" + bytes(8) + b"*3\r\n$3\r\nSET",                  # EOF, zero CRC, an AOF command
+    b"\xff" + bytes(8) + aof_commands((b"SET", b"k", b"v")),  # ... a whole command
+])
+def test_aof_lookalike_in_a_value_is_not_taken_for_a_preamble(lookalike: bytes) -> None:
+    good = rdb_file(string_record(b"k", lookalike) + string_record(b"z", b"x"))
+    bad = bytearray(good)
+    bad[-12] ^= 1
+    fails(bytes(bad), "checksum mismatch")
+    assert read(good)[0].value == lookalike
+
+
+def test_aof_tail_cut_short_is_still_recognised() -> None:
+    preamble = rdb_file(string_record(b"pre", b"1"), crc=False)
+    err = fails(preamble + AOF_TAIL[:-7], "RDB preamble followed by AOF commands")
+    assert err.offset == len(preamble)
+
+
 # --- opcodes, framing, versions ------------------------------------------------------
 
 def test_opcodes_and_databases() -> None:
     body = (b"\xfa" + rstr(b"note") + b"\xc0\x05"
             + b"\xfb\x02\x00"
-            + b"\xfc" + bytes(8) + b"\xf8\x05\xf9\x03" + zset3(b"a", [M1])
-            + b"\xfd" + bytes(4) + b"\x00\x01s\x01v"
+            + b"\xfc" + struct.pack("<q", 1_700_000_000_123) + b"\xf8\x05\xf9\x03"
+            + zset3(b"a", [M1])
+            + b"\xfd" + struct.pack("<i", 1_700_000_000) + b"\x00\x01s\x01v"
             + b"\xf5" + rstr(b"#!lua name=lib\n")
             + b"\xf4\x01\x02\x00"
             + b"\xfe\x03" + b"\x00\x01s\x01w" + b"\xfe\x40\x10" + b"\x00\x01s\x01x")
     with RdbReader(rdb_file(body)) as reader:
         entries = list(reader)
         assert reader.aux == {b"note": b"5"}
-    assert entries == [RdbEntry(0, b"a", KeyType.MUTABLE, [M1]),
-                       RdbEntry(0, b"s", KeyType.IMMUTABLE, b"v"),
+    assert entries == [RdbEntry(0, b"a", KeyType.MUTABLE, [M1], 1_700_000_000_123),
+                       RdbEntry(0, b"s", KeyType.IMMUTABLE, b"v", 1_700_000_000_000),
                        RdbEntry(3, b"s", KeyType.IMMUTABLE, b"w"),
                        RdbEntry(16, b"s", KeyType.IMMUTABLE, b"x")]
 
@@ -369,7 +488,6 @@ def test_opcodes_and_databases() -> None:
     (b"\xf3\x01k", "type 243"),
     (b"\x01\x01q\x01\x01a", "key b'q' has type 1 \\(list\\)"),
     (b"\x02\x01q\x01\x01a", "type 2 \\(set\\)"),
-    (b"\x09\x01q\x01a", "zipmap"),
     (b"\x0f\x01q", "stream"),
     (b"\x07\x01q", "module"),
     (b"\x00\x01k\x05ab", "runs past the end"),
@@ -448,3 +566,74 @@ def test_redis_server_save(fresh_redis: Any) -> None:
         got = {e.key: (e.kind, e.value) for e in reader}
         assert reader.version == 10 and reader.checksum_verified
     assert got == state
+
+
+def _loaded_by_redis(directory: Path, name: str, data: bytes,
+                     extra: tuple[str, ...] = ()) -> dict[bytes, tuple[bytes, Any]]:
+    """What a redis-server 7 started on `data` (as ``directory/name``) holds: type and value."""
+    require_redis()
+    (directory / name).write_bytes(data)
+    server = RedisServer(directory, dbfilename=name, extra_args=extra).start()
+    try:
+        client = server.client()
+        held: dict[bytes, tuple[bytes, Any]] = {}
+        for key in client.keys(b"*"):
+            kind = client.type(key)
+            value = {b"string": client.get, b"hash": client.hgetall,
+                     b"list": lambda k: client.lrange(k, 0, -1),
+                     b"set": client.smembers}[kind](key)
+            held[key] = (kind, value)
+        return held
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.redis
+def test_redis_server_reads_the_obsolete_encodings_as_we_do(tmp_path: Path) -> None:
+    """A version-3 file with a zipmap hash, a ziplist list and an intset set: redis-server
+    7 loads all three; we import the hash and name the other two."""
+    hash_record = packed_record(9, b"zm", zipmap(ZIPMAP_PAIRS, free=2))
+    data = rdb_file(hash_record, version=3)
+    assert _loaded_by_redis(tmp_path, "zipmap.rdb", data) == {
+        b"zm": (b"hash", dict(ZIPMAP_PAIRS))}
+    assert read(data)[0].value == dict(ZIPMAP_PAIRS)
+    others = (packed_record(10, b"zl", ziplist([zl_str(b"a"), zl_int(5)]))
+              + packed_record(11, b"is", b"\x02\x00\x00\x00\x02\x00\x00\x00\x07\x00\x09\x00"))
+    data = rdb_file(hash_record + others, version=3)
+    assert _loaded_by_redis(tmp_path, "others.rdb", data) == {
+        b"zm": (b"hash", dict(ZIPMAP_PAIRS)), b"zl": (b"list", [b"a", b"5"]),
+        b"is": (b"set", {b"7", b"9"})}
+    err = fails(data, "type 10")
+    assert isinstance(err, RdbUnsupportedTypeError) and err.key == b"zl"
+
+
+@pytest.mark.interop
+def test_katsdptelstate_reads_a_zipmap_as_we_do() -> None:
+    pytest.importorskip("katsdptelstate")
+    from katsdptelstate.memory import MemoryBackend
+
+    data = rdb_file(packed_record(9, b"zm", zipmap(ZIPMAP_PAIRS, free=1)), version=3)
+    theirs = MemoryBackend()
+    assert theirs.load_from_file(io.BytesIO(data)) == 1
+    assert katsdptelstate_state(theirs._data) == read_state(data)
+
+
+@pytest.mark.redis
+def test_redis_server_loads_the_preamble_file_as_an_aof(tmp_path: Path) -> None:
+    """The AOF-with-preamble test file is what redis-server 7 takes for one."""
+    data = rdb_file(string_record(b"pre", b"1")) + AOF_TAIL
+    held = _loaded_by_redis(tmp_path, "appendonly.aof", data,
+                            ("--appendonly", "yes", "--appendfilename", "appendonly.aof"))
+    assert held == {b"pre": (b"string", b"1"), b"tail": (b"string", b"2")}
+    assert isinstance(fails(data, "AOF commands"), RdbAofPreambleError)
+
+
+@pytest.mark.interop
+def test_the_new_rdb_errors_are_katsdptelstate_rdb_parse_errors() -> None:
+    """Code that catches katsdptelstate's RdbParseError catches them too."""
+    theirs = pytest.importorskip("katsdptelstate.errors")
+    for data, ours in ((rdb_file(b"\x01" + rstr(b"l") + b"\x01\x01a"), RdbUnsupportedTypeError),
+                       (rdb_file(string_record(b"k", b"v")) + AOF_TAIL, RdbAofPreambleError)):
+        with pytest.raises(theirs.RdbParseError) as info:
+            read(data)
+        assert isinstance(info.value, ours) and isinstance(info.value, RdbParseError)

@@ -7,7 +7,6 @@ katsdptelstate reading Redis, and our TelescopeState reading the log.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,13 @@ pytest.importorskip("katsdptelstate")
 
 import katsdptelstate
 from _import_export_helpers import fill, view
+from _waiting import wait_for
 
 from telstate_log import TelescopeState
 from telstate_log._encoding import encode_value
 from telstate_log.backends import LogBackend
 from telstate_log.replay import DEFAULT_MARKER_KEY, Recorder
+from telstate_log.replay._marker import Marker
 
 pytestmark = [pytest.mark.redis, pytest.mark.interop]
 
@@ -175,14 +176,11 @@ def test_periodic_resync_sees_a_flushdb(log: LogBackend, client: redis.Redis) ->
     thread = threading.Thread(target=recorder.run, args=(stop,), kwargs={"poll": 0.05})
     thread.start()
     try:
-        deadline = time.monotonic() + 5
-        while "a" not in TelescopeState(log) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: "a" in TelescopeState(log), what="the recording of a")
         k.clear()
         k["b"] = 2
-        while ("a" in TelescopeState(log) or "b" not in TelescopeState(log)) \
-                and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: "a" not in TelescopeState(log) and "b" in TelescopeState(log),
+                 what="a resync to see the FLUSHDB")
     finally:
         stop.set()
         thread.join(5)
@@ -193,7 +191,10 @@ def test_periodic_resync_sees_a_flushdb(log: LogBackend, client: redis.Redis) ->
 def test_other_databases_and_foreign_keys_are_not_recorded(log: LogBackend,
                                                            client: redis.Redis) -> None:
     client.rpush(b"a list", b"x")
-    client.hset(DEFAULT_MARKER_KEY, encode_value("position"), encode_value(1))
+    # A projector marker as earlier versions left it in the projected database.
+    client.hset(DEFAULT_MARKER_KEY, mapping={
+        encode_value(name): encode_value(value)
+        for name, value in Marker(log.log_id.hex(), 1).fields().items()})
     elsewhere = katsdp(client, db=1)
     recorder = Recorder(client, log)
     report = recorder.start()
@@ -207,6 +208,18 @@ def test_other_databases_and_foreign_keys_are_not_recorded(log: LogBackend,
     finally:
         recorder.close()
         elsewhere.clear()
+
+
+def test_a_key_named_like_the_old_marker_is_recorded_unless_it_is_one(
+        log: LogBackend, client: redis.Redis) -> None:
+    theirs = katsdp(client)
+    theirs.set_indexed(DEFAULT_MARKER_KEY.decode(), "position", 1)
+    recorder = Recorder(client, log)
+    try:
+        recorder.start()
+    finally:
+        recorder.close()
+    assert TelescopeState(log).get(DEFAULT_MARKER_KEY.decode()) == {"position": 1}
 
 
 def test_baseline_reconciles_a_stale_log(log: LogBackend, client: redis.Redis) -> None:
