@@ -6,8 +6,11 @@ The synchronous API is here; the asynchronous one is :mod:`telstate_log.aio`;
 backends are in :mod:`telstate_log.backends`.
 """
 
-from ._asof import Changes
-from ._encoding import (
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .core._asof import Changes
+from .core._encoding import (
     ALLOWED_ENCODINGS,
     ENCODING_DEFAULT,
     ENCODING_MSGPACK,
@@ -18,7 +21,7 @@ from ._encoding import (
     equal_encoded_values,
     set_allow_pickle,
 )
-from ._errors import (
+from .core._errors import (
     CancelledError,
     ConnectionError,
     DecodeError,
@@ -39,11 +42,14 @@ from ._errors import (
     TelstateError,
     TimeoutError,
 )
-from ._frontend import HistoryEvent
-from ._repair import RepairReport, VerifyReport, repair_log, verify_log
-from ._telescope_state import TelescopeState
-from ._types import KeyType
-from ._version import __version__
+from .core._events import Event
+from .core._types import KeyType
+from .frontend._frontend import HistoryEvent
+from .frontend._telescope_state import TelescopeState
+
+if TYPE_CHECKING:
+    from .storage._repair import RepairReport, VerifyReport, repair_log, verify_log
+    from .storage._retention import PruneReport
 
 __all__ = [
     "ALLOWED_ENCODINGS",
@@ -56,6 +62,7 @@ __all__ = [
     "ConnectionError",
     "DecodeError",
     "EncodeError",
+    "Event",
     "HistoryEvent",
     "HistoryUnavailableError",
     "ImmutableKeyError",
@@ -67,6 +74,7 @@ __all__ = [
     "LogFailedError",
     "LogLockedError",
     "LogWriteError",
+    "PruneReport",
     "RdbAofPreambleError",
     "RdbParseError",
     "RdbUnsupportedTypeError",
@@ -84,3 +92,18 @@ __all__ = [
     "set_allow_pickle",
     "verify_log",
 ]
+
+#: Names imported on first use (the storage engine loads only for them).
+_LAZY = {"RepairReport": "_repair", "VerifyReport": "_repair", "repair_log": "_repair",
+         "verify_log": "_repair", "PruneReport": "_retention"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _LAZY.get(name)
+    if home is not None:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.storage.{home}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

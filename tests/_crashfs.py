@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-:class:`RecordingFileSystem` is a :class:`~telstate_log._fileio.FileSystem`
+:class:`RecordingFileSystem` is a :class:`~telstate_log.storage._fileio.FileSystem`
 that performs every operation on a real directory (through
-:class:`~telstate_log._fileio.OsFileSystem`) and appends it to an ordered
+:class:`~telstate_log.storage._fileio.OsFileSystem`) and appends it to an ordered
 *trace*: creates and opens (with the file's identity, an *inode* number of
 our own, so renames keep data attached to the file rather than the name),
 writes with their bytes and file offset, truncates, ``fdatasync`` of a file,
@@ -84,11 +84,11 @@ from typing import Any
 
 from _model import Model
 
-from telstate_log._encoding import encode_value
-from telstate_log._errors import LogCorruptError
-from telstate_log._fileio import FileSystem, OsFileSystem
-from telstate_log._repair import verify_log
 from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._errors import LogCorruptError
+from telstate_log.storage._fileio import FileSystem, OsFileSystem
+from telstate_log.storage._repair import verify_log
 
 __all__ = [
     "POLICIES",
@@ -921,7 +921,7 @@ def prepare_recover(path: str, rng: random.Random) -> Reference:
     d.seal()  # a fresh segment, so the last events share one
     for i in range(3):
         d.add(b"r_before", encode_value(i), t + 100 + i)
-    writer = d.backend._writer
+    writer = d.backend.log.writer
     assert writer is not None
     seg, keep, cut = writer.segment_path, d.ref.events, writer.offset
     for i in range(2):  # two events that the "crash" will tear

@@ -16,8 +16,8 @@ from __future__ import annotations
 import signal
 import sys
 
-from telstate_log import _cli
-from telstate_log._progress import Progress
+from telstate_log.cli import _main as _cli
+from telstate_log.cli._progress_bar import Progress
 
 _report = Progress.__call__
 

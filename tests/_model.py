@@ -13,7 +13,7 @@ import struct
 from typing import Any
 
 from telstate_log import ImmutableKeyError
-from telstate_log._pattern import compile_pattern
+from telstate_log.core._pattern import compile_pattern
 
 
 def pack(ts: float) -> bytes:

@@ -38,8 +38,8 @@ AIO_NAMES = dict(OUR_NAMES, TelescopeState=telstate_log.aio.TelescopeState,
                  MemoryBackend=telstate_log.aio.MemoryBackend, katsdptelstate=telstate_log)
 
 _PATCH_TARGETS = {
-    "katsdptelstate.encoding._allow_pickle": "telstate_log._encoding._allow_pickle",
-    "katsdptelstate.encoding._warn_on_pickle": "telstate_log._encoding._warn_on_pickle",
+    "katsdptelstate.encoding._allow_pickle": "telstate_log.core._encoding._allow_pickle",
+    "katsdptelstate.encoding._warn_on_pickle": "telstate_log.core._encoding._warn_on_pickle",
 }
 
 
@@ -83,8 +83,8 @@ class AioFixtures:
         # The aio test patches katsdptelstate's pickle switch with a string
         # target inside its body; mirror it on ours for that test.
         if request.node.name.startswith("test_immutable_same_value_str"):
-            with mock.patch("telstate_log._encoding._allow_pickle", True), \
-                    mock.patch("telstate_log._encoding._warn_on_pickle", False):
+            with mock.patch("telstate_log.core._encoding._allow_pickle", True), \
+                    mock.patch("telstate_log.core._encoding._warn_on_pickle", False):
                 yield
         else:
             yield

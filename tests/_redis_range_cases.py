@@ -41,7 +41,7 @@ def fill(client: redis.Redis) -> list[Case]:
 def outcome(call: Callable[[], Any]) -> Outcome:
     """``("value", result)``, or ``("raises", name of the exception's class)``: the
     libraries' errors share names (ours also derive from katsdptelstate's once it is
-    imported, see telstate_log._errors)."""
+    imported, see telstate_log.core._errors)."""
     try:
         return "value", call()
     except Exception as exc:

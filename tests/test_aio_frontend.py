@@ -166,7 +166,7 @@ async def test_wake_from_sync_thread(ts: TelescopeState) -> None:
 async def test_concurrent_writers_share_fsyncs(tmp_path: Path) -> None:
     backend = await LogBackend.open(tmp_path / "log", fsync="always")
     ts = TelescopeState(backend)
-    durability = backend.to_sync()._durability
+    durability = backend.to_sync().log.durability
     assert durability is not None
     start = durability.fsyncs
 

@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 
 import telstate_log.aio
 from telstate_log import ImmutableKeyError, InvalidTimestampError, KeyType
-from telstate_log._encoding import encode_value
-from telstate_log._types import KeyUpdateBase, MutableKeyUpdate
 from telstate_log.backends import Backend, LogBackend, MemoryBackend, RedisBackend
-from telstate_log.replay._dump import parse_dump
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._types import KeyUpdateBase, MutableKeyUpdate
+from telstate_log.rdb._dump import parse_dump
 
 _counter = itertools.count()
 

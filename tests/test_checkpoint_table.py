@@ -4,7 +4,7 @@ A checkpoint listed every sensor column with references to its own arrays,
 which made loading 100,000 one-sample keys slower than replaying their log,
 so a clean close() could not leave such a log fast to reopen.  A state with
 at least ``TABLE_MIN`` short columns now stores them in one table
-(``telstate_log._checkpoint_table``).  Checked here: it loads to exactly the
+(``telstate_log.storage._checkpoint_table``).  Checked here: it loads to exactly the
 state it was written from (order of keys included), small states keep the
 version-1 layout, the loader does a bounded amount of numpy work per key
 (counted, not timed), and a damaged or forged table is refused rather than
@@ -27,13 +27,13 @@ from test_fuzz_log import (
     foreign_checkpoint,
 )
 
-from telstate_log import _checkpoint
-from telstate_log._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from telstate_log._checkpoint_table import SHORT, TABLE_MIN
-from telstate_log._encoding import encode_value
-from telstate_log._sensor import SensorColumn
-from telstate_log._state import Immutable, Indexed, State
 from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._sensor import SensorColumn
+from telstate_log.core._state import Immutable, Indexed, State
+from telstate_log.storage import _checkpoint
+from telstate_log.storage._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from telstate_log.storage._checkpoint_table import SHORT, TABLE_MIN
 
 VALUES = [encode_value(1.5), encode_value(3), encode_value("x"), encode_value("yyy"),
           b"\xfe\xcb" + bytes(8), encode_value(None), encode_value(300)]
@@ -104,8 +104,8 @@ def test_table_round_trip(tmp_path: Path) -> None:
     assert describe(state) == want
     with LogBackend(tmp_path / "log", readonly=True, follow=False,
                     use_checkpoints=False) as replayed:
-        assert tables.keys == replayed._tables.keys
-        assert tables.key_ids == replayed._tables.key_ids
+        assert tables.keys == replayed.log.tables.keys
+        assert tables.key_ids == replayed.log.tables.key_ids
         assert unordered(describe(replayed._state)) == unordered(want)
 
 

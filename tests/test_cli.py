@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from telstate_log import TelescopeState, __version__
-from telstate_log._cli import main, parse_position, parse_time
-from telstate_log._cli_output import Table, iso_utc, to_json, value_text
 from telstate_log.backends import LogBackend
+from telstate_log.cli._main import main, parse_position, parse_time
+from telstate_log.cli._output import Table, iso_utc, to_json, value_text
 
 T0 = 1_700_000_000.0
 LOG_EVENTS = 49

@@ -30,9 +30,9 @@ from test_cli_rdb import make_log
 from test_faults import FaultyFileSystem
 
 import telstate_log.backends._log as log_module
-from telstate_log._cli import READ_ONLY_COMMANDS, build_parser, main, parse_time
-from telstate_log._encoding import encode_value
 from telstate_log.backends import LogBackend
+from telstate_log.cli._main import READ_ONLY_COMMANDS, build_parser, main, parse_time
+from telstate_log.core._encoding import encode_value
 
 Capsys = pytest.CaptureFixture[str]
 

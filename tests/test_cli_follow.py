@@ -17,8 +17,9 @@ from _cli_proc import cli_command, ignores_sigint
 from _waiting import DEADLINE
 from test_cli import cli
 
-from telstate_log import TelescopeState, _cli_events
+from telstate_log import TelescopeState
 from telstate_log.backends import LogBackend
+from telstate_log.cli import _events as _cli_events
 
 WRITER = str(Path(__file__).with_name("_writer_proc.py"))
 

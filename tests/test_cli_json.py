@@ -21,8 +21,8 @@ from numpy.lib.format import descr_to_dtype
 from test_cli import cli
 
 from telstate_log import TelescopeState
-from telstate_log._cli_output import to_json
 from telstate_log.backends import LogBackend
+from telstate_log.cli._output import to_json
 
 TAG = "$type"
 

@@ -12,11 +12,11 @@ from test_cli import LOG_EVENTS, build_log, cli, run
 from test_seal import _doctor, forge_pruned_claim, make_log, make_other_log
 
 from telstate_log import TelescopeState
-from telstate_log._encoding import encode_value
-from telstate_log._fileio import OsFileSystem
-from telstate_log._recovery import list_segments
-from telstate_log._repair import verify_log
 from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._recovery import list_segments
+from telstate_log.storage._repair import verify_log
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import pytest
 from test_cli import cli
 
 from telstate_log import TelescopeState
-from telstate_log._cli_output import SUMMARY_THRESHOLD, format_array, value_repr, value_text
 from telstate_log.backends import LogBackend
+from telstate_log.cli._output import SUMMARY_THRESHOLD, format_array, value_repr, value_text
 
 BIG = 100_000
 # Numpy names used by the reprs, for evaluating them back into arrays.

@@ -13,8 +13,8 @@ import pytest
 from test_cli import T0, build_log, cli, run
 
 from telstate_log import TelescopeState
-from telstate_log._cli import parse_time
 from telstate_log.backends import LogBackend
+from telstate_log.cli._main import parse_time
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -107,7 +107,7 @@ def test_plot_shows_the_final_state(log: str) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.dates import date2num
 
-    from telstate_log._cli_plot import build_figure, plot_window
+    from telstate_log.cli._plot import build_figure, plot_window
 
     series = [("status", np.array([T0, T0 + 10]), ["slew", "track"]),
               ("s", np.array([T0 + 1.0, T0 + 30.0]), np.array([5.0, 6.0]))]

@@ -18,13 +18,14 @@ import pytest
 from replay._rdb_helpers import aof_commands, expiring, rdb_file, sensor, string_record, write_state
 from test_faults import FaultyFileSystem
 
-from telstate_log import TelstateError, _progress
-from telstate_log._cli_rdb import add_export_parser, add_import_parser
-from telstate_log._encoding import encode_value
-from telstate_log._progress import Progress
-from telstate_log._types import KeyType
+from telstate_log import TelstateError
 from telstate_log.backends import LogBackend, MemoryBackend
 from telstate_log.backends import _log as log_backend_module
+from telstate_log.cli import _progress_bar as _progress
+from telstate_log.cli._progress_bar import Progress
+from telstate_log.cli._rdb import add_export_parser, add_import_parser
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._types import KeyType
 from telstate_log.replay._rdb_load import import_rdb_to_log
 
 V = encode_value
@@ -64,7 +65,7 @@ def test_export_then_import_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with LogBackend(tmp_path / "copy", readonly=True, follow=False) as copy:
         assert sorted(copy.keys(b"*")) == [b"obs_name", b"sensor_0", b"sensor_1", b"sensor_2",
                                            b"table"]
-        assert [m["source"] for m in copy._tables.sessions.values()] == ["test"]
+        assert [m["source"] for m in copy.log.tables.sessions.values()] == ["test"]
     assert run("import", str(rdb), str(tmp_path / "copy"), "--json") == 0
     assert json.loads(capsys.readouterr().out)["events"] == 0
 

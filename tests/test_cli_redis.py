@@ -23,9 +23,10 @@ from _import_export_helpers import fill, marker_view, redis_view, theirs, view
 from _waiting import DEADLINE, wait_for
 from test_cli import cli
 
-from telstate_log import TelescopeState, _writer
+from telstate_log import TelescopeState
 from telstate_log.backends import LogBackend
 from telstate_log.replay._marker import MarkerStore
+from telstate_log.storage import _event_writer as _writer
 
 pytestmark = [pytest.mark.redis, pytest.mark.interop]
 SECRET = "s3cret-Pa55"

@@ -67,15 +67,15 @@ from _waiting import DEADLINE
 
 import telstate_log.aio
 from telstate_log import KeyType, LogLockedError
-from telstate_log import _format as fmt
-from telstate_log import _repair as repair_module
-from telstate_log._checkpoint import list_checkpoints
-from telstate_log._encoding import decode_value, encode_value
-from telstate_log._fileio import OsFileSystem
-from telstate_log._recovery import list_segments
-from telstate_log._repair import verify_log
-from telstate_log._seal import read_seals
 from telstate_log.backends import LogBackend, MutableKeyUpdate
+from telstate_log.core import _log_format as fmt
+from telstate_log.core._encoding import decode_value, encode_value
+from telstate_log.storage import _repair as repair_module
+from telstate_log.storage._checkpoint import list_checkpoints
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._recovery import list_segments
+from telstate_log.storage._repair import verify_log
+from telstate_log.storage._seal import read_seals
 
 HERE = Path(__file__).resolve()
 SOAK = HERE.parent.parent / "tools" / "soak.py"
@@ -270,7 +270,7 @@ async def test_async_writers_share_fsyncs(tmp_path: Path, anyio_backend: str) ->
         position_of[(e.key, e.sub_key if e.kind == "set_indexed" else e.timestamp)] = e.position
     late = {k: (d, position_of[k]) for k, d in durable_on_return.items() if d < position_of[k]}
     assert not late, f"writes returned before they were durable: {late}"
-    fsyncs = sync._durability.fsyncs  # type: ignore[union-attr]
+    fsyncs = sync.log.durability.fsyncs  # type: ignore[union-attr]
     assert fsyncs <= writes // 2, f"{fsyncs} fsyncs for {writes} concurrent writes"
     before = fingerprint(sync)
     await backend.aclose()
@@ -389,7 +389,7 @@ def test_follower_survives_its_segment_being_pruned(tmp_path: Path) -> None:
         writer.sync()
         assert writer.prune(before=400).removed
         try:
-            while follower._follow_step():
+            while follower.log.follow_step():
                 pass
             assert fingerprint(follower) == fingerprint(writer)
         finally:
@@ -454,13 +454,13 @@ def test_seal_returns_while_writes_go_on(tmp_path: Path) -> None:
         b.seal()  # everything so far is sealed: only the jobs below are queued
         for i in range(100, 130):
             b.add_mutable(b"k", value_for(float(i)), float(i))
-        fs.own = os.path.basename(b._writer.segment_path)  # type: ignore[union-attr]
+        fs.own = os.path.basename(b.log.writer.segment_path)  # type: ignore[union-attr]
         failures = Failures()
         sealer_call = failures.run(b.seal)
         assert fs.sealing_own.wait(30)
-        first = b._writer.segment_first  # type: ignore[union-attr]
+        first = b.log.writer.segment_first  # type: ignore[union-attr]
         i = 130
-        while b._writer.segment_first == first:  # type: ignore[union-attr]
+        while b.log.writer.segment_first == first:  # type: ignore[union-attr]
             b.add_mutable(b"k", value_for(float(i)), float(i))  # finish a later segment
             i += 1
         fs.later_queued.set()
@@ -531,9 +531,9 @@ def test_follower_does_not_report_a_false_gap(tmp_path: Path) -> None:
             i += 1
         writer.sync()
         try:
-            assert follower._follow_step()  # the rest of the first segment
+            assert follower.log.follow_step()  # the rest of the first segment
             fs.hidden = fmt.segment_name(follower.position + 1)
-            while follower._follow_step():
+            while follower.log.follow_step():
                 pass
             assert fingerprint(follower) == fingerprint(writer)
         finally:

@@ -41,15 +41,15 @@ from _crashfs import (
 from _waiting import wait_for
 
 from telstate_log import LogCorruptError
-from telstate_log import _format as fmt
-from telstate_log._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from telstate_log._encoding import encode_value
-from telstate_log._fileio import OsFileSystem
-from telstate_log._recovery import list_segments, read_synced
-from telstate_log._repair import repair_log, verify_log
-from telstate_log._retention import read_pruned
-from telstate_log._seal import file_digest, read_seals
 from telstate_log.backends import LogBackend
+from telstate_log.core import _log_format as fmt
+from telstate_log.core._encoding import encode_value
+from telstate_log.storage._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._recovery import list_segments, read_synced
+from telstate_log.storage._repair import repair_log, verify_log
+from telstate_log.storage._retention import read_pruned
+from telstate_log.storage._seal import file_digest, read_seals
 
 CI_BUDGET = 40  # states per (workload, policy): a few seconds in all
 
@@ -220,7 +220,7 @@ def test_crash_states(workload: str, policy: str, scratch: str,
 # --------------------------------------------- failures found by the enumeration
 def _frame_at(b: LogBackend, target: int) -> None:
     """Append a sample of key "s" whose frame ends exactly at `target`."""
-    writer = b._writer
+    writer = b.log.writer
     assert writer is not None
     length = target - writer.offset - 44  # 8 header + 32 body prefix + 4 CRC
     assert length > 0
@@ -242,7 +242,7 @@ def test_frame_header_torn_at_sector_boundary_is_a_torn_tail(tmp_path: Path,
     path = tmp_path / "log"
     with LogBackend(path, fsync="never", flush_interval=0, checkpoint_bytes=None) as b:
         b.add_mutable(b"s", encode_value(0.0), 1.0)
-        writer = b._writer
+        writer = b.log.writer
         assert writer is not None
         boundary = (writer.offset // 512 + 2) * 512
         _frame_at(b, boundary - persisted)  # the next frame starts `persisted` bytes before it
@@ -351,7 +351,7 @@ def _pruned_log(path: Path) -> int:
         for i in range(300):
             b.add_mutable(b"s", encode_value(float(i)), 1e9 + i)
         assert b.prune(before=150).removed
-        writer = b._writer
+        writer = b.log.writer
         assert writer is not None
         b.sync()
         offset = writer.offset

@@ -17,7 +17,8 @@ import pytest
 from test_cli import cli, run
 
 from telstate_log import TelescopeState
-from telstate_log._cli_demo import (
+from telstate_log.backends import LogBackend
+from telstate_log.cli._demo import (
     ANTENNAS,
     DURATION,
     LATE_AT,
@@ -25,8 +26,7 @@ from telstate_log._cli_demo import (
     command_prefix,
     default_directory_name,
 )
-from telstate_log._repair import verify_log
-from telstate_log.backends import LogBackend
+from telstate_log.storage._repair import verify_log
 
 POSITION_SAMPLES = len(ANTENNAS) * 2 * (int(DURATION * RATE) + 1)
 

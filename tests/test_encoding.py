@@ -1,4 +1,4 @@
-"""Tests for telstate_log._encoding (the value format).
+"""Tests for telstate_log.core._encoding (the value format).
 
 katsdptelstate, when installed, is the oracle for the encoded bytes; the
 golden file keeps the format pinned when it is not.
@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from telstate_log import _encoding as encoding
-from telstate_log._encoding import (
+from telstate_log.core import _encoding as encoding
+from telstate_log.core._encoding import (
     ALLOWED_ENCODINGS,
     ENCODING_DEFAULT,
     ENCODING_MSGPACK,
@@ -45,8 +45,8 @@ from telstate_log._encoding import (
     equal_encoded_values,
     set_allow_pickle,
 )
-from telstate_log._errors import DecodeError, EncodeError
-from telstate_log._msgpack_ext import MAX_NESTING
+from telstate_log.core._errors import DecodeError, EncodeError
+from telstate_log.core._msgpack_ext import MAX_NESTING
 
 GOLDEN_FILE = Path(__file__).parent / "data" / "encoding" / "golden.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -1014,10 +1014,10 @@ def test_pickle_warning_once() -> None:
 
 
 def test_pickle_policy_patchable() -> None:
-    with mock.patch("telstate_log._encoding._allow_pickle", True), \
-            mock.patch("telstate_log._encoding._warn_on_pickle", False):
+    with mock.patch("telstate_log.core._encoding._allow_pickle", True), \
+            mock.patch("telstate_log.core._encoding._warn_on_pickle", False):
         assert decode_value(PICKLED) == {"a": (1, 2)}
-    with mock.patch("telstate_log._encoding._allow_pickle", False), \
+    with mock.patch("telstate_log.core._encoding._allow_pickle", False), \
             pytest.raises(DecodeError):
         decode_value(PICKLED)
 
@@ -1030,7 +1030,7 @@ def test_pickle_environment(setting: str | None, allowed: bool, warns: bool) -> 
         "import warnings\n"
         "warnings.simplefilter('always')\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
-        "    from telstate_log import _encoding\n"
+        "    from telstate_log.core import _encoding\n"
         "print(_encoding._allow_pickle, any('KATSDPTELSTATE_ALLOW_PICKLE' in str(w.message)\n"
         "                                   for w in caught))\n"
     )

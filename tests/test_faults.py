@@ -35,12 +35,12 @@ from _crashfs import Reference, add_event, backend_signature
 from _waiting import wait_for
 
 from telstate_log import LogError
-from telstate_log._encoding import encode_value
-from telstate_log._errors import LogFailedError, LogWriteError
-from telstate_log._fileio import OsFileSystem
-from telstate_log._repair import verify_log
-from telstate_log._writer import LogWriter
 from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._errors import LogFailedError, LogWriteError
+from telstate_log.storage._event_writer import LogWriter
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._repair import verify_log
 
 #: faults injected by this module, by kind (printed after it ran)
 INJECTED: collections.Counter[str] = collections.Counter()
@@ -422,7 +422,7 @@ def test_failed_flush_of_buffered_writes_fails_the_writer(tmp_path: Path, err: i
     m.sync()
     rule = m.fs.arm("write", _is_segment, err=err, times=None)
     m.fill(5)  # accepted into the buffer; the flusher thread hits the error
-    wait_for(lambda: m.b._writer.failed is not None, what="the flusher to fail the writer")
+    wait_for(lambda: m.b.log.writer.failed is not None, what="the flusher to fail the writer")
     assert rule.fired
     m.fs.disarm()
     assert set(m.attempt(3)) == {"LogFailedError"}
@@ -454,8 +454,8 @@ def test_failed_fsync_is_final(tmp_path: Path, fsync: str) -> None:
             m.add()
     elif fsync == "interval":
         m.add()  # the timer's fsync of this write fails
-        wait_for(lambda: m.b._writer.failed is not None, what="the timer to fail the writer")
-        assert rule.fired and m.b._durability.failed is not None
+        wait_for(lambda: m.b.log.writer.failed is not None, what="the timer to fail the writer")
+        assert rule.fired and m.b.log.durability.failed is not None
     else:
         m.add()
         with pytest.raises(LogFailedError):

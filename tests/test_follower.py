@@ -17,8 +17,8 @@ from _waiting import DEADLINE, wait_for
 
 import telstate_log
 import telstate_log.aio
-from telstate_log._follower import DirectoryWatcher
 from telstate_log.backends import LogBackend
+from telstate_log.storage._dir_watch import DirectoryWatcher
 
 WRITER = str(Path(__file__).with_name("_writer_proc.py"))
 
@@ -42,9 +42,9 @@ def test_follow_across_rotations(tmp_path: Path, inotify: bool, monkeypatch: Any
     path = tmp_path / "log"
     path.mkdir()
     if not inotify:
-        monkeypatch.setattr("telstate_log._follower._INOTIFY", None)
+        monkeypatch.setattr("telstate_log.storage._dir_watch._INOTIFY", None)
     reader = LogBackend(path, readonly=True)
-    assert reader._follower is not None and reader._follower.uses_inotify == inotify
+    assert reader.log.follower is not None and reader.log.follower.uses_inotify == inotify
     ts = telstate_log.TelescopeState(reader)
     proc = start_writer(path, 300)
     try:

@@ -23,11 +23,11 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from telstate_log import _format as fmt
-from telstate_log._encoding import encode_value
-from telstate_log._fileio import OsFileSystem
-from telstate_log._recovery import list_segments
 from telstate_log.backends import LogBackend
+from telstate_log.core import _log_format as fmt
+from telstate_log.core._encoding import encode_value
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._recovery import list_segments
 
 GOLDEN = Path(__file__).parent / "data" / "log" / "golden-v1"
 
@@ -37,10 +37,10 @@ def make_golden(path: Path) -> None:
     clock = iter(1_700_000_000.0 + 0.25 * i for i in range(100000))
     session = {"source": "golden", "host": "golden-host", "pid": 1, "user": "astronomer",
                "started": 1_700_000_000.0, "version": "0.1.0"}
-    with mock.patch("telstate_log._writer._time", lambda: next(clock)), \
-            mock.patch("telstate_log._writer.time.time", lambda: 1_700_000_000.0), \
-            mock.patch("telstate_log.backends._log.session_info", lambda source: session), \
-            mock.patch("telstate_log.backends._log.os.urandom", lambda n: bytes(range(n))):
+    with mock.patch("telstate_log.storage._event_writer._time", lambda: next(clock)), \
+            mock.patch("telstate_log.storage._event_writer.time.time", lambda: 1_700_000_000.0), \
+            mock.patch("telstate_log.storage._log_writer.session_info", lambda source: session), \
+            mock.patch("telstate_log.storage._log_writer.os.urandom", lambda n: bytes(range(n))):
         with LogBackend(path, fsync="never", flush_interval=0, segment_bytes=4096,
                         checkpoint_bytes=None, use_checkpoints=False) as b:
             b.set_immutable(b"obs_name", encode_value("golden run"))

@@ -104,18 +104,6 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from telstate_log import KeyType
-from telstate_log import _format as fmt
-from telstate_log._checkpoint import CheckpointError, load_checkpoint
-from telstate_log._encoding import decode_value, encode_value
-from telstate_log._errors import (
-    DecodeError,
-    HistoryUnavailableError,
-    ImmutableKeyError,
-    LogCorruptError,
-    RdbParseError,
-)
-from telstate_log._recovery import classify_tail
-from telstate_log._repair import verify_log
 from telstate_log.backends import (
     ImmutableKeyUpdate,
     IndexedKeyUpdate,
@@ -130,7 +118,19 @@ from telstate_log.backends._redis_messages import (
     indexed_message,
     mutable_message,
 )
-from telstate_log.replay._rdb_reader import iter_rdb
+from telstate_log.core import _log_format as fmt
+from telstate_log.core._encoding import decode_value, encode_value
+from telstate_log.core._errors import (
+    DecodeError,
+    HistoryUnavailableError,
+    ImmutableKeyError,
+    LogCorruptError,
+    RdbParseError,
+)
+from telstate_log.rdb._reader import iter_rdb
+from telstate_log.storage._checkpoint import CheckpointError, load_checkpoint
+from telstate_log.storage._recovery import classify_tail
+from telstate_log.storage._repair import verify_log
 
 T = TypeVar("T")
 
@@ -237,7 +237,7 @@ def history_watchdog(seconds: float = HANG_SECONDS) -> Iterator[None]:
             yield
     except Hang as exc:
         frames = traceback.extract_tb(exc.__traceback__)
-        if any(f.filename.endswith(os.path.join("telstate_log", "_history.py"))
+        if any(f.filename.endswith(os.path.join("telstate_log", "storage", "_history.py"))
                for f in frames):
             raise known("history-trusts-segment-names") from exc
         raise
@@ -300,7 +300,7 @@ class DataChooser:
 
 
 # --------------------------------------------------------------------------
-# Segment bytes, parsed independently of telstate_log._format
+# Segment bytes, parsed independently of telstate_log.core._log_format
 # --------------------------------------------------------------------------
 HEADER = 52
 SEG_RE = re.compile(r"\d{20}\.seg")
@@ -478,10 +478,10 @@ def deterministic_writer(seed: int) -> Iterator[None]:
         return {"source": source or "", "host": "fuzz-host", "pid": 1, "user": "fuzz",
                 "started": 1_700_000_000.0, "version": "0"}
 
-    with mock.patch("telstate_log._writer._time", lambda: next(clock)), \
-            mock.patch("telstate_log._writer.time.time", lambda: 1_700_000_000.0), \
-            mock.patch("telstate_log.backends._log.session_info", session), \
-            mock.patch("telstate_log.backends._log.os.urandom",
+    with mock.patch("telstate_log.storage._event_writer._time", lambda: next(clock)), \
+            mock.patch("telstate_log.storage._event_writer.time.time", lambda: 1_700_000_000.0), \
+            mock.patch("telstate_log.storage._log_writer.session_info", session), \
+            mock.patch("telstate_log.storage._log_writer.os.urandom",
                        lambda n: bytes((seed + i) % 256 for i in range(n))):
         yield
 
@@ -992,7 +992,7 @@ def case_segments_write(choose: Chooser, work: Path) -> str:
             try:
                 b.set_immutable(b"written after recovery", encode_value(got[0]))
             except struct.error:
-                if damage.forged and 0xFFFFFFFF in b._tables.keys:
+                if damage.forged and 0xFFFFFFFF in b.log.tables.keys:
                     raise known("reserved-key-id") from None
                 raise
             after = fingerprint(b)
@@ -1147,14 +1147,14 @@ def case_follower(choose: Chooser, work: Path) -> str:
         with bounded(f"following {damage.what}", damage.hostile):
             try:
                 for _ in range(MAX_FOLLOW_STEPS):
-                    if not b._follow_step():
+                    if not b.log.follow_step():
                         break
                 else:
                     raise AssertionError("the follower never settled")
             except LogCorruptError:
                 refused = True
             except FileNotFoundError:
-                current = fmt.segment_name(b._tail.segment_first or 0)
+                current = fmt.segment_name(b.log.tail.segment_first or 0)
                 if current not in damage.files:
                     raise known("follower-missing-segment") from None
                 raise
@@ -1676,7 +1676,7 @@ def _outcomes(decoder: str, seeds: range, work: Path) -> list[str]:
 def test_oracles_catch_a_fail_open_recovery(work: Path) -> None:
     """The oracles can fail: a recovery that takes every damaged tail for a torn one
     (and so silently drops intact events after damage) is caught."""
-    with mock.patch("telstate_log._recovery.classify_tail", lambda data, scan: True):
+    with mock.patch("telstate_log.storage._recovery.classify_tail", lambda data, scan: True):
         outcomes = _outcomes("segments (read-only open)", range(300), work)
     assert "violation" in outcomes
     assert "violation" not in _outcomes("segments (read-only open)", range(300), work)
@@ -1871,7 +1871,7 @@ def test_follower_state_after_an_invalid_frame(tmp_path: Path) -> None:
     with _open(tmp_path / "log", use_checkpoints=False) as b:
         (tmp_path / "log" / second).write_bytes(chain(c.files[second][:HEADER], frames))
         with pytest.raises(LogCorruptError):
-            while b._follow_step():
+            while b.log.follow_step():
                 pass
         assert fingerprint(b) == c.final
 
@@ -1888,7 +1888,7 @@ def test_follower_reports_a_gap(tmp_path: Path) -> None:
         with pytest.raises(LogCorruptError):
             LogBackend(tmp_path / "log", readonly=True, follow=False)
         with pytest.raises(LogCorruptError):
-            while b._follow_step():
+            while b.log.follow_step():
                 pass
 
 
@@ -1902,7 +1902,7 @@ def test_follower_refuses_an_empty_segment_before_a_written_one(tmp_path: Path) 
     assert len(names) >= 3
     materialize(tmp_path / "log", {names[0]: c.files[names[0]]})
     with _open(tmp_path / "log", use_checkpoints=False) as b:
-        b._follow_step()
+        b.log.follow_step()
         for name in names[1:]:
             (tmp_path / "log" / name).write_bytes(c.files[name])
         (tmp_path / "log" / names[1]).write_bytes(b"")
@@ -1910,7 +1910,7 @@ def test_follower_refuses_an_empty_segment_before_a_written_one(tmp_path: Path) 
             LogBackend(tmp_path / "log", readonly=True, follow=False)
         with pytest.raises(LogCorruptError):
             for _ in range(5):
-                b._follow_step()
+                b.log.follow_step()
 
 
 def test_follower_accepts_a_torn_tail(tmp_path: Path) -> None:
@@ -1935,7 +1935,7 @@ def test_follower_accepts_a_torn_tail(tmp_path: Path) -> None:
                 except LogCorruptError:
                     continue
                 try:
-                    while b._follow_step():
+                    while b.log.follow_step():
                         pass
                 except LogCorruptError as exc:
                     raise AssertionError(f"follower from {offsets[start_frame]} refuses a "
@@ -1955,7 +1955,7 @@ def test_follower_accepts_a_torn_segment_creation(tmp_path: Path) -> None:
         (tmp_path / "log" / second).write_bytes(b"")
         with _open(tmp_path / "log", use_checkpoints=False) as fresh:
             accepted = fresh.position
-        while b._follow_step():
+        while b.log.follow_step():
             pass
         assert b.position == accepted
 

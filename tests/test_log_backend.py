@@ -15,14 +15,15 @@ from _waiting import wait_for
 
 import telstate_log
 from telstate_log import LogCorruptError, LogError, LogLockedError, ReadOnlyError
-from telstate_log import _format as fmt
-from telstate_log._checkpoint import list_checkpoints
-from telstate_log._encoding import encode_value
-from telstate_log._errors import LogFailedError, LogWriteError
-from telstate_log._fileio import OsFileSystem
-from telstate_log._recovery import list_segments
-from telstate_log._replayer import COST_DELETE, COST_KEY, COST_SUB_KEY, replay_cost
 from telstate_log.backends import LogBackend, _log
+from telstate_log.core import _log_format as fmt
+from telstate_log.core._apply import COST_DELETE, COST_KEY, COST_SUB_KEY, replay_cost
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._errors import LogFailedError, LogWriteError
+from telstate_log.storage import _checkpointer
+from telstate_log.storage._checkpoint import list_checkpoints
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._recovery import list_segments
 
 
 def fill(b: LogBackend, n: int, key: bytes = b"sensor", start: float = 1e9) -> None:
@@ -174,10 +175,10 @@ def test_close_checkpoints_a_small_tail_of_many_keys(tmp_path: Path,
     checkpoints by replay cost: a tail of one-sample keys worth the cost, far
     below 16 MiB, gets a checkpoint, and the log reopens from it."""
     path = tmp_path / "log"
-    keys = _log.CLOSE_CHECKPOINT_COST // (1 + COST_KEY) + 1
+    keys = _checkpointer.CLOSE_CHECKPOINT_COST // (1 + COST_KEY) + 1
     with LogBackend(path, fsync="never", checkpoint_bytes=checkpoint_bytes) as b:
         many_keys(b, keys)
-        assert b._tail_bytes() < _log.CLOSE_CHECKPOINT_BYTES // 8
+        assert b.log.tail_bytes() < _checkpointer.CLOSE_CHECKPOINT_BYTES // 8
         before = state_of(b)
     assert [c.position for c in list_checkpoints(str(path))] == [keys]
     with LogBackend(path, readonly=True, follow=False) as b2:
@@ -190,9 +191,9 @@ def test_close_checkpoints_a_costly_tail_it_only_replayed(
     replayed by the next writer; its clean close checkpoints it even if it wrote
     nothing itself (the bytes it appended were all the old rule looked at)."""
     path = tmp_path / "log"
-    keys = _log.CLOSE_CHECKPOINT_COST // (1 + COST_KEY) + 1
+    keys = _checkpointer.CLOSE_CHECKPOINT_COST // (1 + COST_KEY) + 1
     with monkeypatch.context() as m:  # a writer that never checkpoints on close
-        m.setattr(_log, "CLOSE_CHECKPOINT_COST", 1 << 62)
+        m.setattr(_checkpointer, "CLOSE_CHECKPOINT_COST", 1 << 62)
         with LogBackend(path, fsync="never") as b:
             many_keys(b, keys)
     assert not list_checkpoints(str(path))
@@ -235,7 +236,7 @@ def test_torn_tail_truncated_every_offset(tmp_path: Path,
     path = tmp_path / "log"
     with LogBackend(path, fsync="never", flush_interval=0) as b:
         fill(b, 5)
-        size5 = os.path.getsize(b._writer.segment_path)  # type: ignore[union-attr]
+        size5 = os.path.getsize(b.log.writer.segment_path)  # type: ignore[union-attr]
         fill(b, 1, start=2e9)
     seg = path / list_segments(OsFileSystem(), str(path))[-1][1]
     full = seg.read_bytes()
@@ -278,7 +279,7 @@ def test_corruption_followed_by_valid_data_names_offset(tmp_path: Path) -> None:
     path = tmp_path / "log"
     with LogBackend(path, fsync="never", flush_interval=0) as b:
         fill(b, 3)
-        offset = b._writer.offset  # type: ignore[union-attr]
+        offset = b.log.writer.offset  # type: ignore[union-attr]
         fill(b, 3, start=2e9)
     seg = path / list_segments(OsFileSystem(), str(path))[0][1]
     data = bytearray(seg.read_bytes())
@@ -417,7 +418,7 @@ def test_seal_after_reopen_covers_the_earlier_writers_events(tmp_path: Path) -> 
     with LogBackend(tmp_path / "log") as b2:
         head = b2.seal()
         assert head is not None
-    from telstate_log._seal import read_seals
+    from telstate_log.storage._seal import read_seals
 
     assert read_seals(str(tmp_path / "log"))[-1].last == 3
 
@@ -436,15 +437,15 @@ def test_follower_judges_an_empty_next_segment_by_the_synced_record(tmp_path: Pa
     assert log_id is not None
     with LogBackend(path, readonly=True, follow=False) as r:
         assert r.position == 100
-        assert not r._follow_step()
+        assert not r.log.follow_step()
         nxt = path / fmt.segment_name(101)
         if synced:
             (path / fmt.SYNCED_FILE).write_bytes(fmt.encode_synced(101, log_id))
         nxt.write_bytes(bytes(700))
         if synced:
             with pytest.raises(LogCorruptError, match="created with syncs") as info:
-                r._follow_step()
+                r.log.follow_step()
             assert info.value.path == str(nxt)
         else:
-            assert not r._follow_step()  # a crash's leftover: the next writer removes it
+            assert not r.log.follow_step()  # a crash's leftover: the next writer removes it
             assert r.position == 100

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from telstate_log._encoding import encode_value
-from telstate_log._new_log import NewLog, discard_log, make_log_dir
 from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
+from telstate_log.storage._new_log import NewLog, discard_log, make_log_dir
 
 
 def test_make_log_dir_reports_the_topmost_directory_it_made(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for telstate_log._pattern: Redis glob patterns.
+"""Tests for telstate_log.core._pattern: Redis glob patterns.
 
 The reference is a real redis-server (KEYS); katsdptelstate's matcher, when
 installed, is a second oracle for printable keys.
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from telstate_log._pattern import compile_pattern
+from telstate_log.core._pattern import compile_pattern
 
 # Small alphabets so that generated patterns and keys interact.
 PATTERN_ALPHABET = b"ab-^[]*?\\"

@@ -59,8 +59,8 @@ from telstate_log.backends import (
 )
 from telstate_log.backends._redis_common import LOAD_BATCH_KEYS
 from telstate_log.backends._redis_messages import indexed_message, mutable_message
-from telstate_log.replay._dump import parse_dump
-from telstate_log.replay._rdb_format import pack_member
+from telstate_log.rdb._dump import parse_dump
+from telstate_log.rdb._format import pack_member
 
 pytestmark = [pytest.mark.redis, pytest.mark.interop]
 

@@ -38,7 +38,7 @@ from _waiting import DEADLINE, wait_until
 
 import telstate_log
 import telstate_log.aio
-from telstate_log.aio import ThreadedRedisBackend, _redis_threads
+from telstate_log.aio import ThreadedRedisBackend
 from telstate_log.backends import (
     ImmutableKeyUpdate,
     KeyUpdateBase,
@@ -46,6 +46,7 @@ from telstate_log.backends import (
 )
 from telstate_log.backends import RedisBackend as SyncRedisBackend
 from telstate_log.backends import _redis as sync_redis_module
+from telstate_log.backends.aio import _redis_threads
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from telstate_log import _format as fmt
-from telstate_log._encoding import encode_value
-from telstate_log._replayer import Replayer, ReplayError, Tables
-from telstate_log._sensor import SensorColumn
-from telstate_log._state import State
 from telstate_log.backends import LogBackend
+from telstate_log.core import _log_format as fmt
+from telstate_log.core._apply import Replayer, ReplayError, Tables
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._sensor import SensorColumn
+from telstate_log.core._state import State
 
 
 class Counted(np.ndarray):  # type: ignore[type-arg]

@@ -9,18 +9,18 @@ from typing import Any
 import pytest
 
 from telstate_log import LogCorruptError, LogLockedError
-from telstate_log._checkpoint import (
+from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._log_format import HEADER_SIZE, parse_header
+from telstate_log.storage._checkpoint import (
     list_checkpoints,
     load_checkpoint,
     snapshot_state,
     write_checkpoint,
 )
-from telstate_log._encoding import encode_value
-from telstate_log._fileio import OsFileSystem
-from telstate_log._format import HEADER_SIZE, parse_header
-from telstate_log._recovery import list_segments
-from telstate_log._repair import repair_log, verify_log
-from telstate_log.backends import LogBackend
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._recovery import list_segments
+from telstate_log.storage._repair import repair_log, verify_log
 
 
 def make_log(path: Path, n: int = 400, checkpoint_at: int | None = 150) -> None:

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from telstate_log import HistoryUnavailableError, LogCorruptError, LogError
-from telstate_log._checkpoint import list_checkpoints
-from telstate_log._encoding import encode_value
-from telstate_log._fileio import OsFileSystem
-from telstate_log._recovery import list_segments
-from telstate_log._repair import verify_log
 from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
+from telstate_log.storage._checkpoint import list_checkpoints
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._recovery import list_segments
+from telstate_log.storage._repair import verify_log
 
 
 def build(path: Path) -> LogBackend:

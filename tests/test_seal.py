@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from telstate_log import LogError
-from telstate_log import _format as fmt
-from telstate_log._encoding import encode_value
-from telstate_log._fileio import OsFileSystem
-from telstate_log._recovery import list_segments
-from telstate_log._repair import verify_log
-from telstate_log._seal import (
+from telstate_log.backends import LogBackend
+from telstate_log.core import _log_format as fmt
+from telstate_log.core._encoding import encode_value
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._recovery import list_segments
+from telstate_log.storage._repair import verify_log
+from telstate_log.storage._seal import (
     NOT_FOUND,
     PRUNED,
     SEALS_FILE,
@@ -30,7 +31,6 @@ from telstate_log._seal import (
     seal_segment,
     write_seals,
 )
-from telstate_log.backends import LogBackend
 
 
 def make_log(path: Path, n: int = 300) -> str:

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telstate_log._sensor import SensorColumn
-from telstate_log._sensor_range import SensorRange
+from telstate_log.core._sensor import SensorColumn
+from telstate_log.core._sensor_range import SensorRange
 
 # Values chosen to exercise the layouts: same width and prefix (fixed), same
 # width but another prefix (prefix shrink), other widths (switch to var),

@@ -22,10 +22,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telstate_log import _format as fmt
-from telstate_log import _state, _values
-from telstate_log._sensor import SensorColumn
-from telstate_log._state import State
+from telstate_log.core import _log_format as fmt
+from telstate_log.core import _state, _values
+from telstate_log.core._sensor import SensorColumn
+from telstate_log.core._state import State
 
 # Same width and prefix (fixed layout), same width with another prefix
 # (prefix shrink), other widths (switch to var), a 1-byte value.

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import telstate_log
 from telstate_log import HistoryUnavailableError, ImmutableKeyError, ReadOnlyError
-from telstate_log._encoding import encode_value
 from telstate_log.backends import LogBackend, MemoryBackend
+from telstate_log.core._encoding import encode_value
 
 _counter = itertools.count()
 
@@ -115,7 +115,7 @@ class Recorder:
 @given(seq=ops)
 def test_as_of_equals_prefix_replay_and_history_is_exact(seq: list[Any], tmp_path: Path) -> None:
     clock = iter(itertools.count(1000))
-    with mock.patch("telstate_log._writer._time", lambda: float(next(clock))):
+    with mock.patch("telstate_log.storage._event_writer._time", lambda: float(next(clock))):
         b = LogBackend(tmp_path / f"log{next(_counter)}", fsync="never", segment_bytes=4096)
         rec = Recorder(b)
         for op in seq:

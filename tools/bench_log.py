@@ -145,7 +145,7 @@ def bench_follow(tmp: str, n: int) -> dict[str, float]:
             latencies.append(time.time() - telstate_log.decode_value(update.value))
     monitor.close()
     proc.wait()
-    inotify = bool(reader._follower and reader._follower.uses_inotify)
+    inotify = bool(reader.log.follower and reader.log.follower.uses_inotify)
     reader.close()
     lat = np.array(latencies) * 1e3
     return {"notifications": len(lat), "inotify": float(inotify),

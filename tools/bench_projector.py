@@ -39,8 +39,8 @@ import katsdptelstate.redis
 import numpy as np
 import redis
 
-from telstate_log._encoding import encode_value
 from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
 from telstate_log.replay import Projector
 from telstate_log.replay._export import export_rdb
 

@@ -32,10 +32,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from telstate_log.replay._dump import dump_zset
-from telstate_log.replay._rdb_format import pack_member
-from telstate_log.replay._rdb_reader import iter_rdb
-from telstate_log.replay._rdb_writer import RdbWriter
+from telstate_log.rdb._dump import dump_zset
+from telstate_log.rdb._format import pack_member
+from telstate_log.rdb._reader import iter_rdb
+from telstate_log.rdb._writer import RdbWriter
 
 try:
     from katsdptelstate import rdb_utility

@@ -26,8 +26,8 @@ import textwrap
 import time
 
 import telstate_log
-from telstate_log._checkpoint import list_checkpoints
 from telstate_log.backends import LogBackend
+from telstate_log.storage._checkpoint import list_checkpoints
 
 
 def write_log(path: str, keys: int) -> float:

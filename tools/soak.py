@@ -70,10 +70,10 @@ from typing import IO, Any
 import numpy as np
 
 from telstate_log import KeyType
-from telstate_log._encoding import encode_value
-from telstate_log._recovery import list_segments
-from telstate_log._repair import verify_log
 from telstate_log.backends import LogBackend, MutableKeyUpdate
+from telstate_log.core._encoding import encode_value
+from telstate_log.storage._recovery import list_segments
+from telstate_log.storage._repair import verify_log
 
 INF = math.inf
 #: A sensor (or the table) is deleted and started again past this many entries.
@@ -586,7 +586,7 @@ class Soak:
 
 
 def list_segments_of(path: str) -> list[int]:
-    from telstate_log._fileio import OsFileSystem
+    from telstate_log.storage._fileio import OsFileSystem
 
     return [first for first, _ in list_segments(OsFileSystem(), path)]
 

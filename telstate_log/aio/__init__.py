@@ -1,17 +1,36 @@
 """Asynchronous API (anyio: runs under asyncio and trio).
 
 The same semantics as the synchronous :mod:`telstate_log` API; the front end
-and the backends share their logic with the sync versions.
+and the backends share their logic with the sync versions.  The log and
+Redis backends are imported on first use (so that the storage engine and
+redis-py load only for them).
 """
 
-from ._backend import Backend
-from ._log import LogBackend
-from ._memory import MemoryBackend
-from ._redis import RedisBackend
-from ._redis_threads import ThreadedRedisBackend
-from ._telescope_state import TelescopeState
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ..backends.aio._backend import Backend
+from ..backends.aio._memory import MemoryBackend
+from ..frontend._aio_telescope_state import TelescopeState
+
+if TYPE_CHECKING:
+    from ..backends.aio._log import LogBackend
+    from ..backends.aio._redis import RedisBackend
+    from ..backends.aio._redis_threads import ThreadedRedisBackend
 
 __all__ = [
     "Backend", "LogBackend", "MemoryBackend", "RedisBackend", "TelescopeState",
     "ThreadedRedisBackend",
 ]
+
+_LAZY = {"LogBackend": "..backends.aio._log", "RedisBackend": "..backends.aio._redis",
+         "ThreadedRedisBackend": "..backends.aio._redis_threads"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value

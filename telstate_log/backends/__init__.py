@@ -1,6 +1,13 @@
-"""Synchronous backends: the byte-level storage under a TelescopeState."""
+"""Synchronous backends: the byte-level storage under a TelescopeState.
 
-from .._types import (
+:class:`LogBackend` and :class:`RedisBackend` are imported on first use, so
+that a program pays for loading the storage engine or redis-py only when it
+uses them (``import telstate_log`` stays fast for every command-line run).
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from ..core._types import (
     ImmutableKeyUpdate,
     IndexedKeyUpdate,
     KeyUpdate,
@@ -8,11 +15,15 @@ from .._types import (
     MutableKeyUpdate,
 )
 from ._base import Backend
-from ._log import LogBackend
 from ._memory import MemoryBackend
-from ._redis import RedisBackend
+from ._state_backend import AsOfBackend
+
+if TYPE_CHECKING:
+    from ._log import LogBackend
+    from ._redis import RedisBackend
 
 __all__ = [
+    "AsOfBackend",
     "Backend",
     "ImmutableKeyUpdate",
     "IndexedKeyUpdate",
@@ -23,3 +34,17 @@ __all__ = [
     "MutableKeyUpdate",
     "RedisBackend",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LogBackend":
+        from ._log import LogBackend
+
+        globals()[name] = LogBackend
+        return LogBackend
+    if name == "RedisBackend":
+        from ._redis import RedisBackend
+
+        globals()[name] = RedisBackend
+        return RedisBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterable
 from typing import Any, BinaryIO, Union
 
-from .._types import KeyType, KeyUpdateBase
+from ..core._types import KeyType, KeyUpdateBase
 
 __all__ = ["Backend", "GetResult", "PathType"]
 

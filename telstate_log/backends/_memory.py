@@ -7,7 +7,7 @@ the events themselves, so it cannot answer history queries; use
 
 from __future__ import annotations
 
-from .._state import State
+from ..core._state import State
 from ._state_backend import StateBackend
 
 __all__ = ["MemoryBackend"]
@@ -17,7 +17,7 @@ class MemoryBackend(StateBackend):
     """Telescope state backend that keeps data in memory (sync).
 
     Sensors are stored as numpy columns (about 20 bytes per float sample);
-    see :mod:`telstate_log._sensor`.  Thread-safe.  Share the data with an
+    see :mod:`telstate_log.core._sensor`.  Thread-safe.  Share the data with an
     async front end through :meth:`telstate_log.aio.MemoryBackend.from_sync`.
     """
 

@@ -57,8 +57,8 @@ import redis
 import redis.client
 from redis.retry import Retry
 
-from .._errors import ConnectionError
-from .._types import KeyType, KeyUpdateBase
+from ..core._errors import ConnectionError
+from ..core._types import KeyType, KeyUpdateBase
 from . import _redis_common as common
 from ._base import Backend, GetResult, PathType
 from ._redis_endpoint import (

@@ -14,7 +14,7 @@ either library wake on writes of the other.
 
 Every backend operation is written once here as a *plan*: a generator that
 yields Redis operations and receives their replies (the pattern of
-:mod:`telstate_log._frontend`).  An operation is one of
+:mod:`telstate_log.frontend._frontend`).  An operation is one of
 
 * ``("command", *args)`` -- one command (``execute_command``);
 * ``("script", name, keys, args)`` -- one of :data:`SCRIPTS`;
@@ -39,12 +39,12 @@ from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO, TypeVar
 
-from .._errors import DecodeError, ImmutableKeyError, InvalidTimestampError, RdbParseError
-from .._frontend import display_str
-from .._types import KeyType, KeyUpdateBase
-from ..replay import _rdb_format as fmt
-from ..replay._dump import dump_value, parse_dump
-from ..replay._rdb_reader import RdbEntry, iter_rdb
+from ..core._errors import DecodeError, ImmutableKeyError, InvalidTimestampError, RdbParseError
+from ..core._state import check_timestamp
+from ..core._types import KeyType, KeyUpdateBase, display_str
+from ..rdb import _format as fmt
+from ..rdb._dump import dump_value, parse_dump
+from ..rdb._reader import RdbEntry, iter_rdb
 from ._base import GetResult, PathType
 from ._redis_messages import decode_update, split_type
 
@@ -238,9 +238,7 @@ def plan_set_immutable(key: bytes, value: bytes) -> Plan[bytes | None]:
 
 
 def plan_add_mutable(key: bytes, value: bytes, timestamp: float) -> Plan[None]:
-    timestamp = float(timestamp)
-    if not 0.0 <= timestamp < math.inf:
-        raise InvalidTimestampError(f"Timestamp {timestamp} is negative or not finite")
+    timestamp = check_timestamp(float(timestamp))
     if not value:
         raise ValueError("a sample value cannot be empty (a sensor member needs at least one "
                          "byte after its timestamp)")

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import AuthenticationError
 
-from .._errors import ConnectionError
+from ..core._errors import ConnectionError
 
 __all__ = [
     "DEFAULT_PORT", "HEALTH_CHECK_INTERVAL", "RETRIES", "RETRY_BASE", "RETRY_CAP",

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._types import (
+from ..core._types import (
     ImmutableKeyUpdate,
     IndexedKeyUpdate,
     KeyType,
     KeyUpdateBase,
     MutableKeyUpdate,
 )
-from ..replay import _rdb_format as fmt
+from ..rdb import _format as fmt
 
 __all__ = [
     "CHANNEL_PREFIX",

@@ -1,4 +1,4 @@
-"""Synchronous driver around the materialised :class:`~telstate_log._state.State`.
+"""Synchronous driver around the materialised :class:`~telstate_log.core._state.State`.
 
 Theory of operation
 -------------------
@@ -21,27 +21,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Iterable, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
-from .._asof import AsOfState, Changes, changes_between
-from .._errors import HistoryUnavailableError, ReadOnlyError
-from .._history import Event
-from .._notify import Hub, ThreadSubscription
-from .._sensor_range import SensorRange
-from .._state import Commit, CommitBatch, State
-from .._types import (
+from ..core._asof import AsOfState, Changes, changes_between
+from ..core._errors import HistoryUnavailableError, ReadOnlyError
+from ..core._events import Event
+from ..core._sensor_range import SensorRange
+from ..core._state import Commit, CommitBatch, State
+from ..core._types import (
     ImmutableKeyUpdate,
     IndexedKeyUpdate,
     KeyType,
     KeyUpdateBase,
     MutableKeyUpdate,
 )
-from .._values import chunks
+from ..core._values import chunks
 from ._base import Backend, GetResult, PathType
+from ._notify import Hub, ThreadSubscription
 
-__all__ = ["StateBackend"]
+__all__ = ["AsOfBackend", "StateBackend"]
 
 
 class StateBackend(Backend):
@@ -107,7 +107,7 @@ class StateBackend(Backend):
             return SensorRange(col, i0, i1)
 
     def dump(self, key: bytes) -> bytes | None:
-        from ..replay._dump_state import dump_entry
+        from ..rdb._dump_state import dump_entry
 
         with self._lock:
             entry = self._state.entry(key)
@@ -120,7 +120,7 @@ class StateBackend(Backend):
 
         Each item is ``(key, type, value)``: an encoded value (immutable), a
         dict of encoded sub-key -> value (indexed) or a
-        :class:`~telstate_log._sensor.SensorRange` of every sample (mutable).
+        :class:`~telstate_log.core._sensor.SensorRange` of every sample (mutable).
         Taken under the lock in O(number of keys); the sample columns are
         views that later writes do not disturb, so the caller can stream
         them out without holding the lock.
@@ -148,8 +148,6 @@ class StateBackend(Backend):
         can be repeated exactly.  Raises HistoryUnavailableError where no
         history is kept (the memory backend) or it was pruned.
         """
-        from ._asof_backend import AsOfBackend
-
         if (position is None) == (time is None):
             raise ValueError("give exactly one of position and time")
         if time is not None:
@@ -325,7 +323,7 @@ class StateBackend(Backend):
 
     def load_from_file(self, file: PathType | BinaryIO) -> int:
         """Load an RDB file's keys as events (see :mod:`telstate_log.replay`)."""
-        from ..replay._rdb_load import load_rdb_into
+        from ._rdb_import import load_rdb_into
 
         return load_rdb_into(self, file)
 
@@ -362,3 +360,56 @@ class StateBackend(Backend):
         with self._lock:
             return {"position": self._state.position, "keys": len(self._state),
                     "sensor_bytes": self._state.nbytes()}
+
+
+class AsOfBackend(StateBackend):
+    """The state of `base` after event `view.position`; every write raises ReadOnlyError.
+
+    Reads share the base backend's lock (the live columns they filter can be
+    re-laid out by writers) but return snapshots.  History queries are those
+    of the base, cut at this view's position.
+    """
+
+    _readonly = True
+    _writable = False
+
+    def __init__(self, view: AsOfState, lock: threading.RLock, base: StateBackend) -> None:
+        super().__init__(cast(State, view), lock=lock)
+        self._view = view
+        self._base = base
+
+    def _check_writable(self) -> None:
+        raise ReadOnlyError(f"an as-of view (position {self._view.position}) is read-only")
+
+    @property
+    def position(self) -> int:
+        """The position this view shows the state after."""
+        return self._view.position
+
+    def load_from_file(self, file: PathType | BinaryIO) -> int:
+        self._check_writable()
+        raise AssertionError("unreachable")
+
+    def as_of(self, position: int | None = None, time: float | None = None) -> StateBackend:
+        if time is not None:
+            position = min(self._base.resolve_time(time), self._view.position)
+        if position is None or position > self._view.position:
+            raise ValueError(f"an as-of view at position {self._view.position} cannot show "
+                             f"position {position}")
+        return self._base.as_of(position)
+
+    def resolve_time(self, when: float) -> int:
+        return min(self._base.resolve_time(when), self._view.position)
+
+    def history(self, key: bytes, sub_key: bytes | None = None) -> list[Event]:
+        return [e for e in self._base.history(key, sub_key) if e.position <= self.position]
+
+    def events(self, since: int = 1, until: int | None = None) -> list[Event]:
+        stop = self.position if until is None else min(until, self.position)
+        return self._base.events(since, stop)
+
+    def changes(self, since: int, until: int) -> Changes:
+        return self._base.changes(since, min(until, self.position))
+
+    def session_info(self, session: int) -> dict[str, Any]:
+        return self._base.session_info(session)

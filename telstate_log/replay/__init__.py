@@ -1,9 +1,8 @@
 """Export and import of telescope state as Redis RDB files and DUMP payloads; projecting
 a log into a live Redis, recording a live Redis into a log, and paced replay.
 
-The projection, recording and replay names are imported on first use: the
-backends import this package's RDB codec, so importing them eagerly here
-would be circular.
+The names are imported on first use, so that importing this package loads
+neither redis-py nor the storage engine until they are needed.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._export import ExportStats, export_backend, export_rdb
     from ._marker import (
         DEFAULT_MARKER_DB,
         DEFAULT_MARKER_KEY,
@@ -20,18 +20,24 @@ if TYPE_CHECKING:
     )
     from ._paced import ReplayStats, paced_events, replay_into
     from ._projector import Projector, ProjectorStatus
+    from ._rdb_load import ImportStats, import_rdb_to_log
     from ._recorder import Recorder, RecorderStats
 
 __all__ = [
     "DEFAULT_MARKER_DB",
     "DEFAULT_MARKER_KEY",
+    "ExportStats",
     "ForeignDatabaseError",
+    "ImportStats",
     "ProjectionError",
     "Projector",
     "ProjectorStatus",
     "Recorder",
     "RecorderStats",
     "ReplayStats",
+    "export_backend",
+    "export_rdb",
+    "import_rdb_to_log",
     "paced_events",
     "replay_into",
 ]
@@ -41,7 +47,9 @@ _HOMES = {
     "ForeignDatabaseError": "_marker",
     "ProjectionError": "_marker", "Projector": "_projector", "ProjectorStatus": "_projector",
     "Recorder": "_recorder", "RecorderStats": "_recorder", "ReplayStats": "_paced",
-    "paced_events": "_paced", "replay_into": "_paced",
+    "paced_events": "_paced", "replay_into": "_paced", "export_backend": "_export",
+    "export_rdb": "_export", "ExportStats": "_export",
+    "ImportStats": "_rdb_load", "import_rdb_to_log": "_rdb_load",
 }
 
 

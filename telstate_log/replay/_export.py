@@ -7,7 +7,7 @@ The input is an iterable of ``(key, KeyType, value)`` items, as
 produces (and as-of-position snapshots will): the encoded value of an
 immutable key, a dict of encoded sub-key -> value for an indexed key, and
 for a mutable key its sample columns (an object with a ``timestamps`` array
-and ``encoded()``, such as :class:`~telstate_log._sensor.SensorRange`) or an
+and ``encoded()``, such as :class:`~telstate_log.core._sensor.SensorRange`) or an
 already packed, sorted list of zset members.  Keys are written in the order
 given, through :class:`~._rdb_writer.RdbWriter`, which owns the byte format
 (loadable by redis-server 7 and katsdptelstate) and validates every zset;
@@ -46,10 +46,10 @@ from typing import Any, Protocol, overload
 
 import numpy as np
 
-from .._progress import ProgressCallback
-from .._sensor_range import SensorRange
-from .._types import KeyType
-from ._rdb_writer import RdbWriter
+from ..core._progress import ProgressCallback
+from ..core._sensor_range import SensorRange
+from ..core._types import KeyType
+from ..rdb._writer import RdbWriter
 
 __all__ = ["CHUNK", "FEW", "LIST_LIMIT", "ExportStats", "export_backend", "export_rdb"]
 

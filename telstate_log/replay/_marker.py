@@ -70,12 +70,12 @@ import redis
 from redis.exceptions import ExecAbortError
 from redis.retry import Retry
 
-from .._encoding import decode_value, encode_value
-from .._errors import DecodeError, TelstateError
-from .._types import KeyType
 from ..backends._redis import REDIS_DOWN
 from ..backends._redis_common import is_wrongtype
 from ..backends._redis_endpoint import client_options, parse_endpoint
+from ..core._encoding import decode_value, encode_value
+from ..core._errors import DecodeError, TelstateError
+from ..core._types import KeyType
 
 __all__ = ["DEFAULT_MARKER_DB", "DEFAULT_MARKER_KEY", "ForeignDatabaseError", "Marker",
            "MarkerMoved", "MarkerStore", "PendingCommit", "ProjectionError", "client_for_url",

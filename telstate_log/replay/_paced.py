@@ -48,7 +48,7 @@ import anyio
 import anyio.to_thread
 import redis
 
-from .._history import Event
+from ..core._events import Event
 from ._marker import ForeignDatabaseError, MarkerStore, client_for_url
 from ._translate import event_commands
 

@@ -62,10 +62,10 @@ from typing import Any
 
 import redis
 
-from .._errors import HistoryUnavailableError
-from .._history import Event
-from .._progress import ProgressCallback
 from ..backends._redis_endpoint import check_client
+from ..core._errors import HistoryUnavailableError
+from ..core._events import Event
+from ..core._progress import ProgressCallback
 from ._marker import (
     DEFAULT_MARKER_DB,
     DEFAULT_MARKER_KEY,

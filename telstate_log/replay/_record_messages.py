@@ -28,8 +28,8 @@ from typing import Any
 
 import redis
 
-from .._types import IndexedKeyUpdate, KeyType, MutableKeyUpdate
 from ..backends._redis_messages import channel_key, decode_update, split_type
+from ..core._types import IndexedKeyUpdate, KeyType, MutableKeyUpdate
 
 __all__ = ["APPEAR_EVENTS", "DELETE_EVENTS", "classify", "confirmed_update", "deletes_visible",
            "keyspace_flags", "plan_confirmation"]

@@ -65,11 +65,11 @@ import redis
 import redis.client
 from redis.retry import Retry
 
-from .._encoding import same_immutable_value
-from .._errors import ConnectionError, ImmutableKeyError, InvalidTimestampError
-from .._types import IndexedKeyUpdate, MutableKeyUpdate
 from ..backends._redis import REDIS_DOWN
 from ..backends._redis_endpoint import check_client, describe_pool, pubsub_pool_options
+from ..core._encoding import same_immutable_value
+from ..core._errors import ConnectionError, ImmutableKeyError, InvalidTimestampError
+from ..core._types import IndexedKeyUpdate, MutableKeyUpdate
 from ._record_messages import (
     classify,
     confirmed_update,

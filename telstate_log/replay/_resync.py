@@ -47,10 +47,10 @@ from typing import Any, cast
 import numpy as np
 import redis
 
-from .._encoding import same_immutable_value
-from .._errors import RdbParseError
-from .._types import KeyType
-from ._dump import parse_dump
+from ..core._encoding import same_immutable_value
+from ..core._errors import RdbParseError
+from ..core._types import KeyType
+from ..rdb._dump import parse_dump
 from ._marker import is_marker
 
 __all__ = ["ReconcileReport", "dump_keys", "reconcile", "reconcile_key"]

@@ -44,12 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from .._history import Event
-from .._types import KeyType
 from ..backends._redis_messages import immutable_message, indexed_message, update_channel
-from . import _rdb_format as fmt
-from ._crc64 import crc64
-from ._dump import dump_hash, dump_string
+from ..core._events import Event
+from ..core._types import KeyType
+from ..rdb import _format as fmt
+from ..rdb._crc64 import crc64
+from ..rdb._dump import dump_hash, dump_string
 
 __all__ = ["MAX_ARGS", "Batch", "Command", "event_commands", "event_size", "restore_batches",
            "restore_command", "restore_payload", "split_events", "zset_payload"]
@@ -119,7 +119,7 @@ def _seal(parts: list[bytes]) -> bytes:
 def zset_payload(columns: Any) -> bytes:
     """DUMP payload (type 5) of a sensor: sample columns or packed members, non-empty.
 
-    `columns` is a :class:`~telstate_log._sensor.SensorRange` (or anything
+    `columns` is a :class:`~telstate_log.core._sensor.SensorRange` (or anything
     with ``timestamps`` and ``encoded()``, optionally ``floats()`` and
     ``fixed()``) or a sequence of packed members.  Samples must be distinct.
     """

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from telstate_log import _format as fmt
-from telstate_log._fileio import OsFileSystem
-from telstate_log._recovery import list_segments
-from telstate_log._types import KeyType
 from telstate_log.backends import LogBackend
-from telstate_log.replay._rdb_format import pack_member
+from telstate_log.core import _log_format as fmt
+from telstate_log.core._types import KeyType
+from telstate_log.rdb._format import pack_member
+from telstate_log.storage._fileio import OsFileSystem
+from telstate_log.storage._recovery import list_segments
 
 View = dict[str, tuple[str, Any]]
 

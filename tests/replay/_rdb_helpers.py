@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from telstate_log._types import KeyType
-from telstate_log.replay._rdb_format import pack_member
-from telstate_log.replay._rdb_reader import iter_rdb
-from telstate_log.replay._rdb_writer import RdbWriter
+from telstate_log.core._types import KeyType
+from telstate_log.rdb._format import pack_member
+from telstate_log.rdb._reader import iter_rdb
+from telstate_log.rdb._writer import RdbWriter
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "rdb"
 GOLDEN_KATSDPTELSTATE = DATA_DIR / "katsdptelstate_v6.rdb"
@@ -151,7 +151,7 @@ def rstr(data: bytes) -> bytes:
 
 def rdb_file(body: bytes, *, version: int = 9, crc: bool = True, header: bytes = b"") -> bytes:
     """Header + SELECTDB 0 + `body` + EOF (+ CRC for version >= 5, zero if not `crc`)."""
-    from telstate_log.replay._crc64 import crc64
+    from telstate_log.rdb._crc64 import crc64
 
     data = b"REDIS%04d" % version + header + b"\xfe\x00" + body + b"\xff"
     if version >= 5:

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from telstate_log.replay._crc64 import CRC64_CHECK, Crc64, crc64
+from telstate_log.rdb._crc64 import CRC64_CHECK, Crc64, crc64
 
 
 def _bitwise_crc64(data: bytes) -> int:

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from _rdb_helpers import fill_redis, listpack, lp_int, lp_str, sample_state, sensor
 
-from telstate_log._errors import RdbParseError
-from telstate_log._types import KeyType
-from telstate_log.replay._crc64 import crc64
-from telstate_log.replay._dump import (
+from telstate_log.core._errors import RdbParseError
+from telstate_log.core._types import KeyType
+from telstate_log.rdb._crc64 import crc64
+from telstate_log.rdb._dump import (
     DUMP_VERSION,
     dump_hash,
     dump_string,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from telstate_log.replay._lzf import MAX_RATIO, LzfError, lzf_decompress
+from telstate_log.rdb._lzf import MAX_RATIO, LzfError, lzf_decompress
 
 
 def _samples() -> list[bytes]:

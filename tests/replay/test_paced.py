@@ -18,7 +18,7 @@ from _import_export_helpers import marker_view
 from _waiting import DEADLINE, wait_until
 
 import telstate_log.aio
-from telstate_log import TelescopeState, _writer
+from telstate_log import TelescopeState
 from telstate_log.backends import LogBackend, MemoryBackend
 from telstate_log.replay import (
     DEFAULT_MARKER_KEY,
@@ -28,6 +28,7 @@ from telstate_log.replay import (
     replay_into,
 )
 from telstate_log.replay._paced import paced_batches
+from telstate_log.storage import _event_writer as _writer
 
 pytestmark = pytest.mark.anyio
 

@@ -38,17 +38,17 @@ from _redis import RedisServer, require_redis, subscribers
 from _waiting import DEADLINE, wait_for
 
 from telstate_log import KeyType, TelescopeState
-from telstate_log._encoding import encode_value
 from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
+from telstate_log.rdb._dump import parse_dump
+from telstate_log.rdb._format import pack_member
 from telstate_log.replay import (
     DEFAULT_MARKER_KEY,
     ForeignDatabaseError,
     ProjectionError,
     Projector,
 )
-from telstate_log.replay._dump import parse_dump
 from telstate_log.replay._marker import DEFAULT_MARKER_DB, MarkerStore
-from telstate_log.replay._rdb_format import pack_member
 from telstate_log.replay._translate import zset_payload
 
 pytestmark = [pytest.mark.redis, pytest.mark.interop]

@@ -12,13 +12,13 @@ import pytest
 from _import_export_helpers import backend_state, open_log
 from _rdb_helpers import read_state
 
-from telstate_log._encoding import encode_value
-from telstate_log._types import KeyType
 from telstate_log.backends import MemoryBackend
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._types import KeyType
+from telstate_log.rdb._format import pack_member
+from telstate_log.rdb._reader import RdbReader
 from telstate_log.replay import _export
 from telstate_log.replay._export import export_backend, export_rdb
-from telstate_log.replay._rdb_format import pack_member
-from telstate_log.replay._rdb_reader import RdbReader
 
 V = encode_value
 

@@ -30,11 +30,11 @@ from _rdb_helpers import (
     zset3,
 )
 
-from telstate_log._errors import RdbParseError
 from telstate_log.backends import MemoryBackend
-from telstate_log.replay import _rdb_format as fmt
-from telstate_log.replay._rdb_format import pack_member
-from telstate_log.replay._rdb_reader import decode_value, iter_rdb
+from telstate_log.core._errors import RdbParseError
+from telstate_log.rdb import _format as fmt
+from telstate_log.rdb._format import pack_member
+from telstate_log.rdb._reader import decode_value, iter_rdb
 
 
 def members(n: int, width: int, seed: int = 0) -> list[bytes]:

@@ -35,9 +35,9 @@ from _rdb_helpers import (
     zset5,
 )
 
-from telstate_log._errors import RdbParseError
-from telstate_log.replay._dump import dump_hash, dump_string, dump_zset, parse_dump
-from telstate_log.replay._rdb_reader import iter_rdb
+from telstate_log.core._errors import RdbParseError
+from telstate_log.rdb._dump import dump_hash, dump_string, dump_zset, parse_dump
+from telstate_log.rdb._reader import iter_rdb
 
 CASE_SECONDS = 1.0
 FLIPS_PER_FILE = 1000

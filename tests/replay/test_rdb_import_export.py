@@ -21,9 +21,9 @@ from _rdb_helpers import redis_state
 
 from telstate_log import TelescopeState
 from telstate_log.backends import LogBackend, MemoryBackend
+from telstate_log.rdb._reader import RdbReader
 from telstate_log.replay._export import export_backend
 from telstate_log.replay._rdb_load import import_rdb
-from telstate_log.replay._rdb_reader import RdbReader
 
 
 def _katsdptelstate() -> Any:

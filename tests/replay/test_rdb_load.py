@@ -28,12 +28,12 @@ from _rdb_helpers import (
 from _redis import RedisServer, require_redis
 
 from telstate_log import ImmutableKeyError, RdbParseError, ReadOnlyError
-from telstate_log import _format as fmt
-from telstate_log._encoding import encode_value
-from telstate_log._types import KeyType
 from telstate_log.backends import LogBackend, MemoryBackend
 from telstate_log.backends._state_backend import StateBackend
-from telstate_log.replay._rdb_format import pack_member, split_member
+from telstate_log.core import _log_format as fmt
+from telstate_log.core._encoding import encode_value
+from telstate_log.core._types import KeyType
+from telstate_log.rdb._format import pack_member, split_member
 from telstate_log.replay._rdb_load import import_rdb, load_rdb_into
 
 V = encode_value
@@ -184,7 +184,7 @@ def test_log_import_is_recorded_under_the_file_session(tmp_path: Path) -> None:
         assert stats.events == 1 + 2 + 500 and log.position == 1 + stats.events
         assert log.source == "writer"
         log.set_immutable(b"after", V(2))
-        sessions = dict(log._tables.sessions)
+        sessions = dict(log.log.tables.sessions)
         expected = _snapshot(log)
         sizes = segment_sizes(tmp_path / "log")
         assert import_rdb(log, rdb).events == 0                  # already loaded: no-op
@@ -210,11 +210,11 @@ def test_custom_source_label_and_file_object(tmp_path: Path) -> None:
         stats = import_rdb(log, io.BytesIO(data), source="survey-2024")
         assert stats.bytes == len(data) and stats.events == 1
         assert log.source is None
-        assert [m["source"] for m in log._tables.sessions.values()] == ["survey-2024"]
+        assert [m["source"] for m in log.log.tables.sessions.values()] == ["survey-2024"]
         assert import_rdb(log, io.BytesIO(data)).events == 0
     with open_log(tmp_path / "log2") as log:
         log.load_from_file(io.BytesIO(data))
-        assert [m["source"] for m in log._tables.sessions.values()] == ["import:<stream>"]
+        assert [m["source"] for m in log.log.tables.sessions.values()] == ["import:<stream>"]
 
 
 def test_bytes_path_and_pathlike(tmp_path: Path) -> None:

@@ -38,10 +38,10 @@ from _rdb_helpers import (
 )
 from _redis import RedisServer, require_redis
 
-from telstate_log._errors import RdbAofPreambleError, RdbParseError, RdbUnsupportedTypeError
-from telstate_log._types import KeyType
-from telstate_log.replay._rdb_format import pack_member, split_member
-from telstate_log.replay._rdb_reader import RdbEntry, RdbReader, iter_rdb
+from telstate_log.core._errors import RdbAofPreambleError, RdbParseError, RdbUnsupportedTypeError
+from telstate_log.core._types import KeyType
+from telstate_log.rdb._format import pack_member, split_member
+from telstate_log.rdb._reader import RdbEntry, RdbReader, iter_rdb
 
 M1, M2, M3 = (pack_member(t, b"\xff" + bytes([i])) for i, t in enumerate((1.0, 2.0, 3.0)))
 

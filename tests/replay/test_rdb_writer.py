@@ -22,12 +22,12 @@ from _rdb_helpers import (
     write_state,
 )
 
-from telstate_log._types import KeyType
 from telstate_log._version import __version__
-from telstate_log.replay._crc64 import crc64
-from telstate_log.replay._rdb_format import pack_member
-from telstate_log.replay._rdb_reader import RdbReader, iter_rdb
-from telstate_log.replay._rdb_writer import RdbWriter
+from telstate_log.core._types import KeyType
+from telstate_log.rdb._crc64 import crc64
+from telstate_log.rdb._format import pack_member
+from telstate_log.rdb._reader import RdbReader, iter_rdb
+from telstate_log.rdb._writer import RdbWriter
 
 
 def test_golden_bytes() -> None:

@@ -22,8 +22,8 @@ from _import_export_helpers import fill, view
 from _waiting import wait_for
 
 from telstate_log import TelescopeState
-from telstate_log._encoding import encode_value
 from telstate_log.backends import LogBackend
+from telstate_log.core._encoding import encode_value
 from telstate_log.replay import DEFAULT_MARKER_KEY, Recorder
 from telstate_log.replay._marker import Marker
 

@@ -1,0 +1,543 @@
+"""Checkpoints: the materialised state at a position, saved atomically.
+
+Theory of operation
+-------------------
+Reopening a large log replays only the events after the newest valid
+checkpoint.  A checkpoint file ``checkpoints/<position>.ckpt`` is::
+
+    body: array blobs (8-byte aligned), then the msgpack manifest
+    trailer (the last 80 bytes):
+    0   8   magic b"TSLOGCKP"
+    8   1   format version (1; 2 if the manifest has a column table)
+    9   7   reserved (0)
+    16  8   position (u64): the state after this event
+    24  16  log id
+    40  8   created (f64, wall clock)
+    48  8   manifest offset within the body (u64)
+    56  8   manifest length (u64)
+    64  8   body length (u64)
+    72  4   CRC-32 of the body
+    76  4   CRC-32 of trailer bytes 0..76
+
+(a trailer rather than a header, so the file is written strictly
+sequentially through the log's file interface).
+
+The manifest lists every key (type, creation position, values; sensors as
+references to blobs: timestamps, position offsets, values), the graveyard
+(deleted entries kept for time travel), the log's key/session tables, and
+the resume point (segment, byte offset, running CRC) where replay continues.
+A state of many short sensors stores them in one column table instead
+(:mod:`telstate_log.storage._checkpoint_table`), and small arrays are written in
+batches of one dtype: the cost per key stays a few Python steps.
+
+Writing streams the blobs from a snapshot taken under the backend's lock
+(column prefixes never change in place, so no copy is needed) to
+``<name>.tmp``, then fsyncs it, renames it into place and fsyncs the
+directory.  The log is made durable up to the checkpoint's position first,
+so a checkpoint is never ahead of the log.  Loading memory-maps the file,
+checks both CRCs and adopts the arrays without copying; any damage makes the
+checkpoint ignored (a full replay happens instead), never trusted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ..core import _log_format as fmt
+from ..core._apply import Tables
+from ..core._gcpause import collector_paused
+from ..core._sensor import SensorColumn
+from ..core._state import Immutable, Indexed, State
+from ._checkpoint_table import TABLE_MIN, CheckpointError, TableWriter, is_short, load_table
+from ._fileio import FileSystem, OsFileSystem, write_all
+from ._recovery import Resume
+
+__all__ = ["CheckpointError", "CheckpointInfo", "checkpoint_version", "list_checkpoints",
+           "load_checkpoint", "write_checkpoint"]
+
+MAGIC = b"TSLOGCKP"
+VERSION = 1
+TABLE_VERSION = 2  # the same, with short sensor columns in a table (see _checkpoint_table)
+_HEAD = struct.Struct("<8sB7xQ16sdQQQI")
+HEAD_SIZE = _HEAD.size + 4
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    position: int
+
+
+def checkpoint_name(position: int) -> str:
+    return f"{position:020d}.ckpt"
+
+
+def list_checkpoints(path: str) -> list[CheckpointInfo]:
+    """Checkpoints of the log at `path`, newest first."""
+    cdir = os.path.join(path, CHECKPOINT_DIR)
+    try:
+        names = os.listdir(cdir)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        if name.endswith(".ckpt") and name[:-5].isdigit():
+            out.append(CheckpointInfo(os.path.join(cdir, name), int(name[:-5])))
+    out.sort(key=lambda c: c.position, reverse=True)
+    return out
+
+
+def checkpoint_version(cp_path: str) -> int | None:
+    """The format version in the trailer of the checkpoint at `cp_path` (None if
+    it is not readable as one); nothing else is checked."""
+    try:
+        with open(cp_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < HEAD_SIZE:
+                return None
+            f.seek(-HEAD_SIZE, os.SEEK_END)
+            head = f.read(_HEAD.size)
+    except OSError:
+        return None
+    return head[8] if head[:8] == MAGIC else None
+
+
+# ------------------------------------------------------------------ writing
+_SMALL_BLOB = 4096  # arrays smaller than this are written in batches of one dtype
+_SMALL_FLUSH = 1 << 20  # bytes of small arrays of one dtype held back at most
+
+
+class _BlobWriter:
+    """Streams the body through the file interface, buffering small writes."""
+
+    def __init__(self, fs: FileSystem, fd: int) -> None:
+        self.fs = fs
+        self.fd = fd
+        self.offset = 0
+        self.crc = 0
+        self._buf: list[bytes] = []
+        self._buffered = 0
+        #: dtype -> small arrays not written yet, their references, their bytes
+        self._small: dict[str, tuple[list[np.ndarray], list[list[Any]], int]] = {}
+
+    def write(self, data: Any) -> None:
+        mv = memoryview(data).cast("B")
+        self.crc = zlib.crc32(mv, self.crc)
+        self.offset += len(mv)
+        if len(mv) >= 1 << 16:
+            self.flush()
+            write_all(self.fs, self.fd, mv)
+            return
+        self._buf.append(bytes(mv))
+        self._buffered += len(mv)
+        if self._buffered >= 1 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            write_all(self.fs, self.fd, b"".join(self._buf))
+            self._buf = []
+            self._buffered = 0
+
+    def blob(self, arr: np.ndarray) -> list[Any]:
+        """Write `arr` (8-byte aligned); returns its reference ``[offset, nbytes,
+        dtype, count]``.
+
+        Small arrays are held back and written with the others of their dtype
+        in one piece (:meth:`flush_small`, which fills in their offsets): a
+        state of many short sensors would otherwise cost a few Python steps
+        and CRC calls per array.
+        """
+        nbytes = int(arr.nbytes)
+        ref = [0, nbytes, arr.dtype.str, len(arr)]
+        if nbytes < _SMALL_BLOB:
+            arrays, refs, size = self._small.get(ref[2], ([], [], 0))
+            arrays.append(arr)
+            refs.append(ref)
+            self._small[ref[2]] = (arrays, refs, size + nbytes)
+            if size + nbytes >= _SMALL_FLUSH:
+                self._flush_small(ref[2])
+            return ref
+        self._align()
+        ref[0] = self.offset
+        self.write(np.ascontiguousarray(arr).view(np.uint8))
+        return ref
+
+    def _align(self) -> None:
+        pad = -self.offset % 8
+        if pad:
+            self.write(b"\0" * pad)
+
+    def flush_small(self) -> None:
+        """Write the small arrays held back by :meth:`blob`."""
+        for dtype in list(self._small):
+            self._flush_small(dtype)
+
+    def _flush_small(self, dtype: str) -> None:
+        arrays, refs, _ = self._small.pop(dtype)
+        self._align()
+        sizes = np.fromiter((r[1] for r in refs), np.int64, len(refs))
+        for ref, offset in zip(refs, (self.offset + np.cumsum(sizes) - sizes).tolist()):
+            ref[0] = offset
+        # arrays of one dtype, back to back: each stays aligned to its item size
+        self.write(np.concatenate([a.reshape(-1) for a in arrays]).view(np.uint8))
+
+
+def snapshot_state(state: State, tables: Tables) -> dict[str, Any]:
+    """Everything a checkpoint needs, taken under the owner's lock.
+
+    Writers wait while it runs, so it only takes references and C-speed
+    shallow copies (sensor columns are views of their append-only arrays;
+    indexed keys copy their two dicts); everything costing a Python step per
+    sample or sub-key happens in :func:`write_checkpoint`, outside the lock.
+    """
+    def entry(e: Any) -> Any:
+        if type(e) is Immutable:
+            return ("i", e.created, e.value)
+        if type(e) is Indexed:
+            return ("x", e.created, dict(e.values), dict(e.positions))
+        return ("m", e.snapshot())
+
+    return {
+        "position": state.position,
+        "entries": [(k, entry(e)) for k, e in state.items()],
+        "graveyard": [(k, [(entry(e), d) for e, d in lst]) for k, lst in state.graveyard.items()],
+        "keys": sorted(tables.keys.items()),
+        "sessions": sorted(tables.sessions.items()),
+        "last_recorded": tables.last_recorded,
+        "time_pos": np.array(tables.time_pos, np.int64),
+        "time_rec": np.array(tables.time_rec, np.float64),
+        "time_seg": np.array(tables.time_seg, np.int64),
+        "time_off": np.array(tables.time_off, np.int64),
+        "history_from": state.history_from,
+    }
+
+
+_CHUNK = 1 << 15  # values joined per C call: bounds how long the GIL is held
+
+
+def _entry_manifest(w: _BlobWriter, e: Any, table: TableWriter | None) -> list[Any]:
+    if table is not None and is_short(e):
+        return table.add(e[1])
+    if e[0] == "x":
+        _, created, values, positions = e
+        return ["x", created, [(s, v, positions[s]) for s, v in values.items()]]
+    if e[0] != "m":
+        return list(e)
+    snap = e[1]
+    out: list[Any] = ["m", snap["created"], snap["pos_base"], w.blob(snap["ts"]),
+                      w.blob(snap["pos"])]
+    if "vals" in snap:
+        vals = snap["vals"]
+        out.append(["f", snap["prefix"], vals.dtype.itemsize, w.blob(vals.view(np.uint8))])
+    else:
+        # In chunks, so the writers (waiting for the GIL) run in between.
+        values = snap["list"]
+        lengths = np.empty(len(values), np.int64)
+        parts = []
+        for i in range(0, len(values), _CHUNK):
+            part = values[i:i + _CHUNK]
+            lengths[i:i + len(part)] = list(map(len, part))
+            parts.append(b"".join(part))
+        data = b"".join(parts)
+        out.append(["v", w.blob(lengths), w.blob(np.frombuffer(data, np.uint8))])
+    return out
+
+
+def write_checkpoint(path: str, snap: dict[str, Any], resume: Resume, log_id: bytes,
+                     sync: bool = True, fs: FileSystem | None = None) -> str:
+    """Write a checkpoint of `snap` crash-safely; returns its path."""
+    fs = fs or OsFileSystem()
+    cdir = os.path.join(path, CHECKPOINT_DIR)
+    fs.makedirs(cdir)
+    final = os.path.join(cdir, checkpoint_name(snap["position"]))
+    tmp = final + ".tmp"
+    if fs.exists(tmp):
+        fs.remove(tmp)
+    fd = fs.create(tmp)
+    try:
+        w = _BlobWriter(fs, fd)
+        short = sum(map(is_short, (e for _, e in snap["entries"]))) + sum(
+            is_short(e) for _, lst in snap["graveyard"] for e, _ in lst)
+        table = TableWriter() if short >= TABLE_MIN else None
+        keys: Any = snap["keys"]
+        if table is None:
+            entries = [[k, _entry_manifest(w, e, None)] for k, e in snap["entries"]]
+        else:  # the live short columns first, then the graveyard's
+            entries = []
+            for i, (k, e) in enumerate(snap["entries"]):
+                if is_short(e):
+                    table.add_live(k, i, e[1])
+                else:
+                    entries.append([k, _entry_manifest(w, e, None)])
+            keys = [w.blob(np.fromiter((k for k, _ in keys), np.int64, len(keys))),
+                    [name for _, name in keys]]
+        manifest: dict[str, Any] = {
+            "position": snap["position"],
+            "resume": [resume.segment_first, resume.offset, resume.crc],
+            "entries": entries,
+            "graveyard": [[k, [[_entry_manifest(w, e, table), d] for e, d in lst]]
+                          for k, lst in snap["graveyard"]],
+            "keys": keys,
+            "sessions": snap["sessions"],
+            "last_recorded": snap["last_recorded"],
+            "time_pos": w.blob(snap["time_pos"]),
+            "time_rec": w.blob(snap["time_rec"]),
+            "time_seg": w.blob(snap["time_seg"]),
+            "time_off": w.blob(snap["time_off"]),
+            "history_from": snap["history_from"],
+        }
+        if table is not None:
+            manifest["table"] = table.manifest(w)
+        w.flush_small()  # fills in the offsets of the small arrays' references
+        packed = msgpack.packb(manifest, use_bin_type=True)
+        moff = w.offset
+        w.write(packed)
+        w.flush()
+        trailer = _HEAD.pack(MAGIC, VERSION if table is None else TABLE_VERSION,
+                             snap["position"], log_id, time.time(), moff, len(packed),
+                             w.offset, w.crc)
+        write_all(fs, fd, trailer + struct.pack("<I", zlib.crc32(trailer)))
+        if sync:
+            fs.sync(fd)
+    finally:
+        fs.close(fd)
+    fs.rename(tmp, final)
+    if sync:
+        fs.sync_dir(cdir)
+    return final
+
+
+# ------------------------------------------------------------------ loading
+def _array(mm: Any, base: int, ref: list[Any], kinds: str) -> np.ndarray:
+    """The array `ref` names, whose dtype must be a plain number of one of `kinds`."""
+    offset, nbytes, dtype, count = ref
+    dt = np.dtype(dtype)
+    if dt.kind not in kinds or dt.fields is not None or dt.subdtype is not None:
+        raise CheckpointError(f"array of unexpected dtype {dt}")
+    if nbytes != dt.itemsize * count or offset + nbytes > len(mm) - HEAD_SIZE - base:
+        raise CheckpointError("array reference out of bounds")
+    return np.frombuffer(mm, dt, count, base + offset)
+
+
+def _check_column(snap: dict[str, Any], position: int) -> None:
+    """The invariants a sensor column of a valid state keeps (see _sensor)."""
+    ts, rel = snap["ts"], snap["pos"]
+    n = len(ts)
+    if n == 0:
+        raise CheckpointError("sensor without samples")
+    if not bool(np.all((ts >= 0.0) & (ts < np.inf))):
+        raise CheckpointError("sensor sample with a bad timestamp")
+    created, pos_base = int(snap["created"]), int(snap["pos_base"])
+    if not 1 <= pos_base <= created <= position or int(rel.max()) > position - pos_base:
+        raise CheckpointError("sensor positions outside the checkpoint")
+    step = ts[1:] - ts[:-1]
+    if bool((step < 0).any()):
+        raise CheckpointError("sensor samples out of timestamp order")
+    vals = snap.get("vals")
+    for i in np.nonzero(step == 0)[0].tolist():  # ties: ordered by value, no duplicates
+        if vals is not None:
+            a, b = vals[i].tobytes(), vals[i + 1].tobytes()
+        else:
+            a, b = snap["list"][i], snap["list"][i + 1]
+        if not a < b:
+            raise CheckpointError("sensor samples out of order or repeated")
+
+
+def _check_time_index(tables: Tables, position: int) -> None:
+    """Positions increasing within the log, each in a segment starting at or before
+    it, at an offset after the header; recorded times finite and never decreasing."""
+    pos = np.asarray(tables.time_pos, np.int64)
+    seg = np.asarray(tables.time_seg, np.int64)
+    off = np.asarray(tables.time_off, np.int64)
+    rec = np.asarray(tables.time_rec, np.float64)
+    if len(pos) and not (
+            bool(np.all(pos[1:] > pos[:-1])) and int(pos[0]) >= 1 and int(pos[-1]) <= position
+            and bool(np.all((seg >= 1) & (seg <= pos))) and bool(np.all(seg[1:] >= seg[:-1]))
+            and bool(np.all(off >= fmt.HEADER_SIZE)) and bool(np.all(np.isfinite(rec)))
+            and bool(np.all(rec[1:] >= rec[:-1]))):
+        raise CheckpointError("time index out of order or outside the log")
+
+
+class _Table:
+    """The column table of a version-2 checkpoint; each column goes to one entry."""
+
+    def __init__(self, mm: Any, table: Any, position: int) -> None:
+        self._table = table
+        self._mm = mm
+        self.columns = load_table(table, self._exact, position)
+        self._taken = [False] * len(self.columns)
+
+    def _exact(self, ref: Any, dtype: str) -> np.ndarray:
+        return _exact(self._mm, ref, dtype)
+
+    def live(self, others: int) -> tuple[list[int], list[bytes], list[SensorColumn]]:
+        """The live columns (the first ones): their places among the entries
+        (increasing), keys, and columns; `others` entries are in the manifest."""
+        keys = self._table["keys"]
+        at = self._exact(self._table["at"], "<i8").tolist()
+        if type(keys) is not list or not all(type(k) is bytes for k in keys) \
+                or len(at) != len(keys) or len(keys) > len(self.columns) \
+                or (at and not 0 <= at[0] <= at[-1] < len(at) + others) \
+                or any(a >= b for a, b in itertools.pairwise(at)):
+            raise CheckpointError("malformed column table")
+        self._taken[:len(keys)] = [True] * len(keys)
+        return at, keys, self.columns[:len(keys)]
+
+    def take(self, m: list[Any]) -> SensorColumn:
+        i = m[1]
+        if len(m) != 2 or type(i) is not int or not 0 <= i < len(self.columns) \
+                or self._taken[i]:
+            raise CheckpointError("bad or repeated column table reference")
+        self._taken[i] = True
+        return self.columns[i]
+
+
+def _exact(mm: Any, ref: list[Any], dtype: str) -> np.ndarray:
+    """The array `ref` names, which must be of exactly `dtype`."""
+    arr = _array(mm, 0, ref, np.dtype(dtype).kind)
+    if arr.dtype.str != dtype:
+        raise CheckpointError(f"array of unexpected dtype {arr.dtype}")
+    return arr
+
+
+def _entry(mm: Any, base: int, m: list[Any], position: int,
+           table: _Table | None = None) -> Any:
+    tag = m[0]
+    if tag == "t" and table is not None:
+        return table.take(m)
+    if tag == "i":
+        return Immutable(bytes(m[2]), int(m[1]))
+    if tag == "x":
+        ent = Indexed(int(m[1]))
+        for sub, value, pos in m[2]:
+            ent.values[bytes(sub)] = bytes(value)
+            ent.positions[bytes(sub)] = int(pos)
+        return ent
+    if tag != "m":
+        raise CheckpointError(f"unknown entry tag {tag!r}")
+    _, created, pos_base, ts_ref, pos_ref, vals = m
+    snap: dict[str, Any] = {"created": created, "pos_base": pos_base,
+                            "ts": _array(mm, base, ts_ref, "f"),
+                            "pos": _array(mm, base, pos_ref, "u")}
+    n = len(snap["ts"])
+    if vals[0] == "f":
+        raw = _array(mm, base, vals[3], "uV")
+        width = int(vals[2])
+        if width <= 0 or len(raw) != width * n:
+            raise CheckpointError("fixed values do not match the sample count")
+        snap["prefix"] = bytes(vals[1])
+        snap["vals"] = raw.view(f"V{width}")
+    else:
+        lengths = _array(mm, base, vals[1], "iu")
+        data = _array(mm, base, vals[2], "uV").tobytes()
+        if len(lengths) != n or int(lengths.sum()) != len(data) or (lengths <= 0).any():
+            raise CheckpointError("var values do not match the sample count")
+        ends = np.cumsum(lengths).tolist()
+        starts = [0, *ends[:-1]]
+        snap["list"] = [data[a:b] for a, b in zip(starts, ends)]
+    if len(snap["pos"]) != n:
+        raise CheckpointError("position column does not match the sample count")
+    _check_column(snap, position)
+    return SensorColumn.from_snapshot(snap)
+
+
+def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, Resume]:
+    """Load and verify a checkpoint; raises CheckpointError if it cannot be trusted."""
+    with open(cp_path, "rb") as f:
+        try:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as exc:  # empty file
+            raise CheckpointError(str(exc)) from None
+    body = memoryview(b"")
+    try:
+        if len(mm) < HEAD_SIZE:
+            raise CheckpointError("file too short")
+        tail = len(mm) - HEAD_SIZE
+        head = mm[tail:tail + _HEAD.size]
+        if zlib.crc32(head) != struct.unpack_from("<I", mm, tail + _HEAD.size)[0]:
+            raise CheckpointError("trailer checksum mismatch")
+        magic, version, position, cp_log_id, _created, moff, mlen, blen, bcrc = \
+            _HEAD.unpack(head)
+        if magic != MAGIC or version not in (VERSION, TABLE_VERSION):
+            raise CheckpointError(f"not a checkpoint of version {VERSION} or {TABLE_VERSION}")
+        if log_id is not None and cp_log_id != log_id:
+            raise CheckpointError("checkpoint belongs to another log")
+        if blen != tail or moff + mlen != blen:
+            raise CheckpointError("length fields do not match the file")
+        body = memoryview(mm)[:tail]
+        if zlib.crc32(body) != bcrc:
+            raise CheckpointError("body checksum mismatch")
+        try:
+            with collector_paused():  # an object per key: see telstate_log.core._gcpause
+                man = msgpack.unpackb(body[moff:moff + mlen], raw=False, strict_map_key=False,
+                                      max_bin_len=mlen, max_str_len=mlen, max_array_len=mlen,
+                                      max_map_len=mlen)
+                if man["position"] != position:
+                    raise CheckpointError("manifest position differs from the header")
+                state = State(keep_history=True)
+                state.position = position
+                table = _Table(mm, man["table"], position) if version == TABLE_VERSION else None
+                at, names, columns = table.live(len(man["entries"])) if table is not None \
+                    else ([], [], [])
+                entries = iter(man["entries"])
+                at.append(-1)
+                j = 0
+                for i in range(len(names) + len(man["entries"])):
+                    if i == at[j]:  # the live short columns are in the table
+                        state._keys[names[j]] = columns[j]
+                        j += 1
+                    else:
+                        key, m = next(entries)
+                        state._keys[bytes(key)] = _entry(mm, 0, m, position, table)
+                for key, lst in man["graveyard"]:
+                    state.graveyard[bytes(key)] = [(_entry(mm, 0, m, position, table), int(d))
+                                                   for m, d in lst]
+                tables = Tables()
+                if table is None:
+                    for kid, key in man["keys"]:
+                        tables.keys[int(kid)] = bytes(key)
+                        tables.key_ids[bytes(key)] = int(kid)
+                else:
+                    ids, key_names = _exact(mm, man["keys"][0], "<i8").tolist(), man["keys"][1]
+                    if type(key_names) is not list or len(ids) != len(key_names) \
+                            or not all(type(k) is bytes for k in key_names):
+                        raise CheckpointError("malformed key table")
+                    tables.keys = dict(zip(ids, key_names))
+                    tables.key_ids = dict(zip(tables.keys.values(), ids))
+                tables.sessions = {int(s): dict(meta) for s, meta in man["sessions"]}
+                tables.last_recorded = float(man["last_recorded"])
+                tables.time_pos = _array(mm, 0, man["time_pos"], "iu").tolist()
+                tables.time_rec = _array(mm, 0, man["time_rec"], "f").tolist()
+                tables.time_seg = _array(mm, 0, man["time_seg"], "iu").tolist()
+                tables.time_off = _array(mm, 0, man["time_off"], "iu").tolist()
+                if not (len(tables.time_pos) == len(tables.time_rec) == len(tables.time_seg)
+                        == len(tables.time_off)):
+                    raise CheckpointError("time index columns differ in length")
+                _check_time_index(tables, position)
+                state.history_from = int(man["history_from"])
+                seg, off, crc = man["resume"]
+                resume = Resume(int(seg), int(off), int(crc))
+        except CheckpointError:
+            raise
+        except Exception as exc:  # malformed manifest
+            raise CheckpointError(f"malformed manifest: {exc}") from None
+        return state, tables, resume
+    except BaseException:
+        del body
+        try:
+            mm.close()
+        except BufferError:  # arrays already adopted keep the map alive
+            pass
+        raise

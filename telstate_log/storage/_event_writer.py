@@ -1,0 +1,278 @@
+"""Turning events into log records: framing, key and session definitions.
+
+Theory of operation
+-------------------
+:class:`LogWriter` is the State's commit hook.  Its :meth:`~LogWriter.commit`
+frames an event (with the KEY and SESSION definitions the current segment
+still lacks, so every segment can be read on its own), computes the chained
+CRCs and appends the bytes through :class:`~._segment_files.SegmentAppender`,
+which it extends (buffering, rotation, rollback, sync).  Only when the
+append succeeds does the State apply the event, so memory never runs ahead
+of the file; if it fails, the key and session tables and the running CRC
+are left as they were.
+
+If the records would take the segment past ``segment_bytes``, the writer
+first rotates (the new segment starts with the event's position).  A hot
+path frames a buffered sample of a key the segment already defines without
+any intermediate objects; :meth:`~LogWriter.commit_batch` writes a whole
+``add_mutable_many`` batch as ADD_BATCH frames in one append (all or none).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+import time
+import zlib
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .._version import __version__
+from ..core import _log_format as fmt
+from ..core._apply import Tables
+from ..core._errors import LogFailedError
+from ..core._values import chunks
+from ._fileio import FileSystem
+from ._segment_files import SegmentAppender, create_segment
+
+__all__ = ["LogWriter", "create_segment", "session_info"]
+
+# The fast path in LogWriter.commit, built from the format's definitions.
+_U32 = fmt.FRAME_CRC
+_U32_PACK = _U32.pack
+_ADD_PACK = fmt.ADD_FRAME.pack
+_ADD = fmt.ADD
+_FRAME_MAGIC = fmt.FRAME_MAGIC
+#: body bytes of an ADD frame before its value, and bytes of a frame outside its body
+_ADD_HEAD = fmt.ADD_FRAME.size - (fmt.FRAME_OVERHEAD - _U32.size)
+_OVERHEAD = fmt.FRAME_OVERHEAD
+#: check bytes of ADD frames by body length (longer bodies take the general path)
+_ADD_CHECK = bytes(fmt.check_byte(_ADD, n) for n in range(4096))
+_FAST_LENGTH = len(_ADD_CHECK)
+_TIME_MASK = Tables.TIME_STRIDE - 1
+assert Tables.TIME_STRIDE & _TIME_MASK == 0, "the fast path needs a power-of-two stride"
+_crc32 = zlib.crc32
+_time = time.time
+
+
+def session_info(source: str | None) -> dict[str, object]:
+    """Who is writing: recorded once per session and segment."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name available (containers)
+        user = ""
+    return {"source": source or "", "host": socket.gethostname(), "pid": os.getpid(),
+            "user": user, "started": time.time(), "version": __version__}
+
+
+
+class LogWriter(SegmentAppender):
+    """Frames events and appends them to the newest segment (see module docstring)."""
+
+    def __init__(self, fs: FileSystem, path: str, log_id: bytes, tables: Tables, *,
+                 segment_first: int, fd: int, offset: int, crc: int, segment_bytes: int,
+                 sync_on_rotate: bool, session: dict[str, object],
+                 lock: threading.RLock, flush_interval: float = 0.0,
+                 position: int = 0) -> None:
+        self._tables = tables
+        self._key_ids = tables.key_ids
+        self._seg_keys: set[int] = set()
+        self._seg_session = False
+        # events already in the segment we continue (a reopened log)
+        self._seg_events = max(0, position - segment_first + 1)
+        self.session_id = tables.next_session_id()
+        self._session_payload = msgpack.packb(session, use_bin_type=True)
+        self._last_rec = tables.last_recorded
+        #: last position committed (buffered or written)
+        self.position = position
+        super().__init__(fs, path, log_id, segment_first=segment_first, fd=fd, offset=offset,
+                         crc=crc, segment_bytes=segment_bytes, sync_on_rotate=sync_on_rotate,
+                         lock=lock, flush_interval=flush_interval)
+
+    def _segment_started(self) -> None:
+        # a new segment defines its keys and session afresh
+        self._seg_keys = set()
+        self._seg_session = False
+        self._seg_events = 0
+
+    # ------------------------------------------------------------------ hook
+    def commit(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
+               ts: float) -> None:
+        """State commit hook: make event `pos` part of the log."""
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
+        rec = _time()
+        if rec < self._last_rec:
+            rec = self._last_rec
+        kid = self._key_ids.get(key)
+        if kind == _ADD and kid is not None and self._buffered and kid in self._seg_keys:
+            # Fast path: a buffered sample of a key this segment already defines
+            # (fmt.encode_event without the dispatch and the check_byte call).
+            length = _ADD_HEAD + len(value)
+            end = self.offset + length + _OVERHEAD
+            if end <= self._segment_bytes and length < _FAST_LENGTH:
+                frame = _ADD_PACK(_FRAME_MAGIC, _ADD, _ADD_CHECK[length], length, pos, rec,
+                                  self.session_id, kid, ts) + value
+                c = _crc32(frame, self._crc)
+                cb = _U32_PACK(c)
+                self._crc = _crc32(cb, c)
+                buf = self._buf
+                buf += frame
+                buf += cb
+                if (pos - 1) & _TIME_MASK == 0:
+                    self._note_time(pos, rec, self.offset)
+                self.bytes_appended += end - self.offset
+                self.offset = end
+                self._last_rec = self._tables.last_recorded = rec
+                self.position = pos
+                self._seg_events += 1
+                if not self._dirty:
+                    self._dirty = True
+                    self._flush_due = rec + self._flush_interval
+                    with self._kick:
+                        self._kick.notify()
+                elif (len(buf) >= self.FLUSH_BYTES
+                      or rec >= self._flush_due):
+                    self._flush_locked()  # the flusher is late (see _segment_files)
+                return
+        self._commit_general(kind, pos, key, sub_key, value, ts, rec, kid)
+
+    def _commit_general(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
+                        ts: float, rec: float, kid: int | None) -> None:
+        tables = self._tables
+        if kind == fmt.CLEAR:
+            kid = fmt.NO_KEY
+        new_key = kid is None
+        if kid is None:
+            kid = tables.next_key_id()
+        frame = fmt.encode_event(kind, pos, rec, self.session_id, kid, sub_key, value, ts)
+        size = len(frame) + 4
+        if kind != fmt.CLEAR and kid not in self._seg_keys:
+            size += 16 + len(key)
+        if not self._seg_session:
+            size += 16 + len(self._session_payload)
+        if self.offset + size > self._segment_bytes and self._seg_events:
+            self._rotate(pos)
+        pieces = []
+        if not self._seg_session:
+            pieces.append(fmt.encode_meta(fmt.SESSION, self.session_id, self._session_payload))
+        if kind != fmt.CLEAR and kid not in self._seg_keys:
+            pieces.append(fmt.encode_meta(fmt.KEY, kid, key))
+        pieces.append(frame)
+        frame_offset = self.offset + sum(len(p) + 4 for p in pieces[:-1])
+        self._append_pieces(pieces)
+        self._committed(pos, 1, rec, None if kind == fmt.CLEAR else kid, key, new_key)
+        if (pos - 1) % tables.TIME_STRIDE == 0 or not tables.time_pos or self._seg_events == 1:
+            self._note_time(pos, rec, frame_offset)  # also the first event of each segment
+        tables.last_recorded = rec
+
+    MAX_BATCH_BODY = 4 << 20
+
+    def new_session(self, session: dict[str, object]) -> int:
+        """Record later events under a new session (e.g. another source label)."""
+        self.session_id = self._tables.next_session_id()
+        self._session_payload = msgpack.packb(session, use_bin_type=True)
+        self._seg_session = False
+        # Forget the segment's key definitions so the next commit takes the
+        # general path, which writes the SESSION record before the event.
+        self._seg_keys = set()
+        return self.session_id
+
+    def commit_batch(self, first: int, key: bytes, ts: Any,
+                     values: list[bytes] | np.ndarray) -> None:
+        """State batch hook: samples of `key` at positions first, first + 1, ...
+
+        Written as ADD_BATCH frames of at most MAX_BATCH_BODY bytes each, all
+        appended in one go: either every frame of the batch is recorded or,
+        if the write fails, none is (the file is rolled back).  The caller
+        keeps batches to a few MiB (see ``StateBackend.add_mutable_many``).
+        """
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
+        rec = _time()
+        if rec < self._last_rec:
+            rec = self._last_rec
+        tables = self._tables
+        kid = tables.key_ids.get(key)
+        new_key = kid is None
+        if kid is None:
+            kid = tables.next_key_id()
+        n = len(values)
+        frames = [fmt.encode_batch(first + i, rec, self.session_id, kid, ts[i:j], values[i:j])
+                  for i, j in chunks(values, 12, self.MAX_BATCH_BODY)]
+        total = sum(len(f) + 4 for f in frames) + 16 + len(key) + 16 + \
+            len(self._session_payload)
+        if self.offset + total > self._segment_bytes and self._seg_events:
+            self._rotate(first)
+        pieces = []
+        if not self._seg_session:
+            pieces.append(fmt.encode_meta(fmt.SESSION, self.session_id, self._session_payload))
+        if kid not in self._seg_keys:
+            pieces.append(fmt.encode_meta(fmt.KEY, kid, key))
+        offsets = []
+        offset = self.offset + sum(len(p) + 4 for p in pieces)
+        for f in frames:
+            offsets.append(offset)
+            offset += len(f) + 4
+        pieces.extend(frames)
+        self._append_pieces(pieces)
+        self._committed(first + n - 1, n, rec, kid, key, new_key)
+        for f, off in zip(frames, offsets):
+            self._note_time(int.from_bytes(f[8:16], "little"), rec, off)
+
+    def _append_pieces(self, pieces: list[bytes]) -> None:
+        """Chain-checksum and append frames (restoring the CRC state on failure)."""
+        crc = self._crc
+        out = []
+        for piece in pieces:
+            c = zlib.crc32(piece, crc)
+            cb = _U32.pack(c)
+            crc = zlib.crc32(cb, c)
+            out.append(piece)
+            out.append(cb)
+        saved = self._crc
+        self._crc = crc
+        try:
+            self._append(b"".join(out))
+        except BaseException:
+            self._crc = saved
+            raise
+
+    def _committed(self, last: int, events: int, rec: float, kid: int | None, key: bytes,
+                   new_key: bool) -> None:
+        """Book-keeping after frames were appended: positions, segment contents,
+        and the key and session tables (updated only now that the records exist)."""
+        self._seg_events += events
+        self._seg_session = True
+        self._last_rec = self._tables.last_recorded = rec
+        self.position = last
+        tables = self._tables
+        if kid is not None:
+            self._seg_keys.add(kid)
+            if new_key:
+                tables.keys[kid] = key
+                tables.key_ids[key] = kid
+        if self.session_id not in tables.sessions:
+            tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
+
+    def _note_time(self, pos: int, rec: float, offset: int) -> None:
+        """Add an entry to the sparse position/time/offset index."""
+        t = self._tables
+        t.time_pos.append(pos)
+        t.time_rec.append(rec)
+        t.time_seg.append(self.segment_first)
+        t.time_off.append(offset)
+        t.last_recorded = rec
+
+    def rotate_now(self) -> bool:
+        """Finish the current segment now (if it holds any event); returns whether it did."""
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
+        if not self._seg_events:
+            return False
+        self._rotate(self.position + 1)
+        return True
