@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ._main import PROG, CliError, add_json_argument, command_parser
+from ._common import PROG, CliError, add_json_argument, command_parser
 from ._output import emit_json, iso_utc, print_fields, to_json, value_text
 
 __all__ = ["add_demo_parser", "write_observation"]

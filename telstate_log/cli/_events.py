@@ -9,7 +9,7 @@ sub-key, value and, for a sensor sample, its timestamp -- *valid time*.
 A back-dated sample shows up here at the position where it was written,
 with a timestamp earlier than its neighbours'.
 
-Events are read in chunks (:func:`~telstate_log.cli._main.iter_events`) and
+Events are read in chunks (:func:`~telstate_log.cli._common.iter_events`) and
 printed as they are decoded, so an audit of any length starts at once and
 runs in bounded memory.  Values that cannot be decoded (a pickle, when
 pickles are not allowed) are shown as ``<undecodable: ...>`` rather than
@@ -41,7 +41,7 @@ from ..core._encoding import ENCODING_MSGPACK, decode_value, encode_value
 from ..core._events import Event
 from ..core._types import KeyType
 from ..frontend._frontend import HistoryEvent
-from ._main import (
+from ._common import (
     CliError,
     UsageError,
     add_json_argument,

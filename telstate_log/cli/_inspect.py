@@ -29,7 +29,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ..core._types import KeyType
-from ._main import (
+from ._common import (
     CliError,
     UsageError,
     add_as_of_arguments,

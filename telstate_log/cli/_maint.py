@@ -39,7 +39,7 @@ from typing import Any
 
 from ..storage._repair import VerifyReport, repair_log, verify_log
 from ..storage._seal import PRUNED, HeadCheck
-from ._main import (
+from ._common import (
     CliError,
     UsageError,
     add_json_argument,

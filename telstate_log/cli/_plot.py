@@ -41,7 +41,7 @@ import numpy as np
 
 from ..core._types import KeyType
 from ..storage._lockfile import writer_active
-from ._main import (
+from ._common import (
     CliError,
     UsageError,
     add_as_of_arguments,

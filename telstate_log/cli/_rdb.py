@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core._errors import LogFailedError, LogWriteError, TelstateError
 from ..storage._new_log import NewLog
-from ._main import (
+from ._common import (
     CliError,
     command_parser,
     doing,

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from ._main import (
+from ._common import (
     CliError,
     add_json_argument,
     command_parser,
