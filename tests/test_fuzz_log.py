@@ -112,7 +112,7 @@ from telstate_log.backends import (
     MemoryBackend,
     MutableKeyUpdate,
 )
-from telstate_log.backends._redis_common import plan_update, run_plan
+from telstate_log.backends._redis_common import exchange_update, run_exchange
 from telstate_log.backends._redis_messages import (
     immutable_message,
     indexed_message,
@@ -1453,7 +1453,7 @@ def case_messages(choose: Chooser, work: Path) -> str:
         return reply
 
     with bounded("decoding a message"):
-        update = run_plan(plan_update(key, data), execute)
+        update = run_exchange(exchange_update(key, data), execute)
     assert isinstance(update, KeyUpdateBase)
     if type(update) is KeyUpdateBase:
         return "recheck"

@@ -17,7 +17,7 @@ import telstate_log
 from telstate_log import LogCorruptError, LogError, LogLockedError, ReadOnlyError
 from telstate_log.backends import LogBackend, _log
 from telstate_log.core import _log_format as fmt
-from telstate_log.core._apply import COST_DELETE, COST_KEY, COST_SUB_KEY, replay_cost
+from telstate_log.core._apply import COST_DELETE, COST_KEY, COST_SUB_KEY, apply_cost
 from telstate_log.core._encoding import encode_value
 from telstate_log.core._errors import LogFailedError, LogWriteError
 from telstate_log.storage import _checkpointer
@@ -224,10 +224,10 @@ def test_replay_cost_counts_events_keys_sub_keys_and_deletes(tmp_path: Path) -> 
         b.set_indexed(b"idx", encode_value(2), encode_value(2))  # a sub-key
         many_keys(b, 3)  # 3 keys
         b.delete(b"key000000")  # a delete
-        cost = replay_cost(b._state, since)
+        cost = apply_cost(b._state, since)
         assert b.position - since == 5 + 1 + 2 + 3 + 1
         assert cost == 12 + COST_KEY * (1 + 1 + 2) + COST_SUB_KEY * 2 + COST_DELETE * 1
-        assert replay_cost(b._state, b.position) == 0
+        assert apply_cost(b._state, b.position) == 0
     assert path.exists()
 
 

@@ -21,12 +21,12 @@ from telstate_log.backends import (
 )
 from telstate_log.backends._redis_common import (
     REDIS_TYPES,
+    exchange_get_indexed,
+    exchange_update,
     is_wrongtype,
     key_type_from_redis,
-    plan_get_indexed,
-    plan_update,
     range_bounds,
-    run_plan,
+    run_exchange,
 )
 from telstate_log.backends._redis_endpoint import (
     RedisEndpoint,
@@ -53,7 +53,7 @@ def _updates_equal(a: KeyUpdateBase, b: KeyUpdateBase) -> bool:
 
 
 def _decode(data: bytes, key_type: str = "none") -> KeyUpdateBase:
-    """Run plan_update with a fake TYPE reply for untyped messages."""
+    """Run exchange_update with a fake TYPE reply for untyped messages."""
     calls: list[Any] = []
 
     def execute(op: Any) -> Any:
@@ -61,7 +61,7 @@ def _decode(data: bytes, key_type: str = "none") -> KeyUpdateBase:
         assert op == ("command", "TYPE", b"k")
         return key_type.encode()
 
-    return run_plan(plan_update(b"k", data), execute)
+    return run_exchange(exchange_update(b"k", data), execute)
 
 
 # ----------------------------------------------------------------- messages
@@ -118,7 +118,7 @@ def test_untyped_messages_look_up_the_key_type() -> None:
     for data, kind in [(b"\xffv", "none"), (b"\xffv", "list"), (b"3\nabc", "hash"),
                        (b"short", "zset")]:
         assert type(_decode(data, kind)) is KeyUpdateBase
-    assert type(run_plan(plan_update(b"k", None), lambda op: None)) is KeyUpdateBase
+    assert type(run_exchange(exchange_update(b"k", None), lambda op: None)) is KeyUpdateBase
 
 
 def test_decode_update_direct() -> None:
@@ -149,9 +149,9 @@ def test_wrongtype_detection() -> None:
 
 def test_get_indexed_reply_convention() -> None:
     with pytest.raises(KeyError):
-        run_plan(plan_get_indexed(b"k", b"s"), lambda op: 1)
-    assert run_plan(plan_get_indexed(b"k", b"s"), lambda op: None) is None
-    assert run_plan(plan_get_indexed(b"k", b"s"), lambda op: b"1") == b"1"
+        run_exchange(exchange_get_indexed(b"k", b"s"), lambda op: 1)
+    assert run_exchange(exchange_get_indexed(b"k", b"s"), lambda op: None) is None
+    assert run_exchange(exchange_get_indexed(b"k", b"s"), lambda op: b"1") == b"1"
 
 
 # --------------------------------------------------------------- range bounds

@@ -24,7 +24,7 @@ import pytest
 
 from telstate_log.backends import LogBackend
 from telstate_log.core import _log_format as fmt
-from telstate_log.core._apply import Replayer, ReplayError, Tables
+from telstate_log.core._apply import Applier, ReplayError, Tables
 from telstate_log.core._encoding import encode_value
 from telstate_log.core._sensor import SensorColumn
 from telstate_log.core._state import State
@@ -108,7 +108,7 @@ def one_sample_keys(path: Path, keys: int, *, batches: bool = False) -> None:
 def replay(path: Path) -> tuple[State, int, int]:
     """Replay every segment of the log at `path`: (state, numpy calls, elements)."""
     state, tables = State(keep_history=True), Tables()
-    replayer = Replayer(state, tables)
+    replayer = Applier(state, tables)
     Counted.calls = Counted.elements = 0
     for seg in sorted(path.glob("*.seg")):
         data = seg.read_bytes()
@@ -241,5 +241,5 @@ def test_refused_run_of_many_new_keys_leaves_the_state(tmp_path: Path) -> None:
     scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(mv), zlib.crc32(mv[:fmt.HEADER_SIZE]))
     state, tables = State(keep_history=True), Tables()
     with pytest.raises(ReplayError, match="bad timestamp"):
-        Replayer(state, tables).apply(mv, scan, segment=1)
+        Applier(state, tables).apply(mv, scan, segment=1)
     assert state.position == 2 and len(state) == 0  # after the DELETE: nothing of the run

@@ -248,7 +248,7 @@ def _sub_key_text(sub_key: bytes) -> str:
         return repr(sub_key)
 
 
-def _plan_samples(col: SensorColumn, samples: _Samples) -> tuple[np.ndarray, list[bytes]]:
+def _new_samples(col: SensorColumn, samples: _Samples) -> tuple[np.ndarray, list[bytes]]:
     """The samples not already stored in `col` (compared over the overlapping time span)."""
     ts, column = samples.columns()
     values = column.tolist() if isinstance(column, np.ndarray) else column
@@ -266,7 +266,7 @@ def _plan_samples(col: SensorColumn, samples: _Samples) -> tuple[np.ndarray, lis
     return ts[keep], [values[i] for i in keep]
 
 
-def _plan(state: State, entries: Iterable[tuple[bytes, KeyType, _Payload]],
+def _steps_for(state: State, entries: Iterable[tuple[bytes, KeyType, _Payload]],
           label: str) -> list[_Step]:
     """Check `entries` against the state (lock held); return the writes that change something."""
     steps: list[_Step] = []
@@ -300,7 +300,7 @@ def _plan(state: State, entries: Iterable[tuple[bytes, KeyType, _Payload]],
             if col is None:                     # split into columns only when applied
                 steps.append(_Step(key, kind, value, value.count))
             else:
-                columns = _plan_samples(col, value)
+                columns = _new_samples(col, value)
                 if columns[1]:
                     steps.append(_Step(key, kind, columns, len(columns[1])))
     return steps
@@ -374,7 +374,7 @@ def apply_rdb(backend: StateBackend, contents: RdbContents, *, source: str | Non
         if not backend._writable:
             backend._check_writable()
         before = backend.position
-        steps = _plan(state, entries, filename or "<stream>")
+        steps = _steps_for(state, entries, filename or "<stream>")
         keys = len(entries)
         del entries
         last = _apply_as(backend, steps, label, progress) if steps else 0

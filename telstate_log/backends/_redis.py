@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A thin driver: every method runs a plan from :mod:`._redis_common` with
+A thin driver: every method runs a exchange from :mod:`._redis_common` with
 redis-py's blocking client (:meth:`RedisBackend._execute` is all the I/O
 there is).  The layout, scripts and pub/sub messages are katsdptelstate's,
 so both libraries can read, write and wait on one Redis database.
@@ -126,7 +126,7 @@ class RedisBackend(Backend):
         return cls(redis.Redis.from_url(endpoint.url, db=db, **client_options(Retry)))
 
     # ----------------------------------------------------------------- driver
-    def _execute(self, op: common.Op) -> Any:
+    def _execute(self, op: common.RedisCall) -> Any:
         if op[0] == "command":
             return self.client.execute_command(*op[1:])  # type: ignore[no-untyped-call]
         if op[0] == "script":
@@ -136,52 +136,52 @@ class RedisBackend(Backend):
                 pipe.execute_command(*args)  # type: ignore[no-untyped-call]
             return pipe.execute(raise_on_error=False)
 
-    def _run(self, plan: common.Plan[Any]) -> Any:
-        return common.run_plan(plan, self._execute)
+    def _run(self, exchange: common.Exchange[Any]) -> Any:
+        return common.run_exchange(exchange, self._execute)
 
     # ------------------------------------------------------------ operations
     def load_from_file(self, file: PathType | BinaryIO) -> int:
-        return int(self._run(common.plan_load(file)))
+        return int(self._run(common.exchange_load(file)))
 
     def __contains__(self, key: bytes) -> bool:
-        return bool(self._run(common.plan_contains(key)))
+        return bool(self._run(common.exchange_contains(key)))
 
     def keys(self, filter: bytes) -> list[bytes]:
-        return list(self._run(common.plan_keys(filter)))
+        return list(self._run(common.exchange_keys(filter)))
 
     def delete(self, key: bytes) -> None:
-        self._run(common.plan_delete(key))
+        self._run(common.exchange_delete(key))
 
     def clear(self) -> None:
-        self._run(common.plan_clear())
+        self._run(common.exchange_clear())
 
     def key_type(self, key: bytes) -> KeyType | None:
-        return self._run(common.plan_key_type(key))  # type: ignore[no-any-return]
+        return self._run(common.exchange_key_type(key))  # type: ignore[no-any-return]
 
     def set_immutable(self, key: bytes, value: bytes) -> bytes | None:
-        return self._run(common.plan_set_immutable(key, value))  # type: ignore[no-any-return]
+        return self._run(common.exchange_set_immutable(key, value))  # type: ignore[no-any-return]
 
     def get(self, key: bytes) -> GetResult:
-        return self._run(common.plan_get(key))  # type: ignore[no-any-return]
+        return self._run(common.exchange_get(key))  # type: ignore[no-any-return]
 
     def add_mutable(self, key: bytes, value: bytes, timestamp: float) -> None:
-        self._run(common.plan_add_mutable(key, value, timestamp))
+        self._run(common.exchange_add_mutable(key, value, timestamp))
 
     def set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> bytes | None:
-        return self._run(common.plan_set_indexed(key, sub_key, value))  # type: ignore[no-any-return]
+        return self._run(common.exchange_set_indexed(key, sub_key, value))  # type: ignore[no-any-return]
 
     def get_indexed(self, key: bytes, sub_key: bytes) -> bytes | None:
-        return self._run(common.plan_get_indexed(key, sub_key))  # type: ignore[no-any-return]
+        return self._run(common.exchange_get_indexed(key, sub_key))  # type: ignore[no-any-return]
 
     def get_range(self, key: bytes, start_time: float, end_time: float,
                   include_previous: bool,
                   include_end: bool) -> list[tuple[bytes, float]] | None:
-        return self._run(common.plan_get_range(  # type: ignore[no-any-return]
+        return self._run(common.exchange_get_range(  # type: ignore[no-any-return]
             key, start_time, end_time, include_previous, include_end))
 
     def dump(self, key: bytes) -> bytes | None:
         """The key in Redis's own DUMP format (as redis-server produces it)."""
-        return self._run(common.plan_dump(key))  # type: ignore[no-any-return]
+        return self._run(common.exchange_dump(key))  # type: ignore[no-any-return]
 
     # -------------------------------------------------------------- monitor
     def monitor_keys(self, keys: Iterable[bytes]) \
@@ -209,7 +209,7 @@ class RedisBackend(Backend):
                 return KeyUpdateBase()          # (re)subscribed: the caller must re-read
             key = channel_key(message.get("channel"))
             if kind == "message" and key is not None:
-                return self._run(common.plan_update(key, message.get("data")))  # type: ignore[no-any-return]
+                return self._run(common.exchange_update(key, message.get("data")))  # type: ignore[no-any-return]
         return None
 
     # ------------------------------------------------------------- lifetime

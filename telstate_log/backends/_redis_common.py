@@ -1,4 +1,4 @@
-"""What the sync and async Redis backends share: layout, scripts, plans, messages.
+"""What the sync and async Redis backends share: layout, scripts, exchanges, messages.
 
 Theory of operation
 -------------------
@@ -12,18 +12,18 @@ conventions) that check and set atomically on the server and publish on
 ``update/<key>`` exactly the bytes katsdptelstate publishes, so waiters of
 either library wake on writes of the other.
 
-Every backend operation is written once here as a *plan*: a generator that
-yields Redis operations and receives their replies (the pattern of
-:mod:`telstate_log.frontend._frontend`).  An operation is one of
+Every backend operation is written once here as an *exchange*: a generator
+that yields Redis calls and receives their replies (the pattern of the front
+end's exchanges, :mod:`telstate_log.frontend._plan`).  A call is one of
 
 * ``("command", *args)`` -- one command (``execute_command``);
 * ``("script", name, keys, args)`` -- one of :data:`SCRIPTS`;
 * ``("pipeline", transaction, [args, ...])`` -- commands in one round trip,
   replying with a list in which failed commands appear as exception objects.
 
-A driver (:func:`run_plan` for redis-py's sync client, :func:`run_plan_async`
-for ``redis.asyncio``) executes each operation and sends the reply back, or
-throws the exception into the plan, so error translation (``WRONGTYPE`` ->
+A driver (:func:`run_exchange` for redis-py's sync client, :func:`run_exchange_async`
+for ``redis.asyncio``) executes each call and sends the reply back, or
+throws the exception into the exchange, so error translation (``WRONGTYPE`` ->
 :exc:`ImmutableKeyError`) and reply parsing exist once.
 
 The pub/sub message format is in :mod:`._redis_messages`; connection setup
@@ -49,16 +49,34 @@ from ._base import GetResult, PathType
 from ._redis_messages import decode_update, split_type
 
 __all__ = [
-    "REDIS_TYPES", "SCRIPTS", "Op", "Plan", "is_wrongtype", "key_type_from_redis",
-    "plan_add_mutable", "plan_clear", "plan_contains", "plan_delete", "plan_dump", "plan_get",
-    "plan_get_indexed", "plan_get_range", "plan_key_type", "plan_keys", "plan_load",
-    "plan_set_immutable", "plan_set_indexed", "plan_update", "range_bounds", "run_plan",
-    "run_plan_async",
+    "REDIS_TYPES",
+    "SCRIPTS",
+    "Exchange",
+    "RedisCall",
+    "exchange_add_mutable",
+    "exchange_clear",
+    "exchange_contains",
+    "exchange_delete",
+    "exchange_dump",
+    "exchange_get",
+    "exchange_get_indexed",
+    "exchange_get_range",
+    "exchange_key_type",
+    "exchange_keys",
+    "exchange_load",
+    "exchange_set_immutable",
+    "exchange_set_indexed",
+    "exchange_update",
+    "is_wrongtype",
+    "key_type_from_redis",
+    "range_bounds",
+    "run_exchange",
+    "run_exchange_async",
 ]
 
 _R = TypeVar("_R")
-Op = tuple[Any, ...]
-Plan = Generator[Op, Any, _R]
+RedisCall = tuple[Any, ...]
+Exchange = Generator[RedisCall, Any, _R]
 
 # --------------------------------------------------------------------- scripts
 # Replies: nil is "nothing to report"; set_* return the existing value when
@@ -113,22 +131,22 @@ return false
 # ------------------------------------------------------------------ drivers
 
 
-def run_plan(plan: Plan[_R], execute: Callable[[Op], Any]) -> _R:
-    """Run `plan`, executing each operation with the blocking `execute`."""
+def run_exchange(exchange: Exchange[_R], execute: Callable[[RedisCall], Any]) -> _R:
+    """Run `exchange`, executing each operation with the blocking `execute`."""
     try:
-        op = plan.send(None)
+        op = exchange.send(None)
         while True:
             try:
                 reply = execute(op)
             except Exception as exc:
-                op = plan.throw(exc)
+                op = exchange.throw(exc)
             else:
-                op = plan.send(reply)
+                op = exchange.send(reply)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
-def _advance(method: Callable[[Any], Op], arg: Any) -> tuple[bool, Any]:
+def _advance(method: Callable[[Any], RedisCall], arg: Any) -> tuple[bool, Any]:
     """``(False, next op)`` or ``(True, result)``: StopIteration cannot cross an await."""
     try:
         return False, method(arg)
@@ -136,26 +154,26 @@ def _advance(method: Callable[[Any], Op], arg: Any) -> tuple[bool, Any]:
         return True, stop.value
 
 
-async def run_plan_async(plan: Plan[_R], execute: Callable[[Op], Awaitable[Any]],
+async def run_exchange_async(exchange: Exchange[_R], execute: Callable[[RedisCall], Awaitable[Any]],
                          in_thread: Callable[..., Awaitable[Any]] | None = None) -> _R:
-    """Run `plan`, awaiting `execute` for each operation.
+    """Run `exchange`, awaiting `execute` for each operation.
 
     `in_thread`, if given (e.g. ``anyio.to_thread.run_sync``), runs the
-    plan's own steps, for plans that do slow work between operations (the
+    exchange's own steps, for exchanges that do slow work between operations (the
     RDB loader parses the file).
     """
-    async def advance(method: Callable[[Any], Op], arg: Any) -> tuple[bool, Any]:
+    async def advance(method: Callable[[Any], RedisCall], arg: Any) -> tuple[bool, Any]:
         return _advance(method, arg) if in_thread is None else \
             await in_thread(_advance, method, arg)
 
-    done, value = await advance(plan.send, None)
+    done, value = await advance(exchange.send, None)
     while not done:
         try:
             reply = await execute(value)
         except Exception as exc:
-            done, value = await advance(plan.throw, exc)
+            done, value = await advance(exchange.throw, exc)
         else:
-            done, value = await advance(plan.send, reply)
+            done, value = await advance(exchange.send, reply)
     return value  # type: ignore[no-any-return]
 
 
@@ -207,37 +225,37 @@ def _split(member: bytes) -> tuple[bytes, float]:
         raise DecodeError(str(exc)) from None
 
 
-# -------------------------------------------------------------------- plans
-def plan_contains(key: bytes) -> Plan[bool]:
+# -------------------------------------------------------------------- exchanges
+def exchange_contains(key: bytes) -> Exchange[bool]:
     return bool((yield ("command", "EXISTS", key)))
 
 
-def plan_keys(pattern: bytes) -> Plan[list[bytes]]:
+def exchange_keys(pattern: bytes) -> Exchange[list[bytes]]:
     return list((yield ("command", "KEYS", pattern)))
 
 
-def plan_delete(key: bytes) -> Plan[None]:
+def exchange_delete(key: bytes) -> Exchange[None]:
     yield ("command", "UNLINK", key)
 
 
-def plan_clear() -> Plan[None]:
+def exchange_clear() -> Exchange[None]:
     yield ("command", "FLUSHDB", "ASYNC")
 
 
-def plan_dump(key: bytes) -> Plan[bytes | None]:
+def exchange_dump(key: bytes) -> Exchange[bytes | None]:
     return (yield ("command", "DUMP", key))  # type: ignore[no-any-return]
 
 
-def plan_key_type(key: bytes) -> Plan[KeyType | None]:
+def exchange_key_type(key: bytes) -> Exchange[KeyType | None]:
     return key_type_from_redis(key, (yield ("command", "TYPE", key)))
 
 
-def plan_set_immutable(key: bytes, value: bytes) -> Plan[bytes | None]:
+def exchange_set_immutable(key: bytes, value: bytes) -> Exchange[bytes | None]:
     with _wrongtype_as_immutable(key):
         return (yield ("script", "set_immutable", (key,), (value,)))  # type: ignore[no-any-return]
 
 
-def plan_add_mutable(key: bytes, value: bytes, timestamp: float) -> Plan[None]:
+def exchange_add_mutable(key: bytes, value: bytes, timestamp: float) -> Exchange[None]:
     timestamp = check_timestamp(float(timestamp))
     if not value:
         raise ValueError("a sample value cannot be empty (a sensor member needs at least one "
@@ -246,12 +264,12 @@ def plan_add_mutable(key: bytes, value: bytes, timestamp: float) -> Plan[None]:
         yield ("script", "add_mutable", (key,), (fmt.pack_member(timestamp, value),))
 
 
-def plan_set_indexed(key: bytes, sub_key: bytes, value: bytes) -> Plan[bytes | None]:
+def exchange_set_indexed(key: bytes, sub_key: bytes, value: bytes) -> Exchange[bytes | None]:
     with _wrongtype_as_immutable(key):
         return (yield ("script", "set_indexed", (key,), (sub_key, value)))  # type: ignore[no-any-return]
 
 
-def plan_get_indexed(key: bytes, sub_key: bytes) -> Plan[bytes | None]:
+def exchange_get_indexed(key: bytes, sub_key: bytes) -> Exchange[bytes | None]:
     with _wrongtype_as_immutable(key):
         reply = yield ("script", "get_indexed", (key,), (sub_key,))
     if isinstance(reply, int):   # the script's "no such key"
@@ -259,7 +277,7 @@ def plan_get_indexed(key: bytes, sub_key: bytes) -> Plan[bytes | None]:
     return reply  # type: ignore[no-any-return]
 
 
-def plan_get(key: bytes) -> Plan[GetResult]:
+def exchange_get(key: bytes) -> Exchange[GetResult]:
     value, type_name = yield ("script", "get", (key,), ())
     kind = key_type_from_redis(key, type_name)
     if kind is None:
@@ -296,15 +314,15 @@ def range_bounds(start_time: float, end_time: float, include_end: bool) -> tuple
     return _bound(start_time, False), _bound(end_time, True, include_end)
 
 
-def plan_get_range(key: bytes, start_time: float, end_time: float, include_previous: bool,
-                   include_end: bool) -> Plan[list[tuple[bytes, float]] | None]:
+def exchange_get_range(key: bytes, start_time: float, end_time: float, include_previous: bool,
+                   include_end: bool) -> Exchange[list[tuple[bytes, float]] | None]:
     """katsdptelstate's ``get_range``: the key's TYPE and the range queries in one
     transaction.  A key that is not a sensor raises :exc:`ImmutableKeyError` where
     katsdptelstate's queries fail with WRONGTYPE; where no query is needed (the
     window is empty -- ``st=inf``, ``et<0``, ``et=0`` without `include_end` -- and
     `include_previous` is off or ``st <= 0``) any existing key gives ``[]``, as there."""
     low, high = range_bounds(start_time, end_time, include_end)
-    commands: list[Op] = [("TYPE", key)]
+    commands: list[RedisCall] = [("TYPE", key)]
     if include_previous and low != b"-":
         commands.append(("ZREVRANGEBYLEX", key, low, b"-", "LIMIT", 0, 1))
     if low != b"+" and high != b"-":
@@ -329,7 +347,7 @@ def plan_get_range(key: bytes, start_time: float, end_time: float, include_previ
 
 
 # ---------------------------------------------------------- pub/sub messages
-def plan_update(key: bytes, data: Any) -> Plan[KeyUpdateBase]:
+def exchange_update(key: bytes, data: Any) -> Exchange[KeyUpdateBase]:
     """Decode a message published on ``update/<key>`` (see :mod:`._redis_messages`).
 
     Without a type byte (katsdptelstate's immutable and mutable messages)
@@ -341,7 +359,7 @@ def plan_update(key: bytes, data: Any) -> Plan[KeyUpdateBase]:
     kind, body = split_type(data)
     if kind is None:
         try:
-            kind = yield from plan_key_type(key)
+            kind = yield from exchange_key_type(key)
         except ImmutableKeyError:
             kind = None
         if kind is None or kind == KeyType.INDEXED:   # indexed messages are always typed
@@ -355,7 +373,7 @@ LOAD_BATCH_KEYS = 256
 LOAD_BATCH_BYTES = 8 << 20
 
 
-def plan_load(source: PathType | BinaryIO) -> Plan[int]:
+def exchange_load(source: PathType | BinaryIO) -> Exchange[int]:
     """Load every key of an RDB file into Redis; return the number of keys in the file.
 
     Keys are streamed from the file and sent as pipelined ``RESTORE`` of our
@@ -386,7 +404,7 @@ def plan_load(source: PathType | BinaryIO) -> Plan[int]:
     return loaded
 
 
-def _plan_restore(batch: list[tuple[RdbEntry, bytes]], loaded: int) -> Plan[None]:
+def _plan_restore(batch: list[tuple[RdbEntry, bytes]], loaded: int) -> Exchange[None]:
     replies = yield ("pipeline", False, [("RESTORE", entry.key, 0, payload)
                                          for entry, payload in batch])
     busy: list[RdbEntry] = []

@@ -23,7 +23,7 @@ becomes a plain :class:`~telstate_log.backends.KeyUpdateBase` ("check
 again"), never an exception, so a stray or hostile publisher can cost a
 waiter one re-read but cannot crash it or make it act on garbage.  This
 module is pure (no I/O); looking up the type of an untyped message is the
-job of :func:`telstate_log.backends._redis_common.plan_update`.
+job of :func:`telstate_log.backends._redis_common.exchange_update`.
 """
 
 from __future__ import annotations

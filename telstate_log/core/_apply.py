@@ -24,7 +24,7 @@ key, say).  A run is validated as a whole before any of it is applied
 (:mod:`telstate_log.core._apply_check`), so a refused run leaves the state as
 the previous run left it: always the state at some position of the log.
 
-:func:`replay_cost` estimates what replaying part of a log costs, from the
+:func:`apply_cost` estimates what replaying part of a log costs, from the
 state it led to; the log backend checkpoints on close by it.  Pure: no I/O.
 """
 
@@ -42,10 +42,10 @@ from ._state import Indexed, State
 from ._tables import ReplayError, Tables
 from ._values import gather_numbers
 
-__all__ = ["ReplayError", "Replayer", "Tables", "replay_cost"]  # the first and third from _tables
+__all__ = ["Applier", "ReplayError", "Tables", "apply_cost"]  # the first and third from _tables
 
 
-class Replayer:
+class Applier:
     """Applies scanned frames to a :class:`State` (see module docstring)."""
 
     def __init__(self, state: State, tables: Tables) -> None:
@@ -241,7 +241,7 @@ class Replayer:
                                   int(dec.event["pos"][i]) + int(dec.counts[i]) - 1)
 
 #: Replay costs, in units of about one ADD event of an existing key (see
-#: :func:`replay_cost`; measured with tools/bench_reopen.py and like logs).
+#: :func:`apply_cost`; measured with tools/bench_reopen.py and like logs).
 COST_KEY = 5  # a key created (its KEY record and its entry)
 COST_SUB_KEY = 4  # a SET_INDEXED sub-key (one Python step per event)
 COST_DELETE = 50  # a DELETE or CLEAR: it ends a run, and a run has a fixed cost
@@ -249,7 +249,7 @@ COST_DELETE = 50  # a DELETE or CLEAR: it ends a run, and a run has a fixed cost
 COST_PER_EVENT_MAX = 1 + max(COST_KEY, COST_SUB_KEY, COST_DELETE)
 
 
-def replay_cost(state: State, since: int) -> int:
+def apply_cost(state: State, since: int) -> int:
     """Estimated cost of replaying the events after position `since` to reach
     `state` (which must keep history, as a log's does), in units of about one
     sample event of an existing key.

@@ -11,7 +11,7 @@ The recorder (:mod:`._recorder`) receives two kinds of message:
   carrying the key (or ``__keyspace@<db>__:<key>`` carrying the event).
 
 Before recording, a batch of messages is *confirmed* in one pipelined round
-trip: :func:`plan_confirmation` queues, per message, the commands that show
+trip: :func:`exchange_confirmation` queues, per message, the commands that show
 whether Redis (in the recorded database) still holds what the message
 announces -- ``TYPE``, ``GET`` and ``ZSCORE`` for an untyped message, so its
 kind is known whatever it turns out to be; ``GET``/``ZSCORE``/``HGET`` for a
@@ -31,8 +31,15 @@ import redis
 from ..backends._redis_messages import channel_key, decode_update, split_type
 from ..core._types import IndexedKeyUpdate, KeyType, MutableKeyUpdate
 
-__all__ = ["APPEAR_EVENTS", "DELETE_EVENTS", "classify", "confirmed_update", "deletes_visible",
-           "keyspace_flags", "plan_confirmation"]
+__all__ = [
+    "APPEAR_EVENTS",
+    "DELETE_EVENTS",
+    "classify",
+    "confirmed_update",
+    "deletes_visible",
+    "exchange_confirmation",
+    "keyspace_flags",
+]
 
 #: Keyspace events after which the key no longer exists.
 DELETE_EVENTS = frozenset({b"del", b"expired", b"evicted", b"rename_from", b"move_from"})
@@ -78,7 +85,7 @@ def classify(message: dict[str, Any]) -> tuple[str, bytes, bytes] | None:
     return None
 
 
-def plan_confirmation(pipe: Any, what: str, key: bytes,
+def exchange_confirmation(pipe: Any, what: str, key: bytes,
                       data: bytes) -> tuple[str, bytes, Any, int] | None:
     """Queue the commands confirming one message: ``(kind, key, detail, replies)``."""
     if what == "event":

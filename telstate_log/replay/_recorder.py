@@ -74,8 +74,8 @@ from ._record_messages import (
     classify,
     confirmed_update,
     deletes_visible,
+    exchange_confirmation,
     keyspace_flags,
-    plan_confirmation,
 )
 from ._resync import ReconcileReport, decode_dump, reconcile, reconcile_key
 
@@ -337,15 +337,15 @@ class Recorder:
 
     def _record(self, items: list[tuple[str, bytes, bytes]]) -> None:
         """Confirm a batch of messages in one round trip, then record it in order."""
-        plans: list[tuple[str, bytes, Any, int]] = []
+        exchanges: list[tuple[str, bytes, Any, int]] = []
         with self.client.pipeline(transaction=False) as pipe:
             for what, key, data in items:
-                plan = plan_confirmation(pipe, what, key, data)
-                if plan is not None:
-                    plans.append(plan)
-            replies = pipe.execute(raise_on_error=False) if plans else []
+                exchange = exchange_confirmation(pipe, what, key, data)
+                if exchange is not None:
+                    exchanges.append(exchange)
+            replies = pipe.execute(raise_on_error=False) if exchanges else []
         at = 0
-        for what, key, detail, count in plans:
+        for what, key, detail, count in exchanges:
             self._apply(what, key, detail, replies[at:at + count])
             at += count
 

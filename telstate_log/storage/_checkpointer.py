@@ -12,7 +12,7 @@ log.  A :class:`Checkpointer` writes one
   (:attr:`Checkpointer.due`, checked by the writer after each write), and
 * on close when replaying the tail would be costly (:meth:`tail_is_costly`):
   judged by what replaying costs (events, keys created, deletes:
-  :func:`~telstate_log.core._apply.replay_cost`) as well as by bytes -- 7 MB
+  :func:`~telstate_log.core._apply.apply_cost`) as well as by bytes -- 7 MB
   of one-sample keys replay slower than 16 MiB of samples.
 
 Only one checkpoint is written at a time; the newest :data:`KEEP_CHECKPOINTS`
@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 
-from ..core._apply import COST_PER_EVENT_MAX, Tables, replay_cost
+from ..core._apply import COST_PER_EVENT_MAX, Tables, apply_cost
 from ..core._errors import LogError
 from ..core._state import State
 from ._checkpoint import VERSION as CHECKPOINT_VERSION_1
@@ -43,7 +43,7 @@ logger = logging.getLogger("telstate_log")
 KEEP_CHECKPOINTS = 2
 #: close() checkpoints a tail of this many bytes (or checkpoint_bytes if less) ...
 CLOSE_CHECKPOINT_BYTES = 16 << 20
-#: ... or one whose replay would cost this much (see telstate_log.core._apply.replay_cost;
+#: ... or one whose replay would cost this much (see telstate_log.core._apply.apply_cost;
 #: about 0.1 s): the size of a log says little about its replay time
 CLOSE_CHECKPOINT_COST = 100_000
 
@@ -134,7 +134,7 @@ class Checkpointer:
             events = state.position - self.position
             if events * COST_PER_EVENT_MAX < CLOSE_CHECKPOINT_COST:
                 return False  # cheap whatever they are (no pass over the state)
-            return replay_cost(state, self.position) >= CLOSE_CHECKPOINT_COST
+            return apply_cost(state, self.position) >= CLOSE_CHECKPOINT_COST
 
     def start_background(self) -> None:
         """Write a checkpoint in a thread, unless one is being written."""

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 
 from ..core import _log_format as fmt
-from ..core._apply import Replayer, ReplayError, Tables
+from ..core._apply import Applier, ReplayError, Tables
 from ..core._errors import LogCorruptError
 from ..core._state import State
 from ..core._types import ImmutableKeyUpdate, IndexedKeyUpdate, KeyUpdateBase, MutableKeyUpdate
@@ -117,7 +117,7 @@ class FollowCursor:
             if not fs.exists(os.path.join(self.path, fmt.segment_name(1))):
                 return False
             with self._lock:
-                self.tail = replay_segments(fs, self.path, Replayer(self.state, self.tables),
+                self.tail = replay_segments(fs, self.path, Applier(self.state, self.tables),
                                             mode="read")
             return self.tail.segment_first is not None
         seg_path = os.path.join(self.path, fmt.segment_name(tail.segment_first))
@@ -248,7 +248,7 @@ class FollowCursor:
             state = self.state
             first = state.position + 1
             try:
-                dec = Replayer(state, self.tables).apply(mv, scan,
+                dec = Applier(state, self.tables).apply(mv, scan,
                                                          segment=self.tail.segment_first or 0,
                                                          base=base)
             except ReplayError as exc:

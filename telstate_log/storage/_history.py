@@ -32,7 +32,7 @@ from ..core._events import KIND_NAMES, Event
 from ._fileio import FileSystem
 from ._recovery import checked_header
 
-__all__ = ["EventReader", "HistoryPlan", "key_history_plan"]
+__all__ = ["EventReader", "HistorySpan", "key_history_span"]
 
 _U32 = struct.Struct("<I")
 
@@ -232,7 +232,7 @@ def _crc_after(crc_bytes: bytes, crc: int) -> int:
 
 
 @dataclass(frozen=True)
-class HistoryPlan:
+class HistorySpan:
     """Which events changed a key: a position range and a cheap frame filter."""
 
     start: int
@@ -249,9 +249,9 @@ class HistoryPlan:
         return not self.indexed_only or kind == fmt.INDEXED
 
 
-def key_history_plan(state: Any, tables: Tables, key: bytes,
-                     sub_key: bytes | None) -> HistoryPlan | None:
-    """Plan the scan for the history of `key` (or its `sub_key`) from the state alone.
+def key_history_span(state: Any, tables: Tables, key: bytes,
+                     sub_key: bytes | None) -> HistorySpan | None:
+    """The positions to scan for the history of `key` (or its `sub_key`), from the state.
 
     The key's entries, live and buried, bound the positions to read; the
     graveyard tells which deletes and clears removed it (for a sub-key: only
@@ -268,4 +268,4 @@ def key_history_plan(state: Any, tables: Tables, key: bytes,
     start = min([e.created for e, _ in buried] + ([live.created] if live else []))
     removals = frozenset(d for e, d in buried
                          if sub_key is None or (type(e) is Indexed and sub_key in e.values))
-    return HistoryPlan(start, state.position, kid, removals, sub_key is not None)
+    return HistorySpan(start, state.position, kid, removals, sub_key is not None)

@@ -53,7 +53,7 @@ from ._durability import Durability
 from ._event_writer import LogWriter
 from ._fileio import FileSystem, OsFileSystem
 from ._follow import FollowCursor, OnApplied, OnReplaced
-from ._history import EventReader, key_history_plan
+from ._history import EventReader, key_history_span
 from ._lockfile import acquire_lock, release_lock
 from ._log_writer import open_writer, start_session
 from ._open import recover
@@ -289,11 +289,11 @@ class Log:
     def key_history(self, key: bytes, sub_key: bytes | None = None) -> list[Event]:
         """The events that changed `key` (or its sub-key `sub_key`), in order."""
         with self._lock:
-            plan = key_history_plan(self._state, self._tables, key, sub_key)
-        if plan is None:
+            span = key_history_span(self._state, self._tables, key, sub_key)
+        if span is None:
             return []
-        self._check_history(plan.start)
-        events = self._reader().events(plan.start, plan.end, plan.wants)
+        self._check_history(span.start)
+        events = self._reader().events(span.start, span.end, span.wants)
         return [e for e in events if sub_key is None or e.sub_key in (None, sub_key)]
 
     def events(self, since: int = 1, until: int | None = None) -> list[Event]:

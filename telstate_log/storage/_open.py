@@ -19,7 +19,7 @@ import logging
 import os
 
 from ..core import _log_format as fmt
-from ..core._apply import Replayer, Tables
+from ..core._apply import Applier, Tables
 from ..core._errors import LogCorruptError
 from ..core._state import State
 from ._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
@@ -51,7 +51,7 @@ def recover(fs: FileSystem, path: str, *, readonly: bool,
         for cp in list_checkpoints(path):
             try:
                 state, tables, resume = load_checkpoint(cp.path, log_id)
-                tail = replay_segments(fs, path, Replayer(state, tables), resume=resume,
+                tail = replay_segments(fs, path, Applier(state, tables), resume=resume,
                                        mode=mode)
                 if tail.segment_first is None:
                     raise CheckpointError("log has no segments")
@@ -75,7 +75,7 @@ def recover(fs: FileSystem, path: str, *, readonly: bool,
                               "checkpoint covers the pruned part", path)
     # A full replay that fails shows the damage is in the log, not in the
     # checkpoints: then they are kept and the error propagates.
-    tail = replay_segments(fs, path, Replayer(state, tables), mode=mode)
+    tail = replay_segments(fs, path, Applier(state, tables), mode=mode)
     _accept(fs, path, tail, failed, readonly)
     return state, tables, tail
 

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 :func:`replay_segments` reads the segments in position order (from a
 checkpoint's resume point if there is one), verifies each with its chained
-CRC, and hands the frames to the :class:`~telstate_log.core._apply.Replayer`.
+CRC, and hands the frames to the :class:`~telstate_log.core._apply.Applier`.
 Recovery fails closed:
 
 * In the newest segment, bytes after the last good frame that look like a
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import _log_format as fmt
-from ..core._apply import Replayer, ReplayError
+from ..core._apply import Applier, ReplayError
 from ..core._errors import LogCorruptError
 from ._fileio import FileSystem, replace_file
 
@@ -180,7 +180,7 @@ def creation_cut_short(fs: FileSystem, seg_path: str, log_id: bytes | None = Non
     return True
 
 
-def replay_segments(fs: FileSystem, path: str, replayer: Replayer, *,
+def replay_segments(fs: FileSystem, path: str, replayer: Applier, *,
                     resume: Resume | None = None, mode: str = "write",
                     on_segment: Callable[[int, str, fmt.SegmentHeader], None] | None = None
                     ) -> Tail:

@@ -39,7 +39,7 @@ from numpy import isin as np_isin
 from numpy import searchsorted as np_searchsorted
 
 from ..core import _log_format as fmt
-from ..core._apply import Replayer, Tables
+from ..core._apply import Applier, Tables
 from ..core._errors import LogCorruptError, LogError
 from ..core._state import State
 from ._checkpoint import CHECKPOINT_DIR, CheckpointError, list_checkpoints, load_checkpoint
@@ -94,7 +94,7 @@ class VerifyReport:
     #: the accepted seal lines (pruned, then recomputed)
     _seals: list[Seal] = field(default_factory=list, repr=False)
     #: what repair_log would do about the problems
-    _repair_plan: _Plan | None = field(default=None, repr=False)
+    _remedy: _Remedy | None = field(default=None, repr=False)
 
     @property
     def damaged(self) -> bool:
@@ -112,7 +112,7 @@ class VerifyReport:
 
 
 @dataclass
-class _Plan:
+class _Remedy:
     """What :func:`repair_log` does about a :class:`VerifyReport`'s problems."""
 
     #: the first damage in a segment (the good prefix ends there), if any
@@ -125,7 +125,7 @@ class _Plan:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     #: problems repair does not fix
     unrepairable: list[dict[str, Any]] = field(default_factory=list)
-    #: the segments (first position, name) the plan was made for
+    #: the segments (first position, name) the remedy was made for
     segments: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -147,23 +147,23 @@ def _keeps_pruned_state(path: str, fs: OsFileSystem, report: VerifyReport,
 
 
 def _plan_repair(path: str, fs: OsFileSystem, report: VerifyReport,
-                 segments: list[tuple[int, str]], pruned: int) -> _Plan:
+                 segments: list[tuple[int, str]], pruned: int) -> _Remedy:
     """Decide, for every problem, whether repair fixes it (and how); marks
     each problem's ``repairable``."""
-    plan = _Plan(segments=segments)
+    remedy = _Remedy(segments=segments)
     names = [os.path.join(path, n) for _, n in segments]
-    plan.damage = next((p for p in report.problems if p["kind"] == "segment"), None)
+    remedy.damage = next((p for p in report.problems if p["kind"] == "segment"), None)
     keep: set[str] | None = None  # segments whose seals survive the repair
-    if plan.damage is not None:
-        plan.index = names.index(plan.damage["file"])
-        if not _keeps_pruned_state(path, fs, report, segments, plan.damage, plan.index):
-            plan.damage["repair_note"] = "no sound checkpoint before the damage holds the " \
+    if remedy.damage is not None:
+        remedy.index = names.index(remedy.damage["file"])
+        if not _keeps_pruned_state(path, fs, report, segments, remedy.damage, remedy.index):
+            remedy.damage["repair_note"] = "no sound checkpoint before the damage holds the " \
                                          "state of the pruned positions; cutting here " \
                                          "would lose it"
-            plan.damage = None
-    if plan.damage is not None:
-        whole = names[:plan.index]
-        keep = set(whole if plan.damage["offset"] > fmt.HEADER_SIZE else whole[:-1])
+            remedy.damage = None
+    if remedy.damage is not None:
+        whole = names[:remedy.index]
+        keep = set(whole if remedy.damage["offset"] > fmt.HEADER_SIZE else whole[:-1])
     try:
         seals: list[Seal] | None = read_seals(path, fs)
     except SealFileError:
@@ -172,22 +172,22 @@ def _plan_repair(path: str, fs: OsFileSystem, report: VerifyReport,
         n = pruned_prefix(seals, {n for _, n in segments}, pruned)
         while n < len(seals) and os.path.join(path, seals[n].segment) in keep:
             n += 1
-        plan.keep_seals = n
+        remedy.keep_seals = n
     for p in report.problems:
         kind = p["kind"]
         if kind == "checkpoint":
             fixed = True
-            plan.checkpoints.append(p)
+            remedy.checkpoints.append(p)
         elif kind == "seal":
             # fixed only if repair drops that seal (its segment is cut or moved)
             fixed = keep is not None and (seals is None
-                                          or plan.keep_seals <= len(report._seals))
+                                          or remedy.keep_seals <= len(report._seals))
         else:
-            fixed = p is plan.damage  # the segment damage, unless repair refused it
+            fixed = p is remedy.damage  # the segment damage, unless repair refused it
         p["repairable"] = fixed
         if not fixed:
-            plan.unrepairable.append(p)
-    return plan
+            remedy.unrepairable.append(p)
+    return remedy
 
 
 def _state_fingerprint(state: State) -> dict[bytes, Any]:
@@ -217,7 +217,7 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
     checkpoints = {cp.position: cp for cp in list_checkpoints(path)}
     snapshots: dict[int, dict[bytes, Any]] = {}
     state = State(keep_history=True)
-    replayer = Replayer(state, Tables())
+    replayer = Applier(state, Tables())
     pruned = read_pruned(fs, path)
     apply_from: tuple[int, int] | None = None  # (segment, offset) where replay starts
     if segments and segments[0][0] > 1:
@@ -236,7 +236,7 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
             segments = []
         else:
             state, tables, resume = base
-            replayer = Replayer(state, tables)
+            replayer = Applier(state, tables)
             apply_from = (resume.segment_first, resume.offset)
             checkpoints = {p: c for p, c in checkpoints.items() if p >= state.position}
     report.pruned_before = pruned
@@ -293,7 +293,7 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
                                     "problem": "checkpoint differs from the replayed log"})
         else:
             report.checkpoints_ok += 1
-    report._repair_plan = _plan_repair(path, fs, report, listed, pruned)
+    report._remedy = _plan_repair(path, fs, report, listed, pruned)
     return report
 
 
@@ -309,7 +309,7 @@ def _oldest_checkpoint(checkpoints: dict[int, Any], first: int) -> Any:
     return None
 
 
-def _replay_one(fs: OsFileSystem, seg: str, first: int, replayer: Replayer,
+def _replay_one(fs: OsFileSystem, seg: str, first: int, replayer: Applier,
                 checkpoints: dict[int, Any], snapshots: dict[int, dict[bytes, Any]],
                 report: VerifyReport, apply_from: tuple[int, int] | None,
                 expected: list[int], log_id: list[bytes | None], newest: bool = False) -> None:
@@ -361,9 +361,9 @@ def _replay_one(fs: OsFileSystem, seg: str, first: int, replayer: Replayer,
     _apply(replayer, mv, _sub_scan(scan, start, len(scan.offsets)), seg)
 
 
-def _check_structure(replayer: Replayer, mv: memoryview, scan: fmt.Scan, seg: str) -> None:
+def _check_structure(replayer: Applier, mv: memoryview, scan: fmt.Scan, seg: str) -> None:
     """Frames before the replay's starting checkpoint: decode them on a scratch state."""
-    scratch = Replayer(State(keep_history=False), replayer.tables)
+    scratch = Applier(State(keep_history=False), replayer.tables)
     dec = fmt.decode_frames(mv, scan)
     is_event = np_isin(dec.kinds, list(fmt.EVENT_KINDS))
     if is_event.any():
@@ -387,7 +387,7 @@ def _sub_scan(scan: fmt.Scan, a: int, b: int) -> fmt.Scan:
                     scan.end)
 
 
-def _apply(replayer: Replayer, mv: memoryview, scan: fmt.Scan, seg: str) -> None:
+def _apply(replayer: Applier, mv: memoryview, scan: fmt.Scan, seg: str) -> None:
     from ..core._apply import ReplayError
 
     try:
@@ -458,26 +458,26 @@ def repair_log(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repair
     lock_fd = acquire_lock(path)  # refuse while a writer is active
     try:
         verified = verify_log(path)
-        plan = verified._repair_plan
-        assert plan is not None
+        remedy = verified._remedy
+        assert remedy is not None
         report.kept_position = verified.events
-        report.unrepairable = plan.unrepairable
+        report.unrepairable = remedy.unrepairable
         fixable = [p for p in verified.problems if p["repairable"]]
         if not fixable:
             return report
         report.damaged = True
-        report.problem = plan.damage or fixable[0]
+        report.problem = remedy.damage or fixable[0]
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
         aside = os.path.join(path, f"damaged-{stamp}")
         report.moved_to = aside
         moves: list[tuple[str, str]] = []
         truncate_at: int | None = None
         data = b""
-        names = [os.path.join(path, n) for _, n in plan.segments]
-        idx = plan.index
-        if plan.damage is not None:
-            offset = int(plan.damage["offset"])
-            first = plan.segments[idx][0]
+        names = [os.path.join(path, n) for _, n in remedy.segments]
+        idx = remedy.index
+        if remedy.damage is not None:
+            offset = int(remedy.damage["offset"])
+            first = remedy.segments[idx][0]
             data = fs.read(names[idx])
             if offset <= fmt.HEADER_SIZE:
                 moves.append((names[idx], os.path.basename(names[idx])))
@@ -496,7 +496,7 @@ def repair_log(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repair
             moves += [(cp.path, _aside_name(cp.path)) for cp in list_checkpoints(path)
                       if cp.position > kept]
         moving = {src for src, _ in moves}
-        moves += [(p["file"], _aside_name(p["file"])) for p in plan.checkpoints
+        moves += [(p["file"], _aside_name(p["file"])) for p in remedy.checkpoints
                   if p["file"] not in moving]
         report.moved = [src for src, _ in moves]
         if dry_run:
@@ -516,8 +516,8 @@ def repair_log(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repair
                 fs.close(fd)
         for src, dst in moves:
             shutil.move(src, os.path.join(aside, dst))
-        if plan.damage is not None:
-            _drop_seals(path, fs, plan.keep_seals, aside)
+        if remedy.damage is not None:
+            _drop_seals(path, fs, remedy.keep_seals, aside)
         fs.sync_dir(aside)
         if any(src.startswith(os.path.join(path, CHECKPOINT_DIR, "")) for src in report.moved):
             fs.sync_dir(os.path.join(path, CHECKPOINT_DIR))

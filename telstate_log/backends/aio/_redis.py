@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A thin driver: every method awaits a plan from
+A thin driver: every method awaits a exchange from
 :mod:`telstate_log.backends._redis_common` with ``redis.asyncio``, so the
 layout, scripts, messages, error translation and retry rules are those of
 the sync :mod:`telstate_log.backends._redis` (which explains why retrying
@@ -293,7 +293,7 @@ class RedisBackend(Backend):
         return cls(client)
 
     # ----------------------------------------------------------------- driver
-    async def _execute(self, op: common.Op) -> Any:
+    async def _execute(self, op: common.RedisCall) -> Any:
         if op[0] == "command":
             return await self.client.execute_command(*op[1:])  # type: ignore[no-untyped-call]
         if op[0] == "script":
@@ -303,55 +303,55 @@ class RedisBackend(Backend):
                 pipe.execute_command(*args)
             return await pipe.execute(raise_on_error=False)
 
-    async def _run(self, plan: common.Plan[Any]) -> Any:
-        return await common.run_plan_async(plan, self._execute)
+    async def _run(self, exchange: common.Exchange[Any]) -> Any:
+        return await common.run_exchange_async(exchange, self._execute)
 
     # ------------------------------------------------------------ operations
     async def load_from_file(self, file: PathType | BinaryIO) -> int:
         """Load an RDB file (see the sync backend); parsing runs in a worker thread."""
-        return int(await common.run_plan_async(common.plan_load(file), self._execute,
+        return int(await common.run_exchange_async(common.exchange_load(file), self._execute,
                                                anyio.to_thread.run_sync))
 
     async def exists(self, key: bytes) -> bool:
-        return bool(await self._run(common.plan_contains(key)))
+        return bool(await self._run(common.exchange_contains(key)))
 
     async def keys(self, filter: bytes) -> list[bytes]:
-        return list(await self._run(common.plan_keys(filter)))
+        return list(await self._run(common.exchange_keys(filter)))
 
     async def delete(self, key: bytes) -> None:
-        await self._run(common.plan_delete(key))
+        await self._run(common.exchange_delete(key))
 
     async def clear(self) -> None:
-        await self._run(common.plan_clear())
+        await self._run(common.exchange_clear())
 
     async def key_type(self, key: bytes) -> KeyType | None:
-        return await self._run(common.plan_key_type(key))  # type: ignore[no-any-return]
+        return await self._run(common.exchange_key_type(key))  # type: ignore[no-any-return]
 
     async def set_immutable(self, key: bytes, value: bytes) -> bytes | None:
-        return await self._run(common.plan_set_immutable(key, value))  # type: ignore[no-any-return]
+        return await self._run(common.exchange_set_immutable(key, value))  # type: ignore[no-any-return]
 
     async def get(self, key: bytes) -> GetResult:
-        return await self._run(common.plan_get(key))  # type: ignore[no-any-return]
+        return await self._run(common.exchange_get(key))  # type: ignore[no-any-return]
 
     async def add_mutable(self, key: bytes, value: bytes, timestamp: float) -> None:
-        await self._run(common.plan_add_mutable(key, value, timestamp))
+        await self._run(common.exchange_add_mutable(key, value, timestamp))
 
     async def set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> bytes | None:
         return await self._run(  # type: ignore[no-any-return]
-            common.plan_set_indexed(key, sub_key, value))
+            common.exchange_set_indexed(key, sub_key, value))
 
     async def get_indexed(self, key: bytes, sub_key: bytes) -> bytes | None:
-        return await self._run(common.plan_get_indexed(key, sub_key))  # type: ignore[no-any-return]
+        return await self._run(common.exchange_get_indexed(key, sub_key))  # type: ignore[no-any-return]
 
     async def get_range(self, key: bytes, start_time: float, end_time: float,
                         include_previous: bool,
                         include_end: bool) -> list[tuple[bytes, float]] | None:
-        return await self._run(common.plan_get_range(  # type: ignore[no-any-return]
+        return await self._run(common.exchange_get_range(  # type: ignore[no-any-return]
             key, start_time, end_time, include_previous, include_end))
 
     async def dump(self, key: bytes) -> bytes | None:
         """The key in Redis's own DUMP format."""
-        return await self._run(common.plan_dump(key))  # type: ignore[no-any-return]
+        return await self._run(common.exchange_dump(key))  # type: ignore[no-any-return]
 
     async def monitor_keys(self, keys: Iterable[bytes]) -> AsyncGenerator[KeyUpdateBase, None]:
         channels = list(dict.fromkeys(update_channel(key) for key in keys))
@@ -366,7 +366,7 @@ class RedisBackend(Backend):
                 if item is None:
                     yield KeyUpdateBase()
                 else:
-                    yield await self._run(common.plan_update(*item))
+                    yield await self._run(common.exchange_update(*item))
         finally:
             self._hub.detach(channels, inbox)
 

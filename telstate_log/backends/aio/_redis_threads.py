@@ -6,7 +6,7 @@ Theory of operation
 backend is to be shared) :class:`ThreadedRedisBackend` drives a sync
 :class:`telstate_log.backends.RedisBackend` from anyio worker threads.  Each
 method is one call of the sync method in a worker thread
-(:func:`anyio.to_thread.run_sync`, default limiter): the plans, scripts,
+(:func:`anyio.to_thread.run_sync`, default limiter): the exchanges, scripts,
 error translation, retries and reconnection are the sync backend's, so
 semantics cannot drift.  redis-py's sync client is thread-safe (a connection
 pool), so calls from concurrent tasks run concurrently.  :func:`async_library`
