@@ -64,10 +64,9 @@ def client(redis_url: str) -> Any:
     client.close()
 
 
-async def _channels_become(client: Any, expected: set[bytes], timeout: float = DEADLINE) -> None:
-    with anyio.fail_after(timeout):
-        while set(client.pubsub_channels()) != expected:
-            await anyio.sleep(0.01)
+async def _channels_become(client: Any, expected: set[bytes]) -> None:
+    await wait_until(lambda: set(client.pubsub_channels()) == expected,
+                     what=f"the subscribed channels to become {sorted(expected)}")
 
 
 # ------------------------------------------------------------------ trio, loops

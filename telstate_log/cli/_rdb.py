@@ -46,6 +46,7 @@ from ._common import (
     parse_time,
     report_error,
 )
+from ._output import format_bytes
 from ._progress_bar import Progress
 
 if TYPE_CHECKING:
@@ -54,17 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["add_export_parser", "add_import_parser"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-def _human_bytes(size: int) -> str:
-    if size < 1024:
-        return f"{size:,} bytes"
-    value = size / 1024
-    for unit in ("KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{value:,.1f} TiB"
 
 
 def _fail(args: argparse.Namespace, exc: BaseException) -> int:
@@ -132,7 +122,7 @@ def run_export(args: argparse.Namespace) -> int:
         note(args, f"nothing matched: {what} in the state exported, so {args.out} holds no keys")
     summary = {"command": "export", "log": args.log, "out": args.out, **stats.as_dict()}
     _report(args, summary, f"exported {stats.keys:,} keys ({stats.samples:,} samples, "
-                           f"{_human_bytes(stats.bytes)}) to {args.out} in "
+                           f"{format_bytes(stats.bytes)}) to {args.out} in "
                            f"{stats.seconds:.2f} s")
     return EXIT_OK
 
@@ -265,7 +255,7 @@ def _import(args: argparse.Namespace, new: NewLog, progress: Progress) -> int:
                                f"log position {stats.position:,}{_expiry_text(stats)}")
         return EXIT_OK
     _report(args, summary, f"imported {stats.keys:,} keys ({stats.samples:,} samples, "
-                           f"{_human_bytes(stats.bytes)}) from {args.rdb} in "
+                           f"{format_bytes(stats.bytes)}) from {args.rdb} in "
                            f"{stats.seconds:.2f} s: {stats.events:,} new events, "
                            f"log position {stats.position:,}{_expiry_text(stats)}")
     return EXIT_OK

@@ -40,7 +40,7 @@ they were before a delete or clear.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -431,6 +431,12 @@ class State:
             self._keys.update(new)
         else:
             self._keys = new
+
+    def restore_entries(self, entries: Iterable[tuple[bytes, Entry]]) -> None:
+        """Put the entries of a loaded checkpoint into an empty state, in order."""
+        if self._keys:
+            raise ValueError("restore_entries: the state is not empty")
+        self._keys = dict(entries)
 
     # ------------------------------------------------------------------ reads
     def __contains__(self, key: bytes) -> bool:

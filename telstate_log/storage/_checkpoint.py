@@ -47,6 +47,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -493,14 +494,18 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
                     else ([], [], [])
                 entries = iter(man["entries"])
                 at.append(-1)
-                j = 0
-                for i in range(len(names) + len(man["entries"])):
-                    if i == at[j]:  # the live short columns are in the table
-                        state._keys[names[j]] = columns[j]
-                        j += 1
-                    else:
-                        key, m = next(entries)
-                        state._keys[bytes(key)] = _entry(mm, 0, m, position, table)
+
+                def live() -> Iterator[tuple[bytes, Any]]:
+                    j = 0
+                    for i in range(len(names) + len(man["entries"])):
+                        if i == at[j]:  # the live short columns are in the table
+                            yield names[j], columns[j]
+                            j += 1
+                        else:
+                            key, m = next(entries)
+                            yield bytes(key), _entry(mm, 0, m, position, table)
+
+                state.restore_entries(live())
                 for key, lst in man["graveyard"]:
                     state.graveyard[bytes(key)] = [(_entry(mm, 0, m, position, table), int(d))
                                                    for m, d in lst]
