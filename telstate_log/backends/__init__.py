@@ -21,6 +21,8 @@ from ._state_backend import AsOfBackend
 if TYPE_CHECKING:
     from ._log import LogBackend
     from ._redis import RedisBackend
+    from ._redis_log import RedisLogBackend
+    from ._stream_replica import StreamReplica
 
 __all__ = [
     "AsOfBackend",
@@ -33,6 +35,8 @@ __all__ = [
     "MemoryBackend",
     "MutableKeyUpdate",
     "RedisBackend",
+    "RedisLogBackend",
+    "StreamReplica",
 ]
 
 
@@ -47,4 +51,14 @@ def __getattr__(name: str) -> Any:
 
         globals()[name] = RedisBackend
         return RedisBackend
+    if name == "RedisLogBackend":
+        from ._redis_log import RedisLogBackend
+
+        globals()[name] = RedisLogBackend
+        return RedisLogBackend
+    if name == "StreamReplica":
+        from ._stream_replica import StreamReplica
+
+        globals()[name] = StreamReplica
+        return StreamReplica
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

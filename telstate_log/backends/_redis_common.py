@@ -72,6 +72,7 @@ __all__ = [
     "range_bounds",
     "run_exchange",
     "run_exchange_async",
+    "wrongtype_as_immutable",
 ]
 
 _R = TypeVar("_R")
@@ -209,7 +210,7 @@ def is_wrongtype(error: BaseException) -> bool:
 
 
 @contextmanager
-def _wrongtype_as_immutable(key: bytes) -> Iterator[None]:
+def wrongtype_as_immutable(key: bytes) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
@@ -251,7 +252,7 @@ def exchange_key_type(key: bytes) -> Exchange[KeyType | None]:
 
 
 def exchange_set_immutable(key: bytes, value: bytes) -> Exchange[bytes | None]:
-    with _wrongtype_as_immutable(key):
+    with wrongtype_as_immutable(key):
         return (yield ("script", "set_immutable", (key,), (value,)))  # type: ignore[no-any-return]
 
 
@@ -260,17 +261,17 @@ def exchange_add_mutable(key: bytes, value: bytes, timestamp: float) -> Exchange
     if not value:
         raise ValueError("a sample value cannot be empty (a sensor member needs at least one "
                          "byte after its timestamp)")
-    with _wrongtype_as_immutable(key):
+    with wrongtype_as_immutable(key):
         yield ("script", "add_mutable", (key,), (fmt.pack_member(timestamp, value),))
 
 
 def exchange_set_indexed(key: bytes, sub_key: bytes, value: bytes) -> Exchange[bytes | None]:
-    with _wrongtype_as_immutable(key):
+    with wrongtype_as_immutable(key):
         return (yield ("script", "set_indexed", (key,), (sub_key, value)))  # type: ignore[no-any-return]
 
 
 def exchange_get_indexed(key: bytes, sub_key: bytes) -> Exchange[bytes | None]:
-    with _wrongtype_as_immutable(key):
+    with wrongtype_as_immutable(key):
         reply = yield ("script", "get_indexed", (key,), (sub_key,))
     if isinstance(reply, int):   # the script's "no such key"
         raise KeyError(key)

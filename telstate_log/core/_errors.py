@@ -252,3 +252,37 @@ class ReadOnlyError(TelstateError):
 
 class HistoryUnavailableError(TelstateError):
     """The requested history is not kept (memory backend) or was pruned."""
+
+
+class SharedLogError(TelstateError):
+    """Base class for errors of a shared log kept in a Redis stream."""
+
+
+class ReplicationError(SharedLogError):
+    """A write reached the primary but fewer replicas than asked for confirmed it.
+
+    The write is applied and recorded (its position is :attr:`position`), but
+    it may not survive a failover: if the primary fails before a replica has
+    it, the write can be lost and its position reused by another write.
+    """
+
+    def __init__(self, message: str, position: int = 0, acknowledged: int = 0) -> None:
+        super().__init__(message)
+        self.position = position
+        self.acknowledged = acknowledged
+
+
+class StreamDivergedError(SharedLogError):
+    """The stream holds a different event at a position already archived or applied.
+
+    Raised by archivers and followers instead of merging two histories (an
+    unreplicated write lost in a failover whose position was reused).
+    """
+
+    def __init__(self, message: str, position: int = 0) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class StreamCorruptError(SharedLogError):
+    """A stream entry is not a valid record of a shared log."""
