@@ -48,6 +48,15 @@ class SensorRange:
         p = self._prefix
         return [p + raw[j:j + w] for j in range(0, len(raw), w)]
 
+    def last(self) -> tuple[bytes, float]:
+        """The last sample: ``(encoded value, timestamp)`` (the range must not be empty)."""
+        i = len(self.timestamps) - 1
+        ts = float(self.timestamps[i])
+        if self._values is not None:
+            return self._values[i], ts
+        assert self._vals is not None
+        return self._prefix + self._vals[i].tobytes(), ts
+
     def floats(self) -> np.ndarray | None:
         """The values as float64 if every one is a msgpack double, else None."""
         return self._float

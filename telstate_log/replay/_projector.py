@@ -30,8 +30,10 @@ restored; each batch is built while Redis executes the previous
 transaction.  A projector restarted mid-backfill finishes the *same* N from
 the key after that one, so an interrupted and an uninterrupted backfill
 leave byte-identical databases; the last transaction sets the position to
-N and drops the backfill fields.  A backfill publishes nothing (as
-katsdptelstate's ``load_from_file`` does not).  Asked to backfill a
+N and drops the backfill fields.  Each restored key is announced on
+``update/<key>`` in the same transaction (its value, last sample or
+sub-keys: :func:`~._translate.announce_commands`), so a katsdptelstate
+client already waiting for it wakes.  Asked to backfill a
 database already projected up to some position, the projector catches up
 through events instead (so waiters are woken).
 
@@ -276,7 +278,7 @@ class Projector:
                 if pending is not None:
                     if not self._finish(*pending):
                         return True
-                    done += len(pending[1].commands)
+                    done += pending[1].keys
                     if self.progress is not None:
                         self.progress("backfill", done, len(items))
                     if stop is not None and stop.is_set():
@@ -312,7 +314,7 @@ class Projector:
             logger.info("projection transaction not applied: %s", exc)
             self._reread()
             return False
-        self.keys_restored += len(batch.commands)
+        self.keys_restored += batch.keys
         return True
 
     # --------------------------------------------------------------- follow

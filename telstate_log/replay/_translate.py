@@ -44,15 +44,21 @@ from typing import Any
 
 import numpy as np
 
-from ..backends._redis_messages import immutable_message, indexed_message, update_channel
+from ..backends._redis_messages import (
+    immutable_message,
+    indexed_message,
+    mutable_message,
+    update_channel,
+)
 from ..core._events import Event
 from ..core._types import KeyType
 from ..rdb import _format as fmt
 from ..rdb._crc64 import crc64
 from ..rdb._dump import dump_hash, dump_string
 
-__all__ = ["MAX_ARGS", "Batch", "Command", "event_commands", "event_size", "restore_batches",
-           "restore_command", "restore_payload", "split_events", "zset_payload"]
+__all__ = ["MAX_ARGS", "Batch", "Command", "announce_commands", "event_commands", "event_size",
+           "restore_batches", "restore_command", "restore_payload", "split_events",
+           "zset_payload"]
 
 Command = tuple[Any, ...]
 #: Most members per ZADD and keys per UNLINK.
@@ -166,6 +172,7 @@ class Batch:
     commands: list[Command]
     last_key: bytes     #: key of the last item in the batch
     final: bool         #: whether no items follow
+    keys: int           #: how many keys the batch restores
 
 
 def restore_batches(items: Sequence[tuple[bytes, Any, Any]], *, batch_bytes: int,
@@ -177,17 +184,37 @@ def restore_batches(items: Sequence[tuple[bytes, Any, Any]], *, batch_bytes: int
     early while the next batches are built.
     """
     commands: list[Command] = []
-    size = 0
+    size = keys = 0
     limit = max(batch_bytes // 8, 1)
     last = len(items) - 1
     for index, (key, kind, value) in enumerate(items):
         payload = restore_payload(kind, value)
         commands.append(restore_command(key, payload))
+        commands.extend(announce_commands(key, kind, value))
+        keys += 1
         size += len(payload) + len(key)
-        if index == last or size >= limit or len(commands) >= batch_keys:
-            yield Batch(commands, key, index == last)
-            commands, size = [], 0
+        if index == last or size >= limit or keys >= batch_keys:
+            yield Batch(commands, key, index == last, keys)
+            commands, size, keys = [], 0, 0
             limit = min(limit * 2, batch_bytes)
+
+
+def announce_commands(key: bytes, kind: KeyType, value: Any) -> list[Command]:
+    """The ``update/<key>`` messages announcing a restored key's current value.
+
+    What katsdptelstate publishes for the write that set it: the value of an
+    immutable, the last sample of a sensor, every sub-key of an indexed key.
+    A waiter that began before the backfill reached its key wakes and
+    re-reads (katsdptelstate's ``load_from_file`` announces nothing, so its
+    waiters would sleep on through a restore).
+    """
+    channel = update_channel(key)
+    if kind == KeyType.IMMUTABLE:
+        return [("PUBLISH", channel, immutable_message(value))]
+    if kind == KeyType.MUTABLE:
+        return [("PUBLISH", channel, mutable_message(*value.last()))] if len(value) else []
+    return [("PUBLISH", channel, indexed_message(sub_key, sub_value))
+            for sub_key, sub_value in value.items()]
 
 
 # ------------------------------------------------------------------- events

@@ -178,6 +178,44 @@ def test_follow_wakes_katsdptelstate_wait_key(log: LogBackend, client: redis.Red
     assert redis_view(client) == view(ts)
 
 
+def test_backfill_wakes_katsdptelstate_waiters_that_started_first(
+        log: LogBackend, client: redis.Redis) -> None:
+    """A katsdptelstate client may wait for keys before the projector starts:
+    the backfill announces each key it restores, so the waiter wakes."""
+    ts = TelescopeState(log)
+    ts["ready"] = True
+    ts.add("sensor", 1.0, ts=100.0)
+    ts.add("sensor", 2.0, ts=101.0)
+    ts.set_indexed("table", "a", 1)
+    ts.set_indexed("table", "b", 2)
+    k = theirs(client)
+    woke: dict[str, Any] = {}
+
+    def wait(name: str, condition: Any = None) -> None:
+        k.wait_key(name, condition, timeout=DEADLINE)
+        woke[name] = k[name]
+
+    def wait_sub_key() -> None:
+        k.wait_indexed("table", "b", timeout=DEADLINE)
+        woke["table/b"] = k.get_indexed("table", "b")
+
+    waiters = [threading.Thread(target=wait, args=("ready",)),
+               threading.Thread(target=wait, args=("sensor", lambda v, t: v == 2.0)),
+               threading.Thread(target=wait_sub_key)]
+    for waiter in waiters:
+        waiter.start()
+    for channel, count in ((b"update/ready", 1), (b"update/sensor", 1), (b"update/table", 1)):
+        wait_for(lambda c=channel, n=count: subscribers(client, c) == n,
+                 what=f"a waiter subscribed to {channel!r}")
+    projector = Projector(log, client)
+    assert projector.backfill() == log.position
+    for waiter in waiters:
+        waiter.join(DEADLINE)
+    assert not any(waiter.is_alive() for waiter in waiters)
+    assert woke == {"ready": True, "sensor": 2.0, "table/b": 2}
+    assert projector.status().keys_restored == 3
+
+
 def test_follow_a_writer_process(tmp_path: Path, client: redis.Redis) -> None:
     path = tmp_path / "log"
     count = 300
