@@ -20,6 +20,8 @@ Every write of a :class:`~telstate_log.backends.RedisLogBackend` is one
 Redis does not roll a function back, so every step that can fail comes
 before the first change.  A function reply is ``{old value or false,
 position or 0}`` (``add_many``: ``{false, first position or 0, count}``).
+``tslog_observe`` records a write that already happened (a katsdptelstate
+client's, seen by a recorder): the event only.
 The record layout is :mod:`telstate_log.core._stream_format`'s; the head is
 packed with its :data:`~telstate_log.core._stream_format.HEAD_FORMAT`.
 The library is loaded (``FUNCTION LOAD REPLACE``) when the server does not
@@ -35,7 +37,7 @@ from ..core._stream_format import HEAD_FORMAT
 __all__ = ["LIBRARY", "LIBRARY_NAME", "VERSION", "log_db_for"]
 
 LIBRARY_NAME = "telstatelog"
-VERSION = "1"
+VERSION = "2"
 
 #: Every function takes ARGV[1..4] = log db, stream name, telstate db, session id.
 _COMMON = 4
@@ -173,6 +175,20 @@ redis.register_function('tslog_delete', function(keys, a)
         return {false, 0}
     end
     return {false, record(a, @DELETE@, keys[1], '', 1)}
+end)
+
+-- Record a write that already happened in the telstate db (made by a client
+-- that bypassed the library, seen by a recorder): the event only, no change
+-- and no message.  ARGV[5] = kind, ARGV[6] = tail.
+redis.register_function('tslog_observe', function(keys, a)
+    local err = enter(a)
+    if err then return err end
+    local kind = tonumber(a[5])
+    if kind ~= @IMMUTABLE@ and kind ~= @ADD@ and kind ~= @INDEXED@ and kind ~= @DELETE@
+            and kind ~= @CLEAR@ then
+        return redis.error_reply('TSLOG cannot observe an event of kind ' .. a[5])
+    end
+    return {false, record(a, kind, keys[1], a[6], 1)}
 end)
 
 redis.register_function('tslog_clear', function(keys, a)
