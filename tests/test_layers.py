@@ -173,6 +173,17 @@ def test_lower_layers_import_nothing_from_the_cli() -> None:
             assert not [t for t in targets if layer(t) == "cli"], name
 
 
+def test_the_cli_uses_only_public_names_of_the_layers_below() -> None:
+    """A command module imports a lower layer's package (``..storage``,
+    ``telstate_log``), never one of its private modules (``..storage._seal``)."""
+    wrong = []
+    for name, targets in graph().items():
+        if layer(name) == "cli":
+            wrong += [f"{name} imports {t}" for t in targets if layer(t) != "cli"
+                      and any(part.startswith("_") for part in t.split(".")[1:])]
+    assert not wrong, "\n".join(sorted(wrong))
+
+
 def test_importing_the_package_loads_no_redis_and_no_storage_engine() -> None:
     """redis-py and the segment log load only when a Redis or log backend is used."""
     import subprocess
@@ -188,20 +199,36 @@ def test_importing_the_package_loads_no_redis_and_no_storage_engine() -> None:
     assert out == ["[]", "True True"]
 
 
+def private_reads(path: Path) -> Iterator[tuple[ast.Attribute, str]]:
+    """Every ``x._y`` in the module at `path` (dunders aside), with ``x`` as written."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__"):
+            yield node, ast.unparse(node.value)
+
+
 def test_no_module_outside_storage_reads_a_private_field_of_a_log() -> None:
     """A Log is used through its interface: ``log._anything`` appears only in storage/."""
     wrong = []
     for name, path in modules().items():
         if layer(name) == "storage":
             continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
-                    and not node.attr.startswith("__")):
-                base = node.value
-                base_name = base.attr if isinstance(base, ast.Attribute) else \
-                    base.id if isinstance(base, ast.Name) else ""
-                if base_name in ("log", "_log", "event_log", "_event_log"):
-                    wrong.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+        for node, base in private_reads(path):
+            if base.rpartition(".")[2] in ("log", "_log", "event_log", "_event_log"):
+                wrong.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_backends_read_no_private_attribute_of_another_object() -> None:
+    """In backends/, ``x._y`` is only ``self._y``, ``cls._y`` or ``super()._y``: a driver
+    is given what it needs (a StateBackend's ``writer()``, a monitor's pub/sub
+    factory).  ``_replace`` is a named tuple's public method."""
+    wrong = []
+    for name, path in modules().items():
+        if layer(name) == "backends":
+            wrong += [f"{name}:{node.lineno}: {ast.unparse(node)}"
+                      for node, base in private_reads(path)
+                      if base not in ("self", "cls", "super()") and node.attr != "_replace"]
     assert not wrong, "\n".join(wrong)
 
 

@@ -95,7 +95,7 @@ class LogBackend(StateBackend):
                  follow: bool = True) -> LogBackend:
         """A backend over an open `log` and the `state` it recovered."""
         backend = cls.__new__(cls)
-        backend._attach(log, state, source=source, follow=follow)
+        cls._attach(backend, log, state, source=source, follow=follow)
         return backend
 
     def _attach(self, log: EventLog, state: State, *, source: str | None,

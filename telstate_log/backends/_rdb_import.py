@@ -81,6 +81,7 @@ if TYPE_CHECKING:
     from ..core._sensor import SensorColumn
     from ..core._state import State
     from ._state_backend import StateBackend
+    from ._state_writer import StateWriter
 
 __all__ = ["FileArg", "ImportStats", "RdbContents", "apply_rdb", "import_rdb", "load_rdb_into",
            "read_rdb"]
@@ -306,21 +307,21 @@ def _steps_for(state: State, entries: Iterable[tuple[bytes, KeyType, _Payload]],
     return steps
 
 
-def _apply(backend: StateBackend, steps: list[_Step], total: int,
+def _apply(writer: StateWriter, steps: list[_Step], total: int,
            progress: ProgressCallback | None) -> int:
     """Write the planned steps (lock held); returns the last new position (0 if none)."""
     last = done = 0
     for step in steps:
         key = step.key
         if step.kind is KeyType.IMMUTABLE:
-            last = backend._w_set_immutable(key, step.payload)[1] or last
+            last = writer.set_immutable(key, step.payload)[1] or last
         elif step.kind is KeyType.INDEXED:
             for sub_key, value in step.payload.items():
-                last = backend._w_set_indexed(key, sub_key, value)[1] or last
+                last = writer.set_indexed(key, sub_key, value)[1] or last
         else:
             payload = step.payload
             ts, values = payload.columns() if isinstance(payload, _Samples) else payload
-            last = backend._w_add_mutable_many(key, values, ts)[1] or last
+            last = writer.add_mutable_many(key, values, ts)[1] or last
         step.payload = None                     # free the key's data as we go
         done += step.count
         if progress is not None:
@@ -369,35 +370,34 @@ def apply_rdb(backend: StateBackend, contents: RdbContents, *, source: str | Non
     contents.entries = []                   # applied once; freed as the steps are written
     label = source if source is not None else \
         f"import:{os.path.basename(filename) if filename else '<stream>'}"
-    lock, state = backend._locked_state()
-    with lock:
-        if not backend._writable:
-            backend._check_writable()
+    writer = backend.writer()
+    with writer.lock:
+        writer.check_writable()
         before = backend.position
-        steps = _steps_for(state, entries, filename or "<stream>")
+        steps = _steps_for(writer.state, entries, filename or "<stream>")
         keys = len(entries)
         del entries
-        last = _apply_as(backend, steps, label, progress) if steps else 0
+        last = _apply_as(backend, writer, steps, label, progress) if steps else 0
         after = backend.position
     if last:
-        backend._after_write(last)
+        writer.after_write(last)
     return ImportStats(keys=keys, samples=contents.samples, bytes=contents.size,
                        seconds=time.perf_counter() - contents.started, events=after - before,
                        position=after, expired=contents.expired,
                        expiry_dropped=contents.expiry_dropped)
 
 
-def _apply_as(backend: StateBackend, steps: list[_Step], label: str,
+def _apply_as(backend: StateBackend, writer: StateWriter, steps: list[_Step], label: str,
               progress: ProgressCallback | None) -> int:
     """:func:`_apply` under the source `label` (for backends with sessions)."""
     total = sum(step.count for step in steps)
     set_source = getattr(backend, "set_source", None)
     if set_source is None:
-        return _apply(backend, steps, total, progress)
+        return _apply(writer, steps, total, progress)
     previous = getattr(backend, "source", None)
     set_source(label)
     try:
-        last = _apply(backend, steps, total, progress)
+        last = _apply(writer, steps, total, progress)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             set_source(previous)

@@ -13,6 +13,11 @@ subclasses:
   that produced an event (the log backend waits for durability here, so that
   concurrent writers share fsyncs).
 
+Each write is split into a locked step (``_w_*``: returns the result and the
+new event's position, or 0 if nothing changed) and ``_after_write``; drivers
+that need the two apart (the async backend, RDB import) get them from
+:meth:`StateBackend.writer` (:mod:`._state_writer`).
+
 Reads return copies or views of immutable column prefixes, never live
 mutable structures, so they stay valid after the lock is released.
 """
@@ -40,6 +45,7 @@ from ..core._types import (
 from ..core._values import chunks
 from ._base import Backend, GetResult, PathType
 from ._notify import Hub, ThreadSubscription
+from ._state_writer import StateWriter
 
 __all__ = ["AsOfBackend", "StateBackend"]
 
@@ -67,6 +73,14 @@ class StateBackend(Backend):
         """Raise the reason writes are refused (called when _writable is False)."""
         if self._readonly:
             raise ReadOnlyError(f"{type(self).__name__} is read-only")
+
+    def _ensure_writable(self) -> None:
+        """Raise the reason writes are refused, if they are."""
+        if not self._writable:
+            self._check_writable()
+
+    def _current_state(self) -> State:
+        return self._state
 
     # ------------------------------------------------------------------ reads
     def __contains__(self, key: bytes) -> bool:
@@ -188,9 +202,17 @@ class StateBackend(Backend):
             return self._state.position
 
     # ----------------------------------------------------------------- writes
-    # Each write is split into the locked part (_w_*: returns the result and
-    # the new event's position, or 0 if nothing changed) and _after_write,
-    # so the async driver can await durability instead of blocking.
+    def writer(self) -> StateWriter:
+        """The locked write steps, lock and hub, for a driver that runs a write's
+        two steps apart (see :mod:`telstate_log.backends._state_writer`)."""
+        return StateWriter(
+            lock=self._lock, hub=self._hub, state=self._current_state,
+            check_writable=self._ensure_writable, set_immutable=self._w_set_immutable,
+            add_mutable=self._w_add_mutable, set_indexed=self._w_set_indexed,
+            delete=self._w_delete, clear=self._w_clear,
+            add_mutable_many=self._w_add_mutable_many, after_write=self._after_write,
+            after_write_async=self._after_write_async)
+
     def _w_set_immutable(self, key: bytes, value: bytes) -> tuple[bytes | None, int]:
         with self._lock:
             if not self._writable:
@@ -349,10 +371,6 @@ class StateBackend(Backend):
             self._hub.unsubscribe(sub)
 
     # ------------------------------------------------------------ internals
-    def _locked_state(self) -> tuple[threading.RLock, State]:
-        """The lock and state, for the async wrapper and replay tools."""
-        return self._lock, self._state
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} position={self._state.position} keys={len(self._state)}>"
 

@@ -31,12 +31,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..core._errors import LogCorruptError, LogLockedError
+from .. import LogCorruptError, LogLockedError
 
 if TYPE_CHECKING:
-    from ..backends._log import LogBackend
-    from ..core._events import Event
-    from ..frontend._telescope_state import TelescopeState
+    from .. import Event, TelescopeState
+    from ..backends import LogBackend
 
 __all__ = [
     "PROG",
@@ -212,8 +211,7 @@ _SCAN_LIMIT = 1000  # directory entries looked at for them
 
 
 def _is_log(path: str) -> bool:
-    from ..storage._fileio import OsFileSystem
-    from ..storage._recovery import list_segments
+    from ..storage import OsFileSystem, list_segments
 
     try:
         return bool(list_segments(OsFileSystem(), path))
@@ -243,8 +241,7 @@ def require_log(path: str) -> str:
     if not os.path.isdir(path):
         raise CliError(f"{path}: not a log directory: it is a file (a log is a directory "
                        "of segment files)")
-    from ..storage._fileio import OsFileSystem
-    from ..storage._recovery import list_segments
+    from ..storage import OsFileSystem, list_segments
 
     with doing("reading log", path):
         if list_segments(OsFileSystem(), path):
@@ -258,7 +255,7 @@ def require_log(path: str) -> str:
 
 def open_log(path: str, *, follow: bool = False) -> LogBackend:
     """Open the log at `path` read-only (no lock: safe while a writer runs)."""
-    from ..backends._log import LogBackend
+    from ..backends import LogBackend
 
     require_log(path)
     with doing("reading log", path):
@@ -345,7 +342,7 @@ def error_text(exc: BaseException, args: argparse.Namespace) -> str:
 
 def state_view(backend: LogBackend, args: argparse.Namespace) -> TelescopeState:
     """A TelescopeState on `backend`, as of ``--at`` / ``--as-of`` if given."""
-    from ..frontend._telescope_state import TelescopeState
+    from .. import TelescopeState
 
     ts = TelescopeState(backend)
     at, as_of = getattr(args, "at", None), getattr(args, "as_of", None)
@@ -361,8 +358,7 @@ def state_view(backend: LogBackend, args: argparse.Namespace) -> TelescopeState:
 
 def first_position(backend: LogBackend) -> int:
     """The first position still in the log's segments (past 1 once old ones are pruned)."""
-    from ..storage._fileio import OsFileSystem
-    from ..storage._recovery import list_segments
+    from ..storage import OsFileSystem, list_segments
 
     segments = list_segments(OsFileSystem(), backend.path)
     return segments[0][0] if segments else 1

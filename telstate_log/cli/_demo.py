@@ -235,8 +235,8 @@ class _Narrator:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..backends._log import LogBackend
-    from ..frontend._telescope_state import TelescopeState
+    from .. import TelescopeState
+    from ..backends import LogBackend
 
     tour = _Narrator(args.json)
     directory = _demo_directory(args.directory)

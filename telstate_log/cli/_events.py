@@ -37,10 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ..core._encoding import ENCODING_MSGPACK, decode_value, encode_value
-from ..core._events import Event
-from ..core._types import KeyType
-from ..frontend._frontend import HistoryEvent
+from .. import ENCODING_MSGPACK, Event, HistoryEvent, KeyType, decode_value, encode_value
 from ._common import (
     CliError,
     UsageError,
@@ -67,7 +64,7 @@ from ._output import (
 )
 
 if TYPE_CHECKING:
-    from ..backends._log import LogBackend
+    from ..backends import LogBackend
 
 __all__ = ["EventDecoder", "EventPrinter", "add_audit_parser", "add_history_parser",
            "add_tail_parser"]
@@ -313,7 +310,7 @@ def add_tail_parser(subparsers: Any) -> None:
 def _key_filter(patterns: list[str]) -> Callable[[Event], bool] | None:
     if not patterns:
         return None
-    from ..core._pattern import compile_pattern
+    from ..core import compile_pattern
 
     matchers = [compile_pattern(p.encode("utf-8", "surrogateescape")) for p in patterns]
     return lambda e: e.key is None or any(m(e.key) for m in matchers)

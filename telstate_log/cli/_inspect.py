@@ -28,7 +28,7 @@ import sys
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from ..core._types import KeyType
+from .. import KeyType
 from ._common import (
     CliError,
     UsageError,
@@ -57,7 +57,7 @@ from ._output import (
 )
 
 if TYPE_CHECKING:
-    from ..backends._log import LogBackend
+    from ..backends import LogBackend
 
 __all__ = ["add_get_parser", "add_info_parser", "add_keys_parser", "add_range_parser"]
 
@@ -84,11 +84,15 @@ def add_info_parser(subparsers: Any) -> None:
 
 def gather_info(backend: LogBackend, count_events: bool = False) -> dict[str, Any]:
     """Everything ``info`` reports, as JSON-ready data."""
-    from ..storage._checkpoint import list_checkpoints
-    from ..storage._fileio import OsFileSystem
-    from ..storage._recovery import list_segments
-    from ..storage._retention import read_pruned
-    from ..storage._seal import SealFileError, pruned_prefix, read_seals
+    from ..storage import (
+        OsFileSystem,
+        SealFileError,
+        list_checkpoints,
+        list_segments,
+        pruned_prefix,
+        read_pruned,
+        read_seals,
+    )
 
     path = backend.path
     last = backend.position

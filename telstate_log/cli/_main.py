@@ -38,8 +38,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .._version import __version__
-from ..core._errors import TelstateError
+from .. import TelstateError, __version__
 from ._common import (
     PROG,
     READ_ONLY_COMMANDS,

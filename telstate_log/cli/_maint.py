@@ -37,8 +37,8 @@ import argparse
 import re
 from typing import Any
 
-from ..storage._repair import VerifyReport, repair_log, verify_log
-from ..storage._seal import PRUNED, HeadCheck
+from .. import VerifyReport, repair_log, verify_log
+from ..storage import PRUNED, HeadCheck
 from ._common import (
     CliError,
     UsageError,
@@ -262,7 +262,7 @@ def run_repair(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------- checkpoint and seal
 def _open_writer(path: str, what: str) -> Any:
-    from ..backends._log import LogBackend
+    from ..backends import LogBackend
 
     return LogBackend(require_log(path), source=f"telstate-log {what}", checkpoint_bytes=None)
 
@@ -305,9 +305,7 @@ def add_seal_parser(subparsers: Any) -> None:
 
 
 def run_seal(args: argparse.Namespace) -> int:
-    from ..storage._fileio import OsFileSystem
-    from ..storage._recovery import list_segments
-    from ..storage._seal import read_seals
+    from ..storage import OsFileSystem, list_segments, read_seals
 
     before = len(read_seals(require_log(args.log)))
     with _open_writer(args.log, "seal") as backend:

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core._types import KeyType
-from ..storage._lockfile import writer_active
+from .. import KeyType
+from ..storage import writer_active
 from ._common import (
     CliError,
     UsageError,

@@ -31,8 +31,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..core._errors import LogFailedError, LogWriteError, TelstateError
-from ..storage._new_log import NewLog
+from .. import LogFailedError, LogWriteError, TelstateError
+from ..storage import NewLog
 from ._common import (
     CliError,
     command_parser,
@@ -50,7 +50,7 @@ from ._output import format_bytes
 from ._progress_bar import Progress
 
 if TYPE_CHECKING:
-    from ..replay._rdb_load import ImportStats
+    from ..replay import ImportStats
 
 __all__ = ["add_export_parser", "add_import_parser"]
 
@@ -98,7 +98,7 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> int:
     """Run ``export``; returns the exit code."""
-    from ..replay._export import export_rdb
+    from ..replay import export_rdb
 
     pattern = os.fsencode(args.keys)
     try:
@@ -171,7 +171,7 @@ def _failed_import_text(rdb: str, log: str, exc: BaseException, before: int,
                         created: bool = False) -> str:
     """What a write failure left: the log is reopened to see which prefix it kept
     (a log the import `created` is removed again: nothing is left)."""
-    from ..backends._log import LogBackend
+    from ..backends import LogBackend
 
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, OSError):
@@ -215,8 +215,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace, new: NewLog, progress: Progress) -> int:
     """The body of :func:`run_import`; calls ``new.keep()`` once it has succeeded."""
-    from ..backends._log import LogBackend
-    from ..replay._rdb_load import apply_rdb, read_rdb
+    from ..backends import LogBackend
+    from ..replay import apply_rdb, read_rdb
 
     try:
         contents = read_rdb(args.rdb, db=args.db, progress=progress)

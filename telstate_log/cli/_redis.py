@@ -40,6 +40,7 @@ from typing import Any
 
 from ._common import (
     CliError,
+    UsageError,
     add_json_argument,
     command_parser,
     open_log,
@@ -90,7 +91,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 def _redis_client(url: str) -> Any:
     """A client for `url` (which must be a redis://, rediss:// or unix:// URL)."""
-    from ..replay._marker import client_for_url
+    from ..replay import client_for_url
 
     try:
         return client_for_url(url)
@@ -99,7 +100,7 @@ def _redis_client(url: str) -> Any:
 
 
 def _shown(url: str) -> str:
-    from ..backends._redis_endpoint import redact_url
+    from ..backends import redact_url
 
     return redact_url(url)
 
@@ -109,7 +110,7 @@ def _redis_errors(client: Any) -> Iterator[None]:
     """Report failures talking to Redis as one line, without any password."""
     import redis
 
-    from ..backends._redis_endpoint import connection_error
+    from ..backends import connection_error
 
     pool = getattr(client, "connection_pool", None)
     try:
@@ -189,7 +190,7 @@ def _database(text: str) -> int:
 
 
 def run_project(args: argparse.Namespace) -> int:
-    from ..replay._projector import Projector
+    from ..replay import Projector
 
     client = _redis_client(args.redis)
     options: dict[str, Any] = {} if args.marker_db is None else {"marker_db": args.marker_db}
@@ -237,11 +238,17 @@ def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
         "append every write of katsdptelstate clients to the log (created if missing) until "
         "Ctrl-C or SIGTERM.  Deletes are seen only with keyspace notifications "
         "(--keyspace-events enables them); a FLUSHDB is seen only at a reconcile "
-        "(after a lost connection, or every --resync-interval seconds).",
+        "(after a lost connection, or every --resync-interval seconds).  With --stream "
+        "instead of LOG, the writes are appended to that shared log of the same database, "
+        "in one total order with the shared-log writers' own (one recorder per stream).",
         ["telstate-log record redis://localhost:6379/0 obs/log",
-         "telstate-log record redis://sdp:6379/0 obs/log --keyspace-events --json"])
+         "telstate-log record redis://sdp:6379/0 obs/log --keyspace-events --json",
+         "telstate-log record redis://sdp:6379/0 --stream telstate-log --keyspace-events"])
     parser.add_argument("redis", metavar="URL", help="Redis database URL")
-    parser.add_argument("log", metavar="LOG", help="log directory (created if missing)")
+    parser.add_argument("log", metavar="LOG", nargs="?",
+                        help="log directory (created if missing)")
+    parser.add_argument("--stream", metavar="NAME",
+                        help="record into the shared log NAME of the database instead of LOG")
     parser.add_argument("--source", metavar="LABEL",
                         help="source label of the recorded events (default record:URL)")
     parser.add_argument("--keyspace-events", action="store_true",
@@ -255,32 +262,39 @@ def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_record(args: argparse.Namespace) -> int:
-    from ..backends._log import LogBackend
-    from ..replay._recorder import Recorder
+    from contextlib import nullcontext
 
+    from ..backends import LogBackend
+    from ..replay import Recorder
+
+    if (args.log is None) == (args.stream is None):
+        raise UsageError("give either LOG or --stream NAME")
     client = _redis_client(args.redis)
     with _redis_errors(client):
         client.ping()                    # before creating the log
-    with LogBackend(args.log) as backend, _redis_errors(client), \
-            _stop_on_signals() as stop, Progress() as progress:
-        recorder = Recorder(client, backend, source=args.source,
-                            keyspace_events=args.keyspace_events,
-                            resync_interval=args.resync_interval)
+    options = {"source": args.source, "keyspace_events": args.keyspace_events,
+               "resync_interval": args.resync_interval}
+    with (LogBackend(args.log) if args.log else nullcontext()) as backend, \
+            _redis_errors(client), _stop_on_signals() as stop, Progress() as progress:
+        recorder = (Recorder(client, backend, **options) if backend is not None
+                    else Recorder.into_stream(client, args.stream, **options))
         try:
             recorder.start()
             while not stop.is_set():
                 recorder.step(0.2)
                 progress("record", recorder.stats.recorded, None)
             recorder.drain()
+            position = recorder.sink.position
         finally:
             recorder.close()
-        position = backend.position
     client.close()
+    where = args.log if args.log else f"the shared log {args.stream}"
     summary = {"command": "record", "redis": _shown(args.redis), "log": args.log,
+               **({"stream": args.stream} if args.stream else {}),
                "position": position, "deletes_visible": recorder.deletes_visible,
                **recorder.stats.as_dict()}
     _summary(args, summary, f"recorded {recorder.stats.recorded:,} events from "
-                            f"{_shown(args.redis)} into {args.log}")
+                            f"{_shown(args.redis)} into {where}")
     return 0
 
 
@@ -328,8 +342,7 @@ def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _replay_target(target: str, log: str) -> tuple[Any, str, Any]:
     """``(target object, how to show it, thing to close)`` for TARGET."""
-    from ..backends._log import LogBackend
-    from ..backends._memory import MemoryBackend
+    from ..backends import LogBackend, MemoryBackend
 
     if "://" in target:
         client = _redis_client(target)
@@ -347,7 +360,7 @@ def run_replay(args: argparse.Namespace) -> int:
     import anyio
     from anyio.abc import TaskStatus
 
-    from ..replay._paced import ReplayStats, replay_into
+    from ..replay import ReplayStats, replay_into
 
     stats = ReplayStats()
     stopped = False

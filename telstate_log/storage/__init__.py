@@ -1,1 +1,52 @@
-"""."""
+"""The segment log on disk: the :class:`~._log.Log` object and the parts it is built from.
+
+The public names here are what the layers above read directly (the command
+line's ``info``, ``verify``, ``seal`` and ``import``): listing a log's
+segments, checkpoints and seals, whether a writer holds it, creating one
+that is removed again on failure.  They are imported on first use, so that
+importing the package (as every module of it does) loads nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._checkpoint import list_checkpoints
+    from ._fileio import OsFileSystem
+    from ._lockfile import writer_active
+    from ._new_log import NewLog
+    from ._recovery import list_segments
+    from ._retention import read_pruned
+    from ._seal import PRUNED, HeadCheck, SealFileError, pruned_prefix, read_seals
+
+__all__ = [
+    "PRUNED",
+    "HeadCheck",
+    "NewLog",
+    "OsFileSystem",
+    "SealFileError",
+    "list_checkpoints",
+    "list_segments",
+    "pruned_prefix",
+    "read_pruned",
+    "read_seals",
+    "writer_active",
+]
+
+_HOMES = {
+    "list_checkpoints": "_checkpoint", "OsFileSystem": "_fileio",
+    "writer_active": "_lockfile", "NewLog": "_new_log", "list_segments": "_recovery",
+    "read_pruned": "_retention", "PRUNED": "_seal", "HeadCheck": "_seal",
+    "SealFileError": "_seal", "pruned_prefix": "_seal", "read_seals": "_seal",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

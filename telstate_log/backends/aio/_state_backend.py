@@ -25,7 +25,9 @@ thread) and anything slow (opening a log, loading an RDB file, history
 reads, closing) never run on the loop either.  ``monitor_keys`` subscribes
 a :class:`~telstate_log.backends._notify.TaskSubscription` to the sync
 backend's hub, so writes from any thread (a sync writer, the log follower)
-wake the task through its own event loop.
+wake the task through its own event loop.  The sync backend's parts the
+driver uses (its locked write steps, lock and hub) come from its
+:meth:`~telstate_log.backends._state_backend.StateBackend.writer`.
 """
 
 from __future__ import annotations
@@ -81,7 +83,9 @@ class AsyncStateBackend(Backend, Generic[_S]):
 
     def __init__(self, sync: _S) -> None:
         self._sync = sync
-        self._lock = sync._locked_state()[0]
+        #: the sync backend's locked write steps, lock and hub
+        self._writer = writer = sync.writer()
+        self._lock = writer.lock
         #: the log's event writer, told not to block while the loop writes (None: no log)
         self._appender: _Appender | None = None
         #: one worker thread per event-loop library for calls that need the lock
@@ -191,58 +195,58 @@ class AsyncStateBackend(Backend, Generic[_S]):
         return r
 
     async def set_immutable(self, key: bytes, value: bytes) -> bytes | None:
-        r = self._try(self._sync._w_set_immutable, key, value)
+        r = self._try(self._writer.set_immutable, key, value)
         if isinstance(r, _Busy):
-            r = await self._later(r, self._sync._w_set_immutable, key, value)
+            r = await self._later(r, self._writer.set_immutable, key, value)
         old, pos = r
         if pos:
-            await self._sync._after_write_async(pos)
+            await self._writer.after_write_async(pos)
         return old
 
     async def add_mutable(self, key: bytes, value: bytes, timestamp: float) -> None:
-        pos = self._try(self._sync._w_add_mutable, key, value, timestamp)
+        pos = self._try(self._writer.add_mutable, key, value, timestamp)
         if isinstance(pos, _Busy):
-            pos = await self._later(pos, self._sync._w_add_mutable, key, value, timestamp)
+            pos = await self._later(pos, self._writer.add_mutable, key, value, timestamp)
         if pos:
-            await self._sync._after_write_async(pos)
+            await self._writer.after_write_async(pos)
 
     async def add_mutable_many(self, key: bytes, values: Sequence[bytes],
                                timestamps: Any) -> int:
         """Add many samples to one key (see the sync method); returns how many were new."""
-        sync = self._sync
+        writer = self._writer
         # One atomic chunk may be tried here (WouldBlock comes before anything
         # is recorded); several chunks are megabytes to frame: a thread's work.
-        r = self._try(sync._w_add_mutable_many, key, values, timestamps) \
-            if len(chunks(values, 44, sync.BULK_CHUNK_BYTES)) <= 1 else _Busy.DISK
+        r = self._try(writer.add_mutable_many, key, values, timestamps) \
+            if len(chunks(values, 44, self._sync.BULK_CHUNK_BYTES)) <= 1 else _Busy.DISK
         if isinstance(r, _Busy):
-            r = await self._later(r, sync._w_add_mutable_many, key, values, timestamps)
+            r = await self._later(r, writer.add_mutable_many, key, values, timestamps)
         added, pos = r
         if pos:
-            await sync._after_write_async(pos)
+            await writer.after_write_async(pos)
         return added
 
     async def set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> bytes | None:
-        r = self._try(self._sync._w_set_indexed, key, sub_key, value)
+        r = self._try(self._writer.set_indexed, key, sub_key, value)
         if isinstance(r, _Busy):
-            r = await self._later(r, self._sync._w_set_indexed, key, sub_key, value)
+            r = await self._later(r, self._writer.set_indexed, key, sub_key, value)
         old, pos = r
         if pos:
-            await self._sync._after_write_async(pos)
+            await self._writer.after_write_async(pos)
         return old
 
     async def delete(self, key: bytes) -> None:
-        pos = self._try(self._sync._w_delete, key)
+        pos = self._try(self._writer.delete, key)
         if isinstance(pos, _Busy):
-            pos = await self._later(pos, self._sync._w_delete, key)
+            pos = await self._later(pos, self._writer.delete, key)
         if pos:
-            await self._sync._after_write_async(pos)
+            await self._writer.after_write_async(pos)
 
     async def clear(self) -> None:
-        pos = self._try(self._sync._w_clear)
+        pos = self._try(self._writer.clear)
         if isinstance(pos, _Busy):
-            pos = await self._later(pos, self._sync._w_clear)
+            pos = await self._later(pos, self._writer.clear)
         if pos:
-            await self._sync._after_write_async(pos)
+            await self._writer.after_write_async(pos)
 
     async def load_from_file(self, file: PathType | BinaryIO) -> int:
         return await anyio.to_thread.run_sync(self._sync.load_from_file, file)
@@ -288,7 +292,7 @@ class AsyncStateBackend(Backend, Generic[_S]):
 
     async def monitor_keys(self, keys: Iterable[bytes]) -> AsyncGenerator[KeyUpdateBase, None]:
         sub = TaskSubscription(keys)
-        hub = self._sync._hub
+        hub = self._writer.hub
         hub.subscribe(sub)
         try:
             # The condition may already hold: tell the caller to check now.
@@ -306,6 +310,3 @@ class AsyncStateBackend(Backend, Generic[_S]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self._sync!r}>"
-
-    def _stats(self) -> dict[str, Any]:
-        return self._sync._stats()
