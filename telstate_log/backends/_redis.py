@@ -50,7 +50,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, BinaryIO
 
 import redis
@@ -61,6 +61,7 @@ from ..core._errors import ConnectionError
 from ..core._types import KeyType, KeyUpdateBase
 from . import _redis_common as common
 from ._base import Backend, GetResult, PathType
+from ._redis_connect import connect
 from ._redis_endpoint import (
     check_client,
     client_options,
@@ -115,15 +116,19 @@ class RedisBackend(Backend):
 
     @classmethod
     def from_url(cls, url: str, *, db: int | None = None) -> RedisBackend:
-        """Connect to the server at a ``redis://``, ``rediss://`` or ``unix://`` URL.
+        """Connect to the server at a ``redis://``, ``rediss://`` or ``unix://`` URL,
+        or to the primary of a Sentinel service (``redis+sentinel://``, followed
+        across failovers: see :mod:`._redis_connect`).
 
         `db`, if given, is used unless the URL names a database.  Sets
         katsdptelstate's timeouts and our retry policy.
         """
-        endpoint = parse_endpoint(url)
-        if endpoint.url is None:
-            raise ValueError(f"not a Redis URL: {endpoint}")
-        return cls(redis.Redis.from_url(endpoint.url, db=db, **client_options(Retry)))
+        client = connect(url, db=db)
+        try:
+            return cls(client)
+        except BaseException:
+            client.close()
+            raise
 
     # ----------------------------------------------------------------- driver
     def _execute(self, op: common.RedisCall) -> Any:
@@ -186,7 +191,9 @@ class RedisBackend(Backend):
     # -------------------------------------------------------------- monitor
     def monitor_keys(self, keys: Iterable[bytes]) \
             -> Generator[KeyUpdateBase | None, float | None, None]:
-        link = _Subscription(self, list(dict.fromkeys(update_channel(key) for key in keys)))
+        # Its connections fail fast (the monitor does the retrying).
+        link = _Subscription(self._pubsub_client.pubsub, lambda: self._closed,
+                             list(dict.fromkeys(update_channel(key) for key in keys)))
         try:
             link.open()
             # Nothing to report until the server confirms the subscription.
@@ -195,10 +202,6 @@ class RedisBackend(Backend):
                 timeout = yield self._next_update(link, timeout)
         finally:
             link.close()
-
-    def _pubsub(self) -> redis.client.PubSub:
-        """A PubSub whose connections fail fast (the monitor does the retrying)."""
-        return self._pubsub_client.pubsub()
 
     def _next_update(self, link: _Subscription, timeout: float | None) -> KeyUpdateBase | None:
         """The next update within `timeout` seconds (None: wait indefinitely)."""
@@ -230,10 +233,16 @@ class RedisBackend(Backend):
 
 
 class _Subscription:
-    """One monitor's pub/sub connection, re-established with backoff when lost."""
+    """One monitor's pub/sub connection, re-established with backoff when lost.
 
-    def __init__(self, backend: RedisBackend, channels: list[bytes]) -> None:
-        self.backend = backend
+    `new_pubsub` makes a PubSub (on the backend's pub/sub pool); `closed` says
+    whether the backend was closed (a waiting monitor then raises).
+    """
+
+    def __init__(self, new_pubsub: Callable[[], redis.client.PubSub],
+                 closed: Callable[[], bool], channels: list[bytes]) -> None:
+        self._new_pubsub = new_pubsub
+        self._closed = closed
         self.channels = channels
         self._pubsub: redis.client.PubSub | None = None
         self._delay = 0.0
@@ -243,7 +252,7 @@ class _Subscription:
         """Subscribe on a new connection (or schedule a retry if the server is down)."""
         if not self.channels:
             return
-        pubsub = self.backend._pubsub()
+        pubsub = self._new_pubsub()
         try:
             pubsub.subscribe(*self.channels)
         except REDIS_DOWN as exc:
@@ -265,7 +274,7 @@ class _Subscription:
     def receive(self, deadline: float) -> dict[str, Any] | None:
         """The next pub/sub message, or None at `deadline` (a ``time.monotonic`` value)."""
         while True:
-            if self.backend.closed:
+            if self._closed():
                 raise ConnectionError("the Redis backend was closed while waiting")
             now = time.monotonic()
             pubsub = self._pubsub

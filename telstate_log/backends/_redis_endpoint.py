@@ -7,6 +7,13 @@ Endpoints come in the forms katsdptelstate's ``TelescopeState`` takes:
 * a URL (anything containing ``://``): ``redis://``, ``rediss://`` (TLS) or
   ``unix://``, optionally with ``user:password@`` and a database number,
   handed to ``Redis.from_url`` unchanged once its scheme and port check out;
+* a Sentinel URL, ``redis+sentinel://[user:password@]host[:port][,host[:port]...]
+  /service_name[/db]`` (sentinel port 26379 by default; hosts as below): the
+  client asks the sentinels for the primary of `service_name` whenever it
+  (re)connects, so it follows a failover (redis-py's
+  ``SentinelConnectionPool``).  The credentials are the data servers'; the
+  query parameters ``sentinel_username`` / ``sentinel_password`` give the
+  sentinels' own, if they need any;
 * ``host``, ``host:port``, ``[ipv6]``, ``[ipv6]:port`` or a bare IPv6
   address (no port then: write ``[addr]:port`` to give one); the default
   port is Redis's;
@@ -16,9 +23,10 @@ Endpoints come in the forms katsdptelstate's ``TelescopeState`` takes:
 Secrets: a password only ever travels inside the URL or keyword arguments
 handed to redis-py.  Everything this package renders -- ``repr``/``str`` of
 endpoints and backends, error messages -- goes through :func:`redact_url`
-or :func:`describe_pool`, which replace it (and ``password=`` query
-parameters) by ``***``; :func:`connection_error` also scrubs the password
-out of redis-py's own message, just in case.
+or :func:`describe_pool`, which replace it (and ``password=`` and
+``sentinel_password=`` query parameters) by ``***``;
+:func:`connection_error` also scrubs the passwords (the servers' and the
+sentinels') out of redis-py's own message, just in case.
 
 Client options are katsdptelstate's (``socket_timeout=5``,
 ``health_check_interval=30``) plus an explicit retry policy (older redis-py
@@ -30,6 +38,7 @@ restart (but not an authentication failure: a wrong password is reported
 at once).  Why retrying is safe for every command we send is explained in
 :mod:`telstate_log.backends._redis`.  Pub/sub connections do not retry:
 the monitors handle reconnection themselves (:func:`pubsub_pool_options`).
+The clients themselves are made by :mod:`._redis_connect`.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import AuthenticationError
@@ -47,19 +56,23 @@ from redis.exceptions import AuthenticationError
 from ..core._errors import ConnectionError
 
 __all__ = [
-    "DEFAULT_PORT", "HEALTH_CHECK_INTERVAL", "RETRIES", "RETRY_BASE", "RETRY_CAP",
-    "SOCKET_TIMEOUT", "RedisEndpoint", "check_client", "client_options", "connection_error",
-    "describe_pool", "parse_endpoint", "pubsub_pool_options", "redact_url",
+    "DEFAULT_PORT", "DEFAULT_SENTINEL_PORT", "HEALTH_CHECK_INTERVAL", "RETRIES", "RETRY_BASE",
+    "RETRY_CAP", "SENTINEL_SCHEME", "SOCKET_TIMEOUT", "RedisEndpoint", "SentinelURL",
+    "check_client", "client_options", "connection_error", "describe_pool", "parse_endpoint",
+    "parse_sentinel_url", "pubsub_pool_options", "redact_url", "sentinel_clients",
 ]
 
 DEFAULT_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
 SOCKET_TIMEOUT = 5.0
 HEALTH_CHECK_INTERVAL = 30
 RETRIES = 6
 RETRY_BASE = 0.02
 RETRY_CAP = 0.5
-_SCHEMES = ("redis", "rediss", "unix")
-_SECRET_QUERY = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
+SENTINEL_SCHEME = "redis+sentinel"
+_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+_SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
+_SECRET_QUERY = re.compile(r"((?:^|&)(?:sentinel_)?password=)[^&]*", re.IGNORECASE)
 _RetryT = TypeVar("_RetryT")
 
 
@@ -97,6 +110,70 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed ``redis+sentinel://`` URL.  Never shows a password."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parse a ``redis+sentinel://`` URL (see the module docstring).
+
+    Raises ValueError (with any password redacted) if it is malformed.
+    """
+    shown = redact_url(url)
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"invalid Redis Sentinel URL {shown}: {why}")
+
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if parts.scheme != SENTINEL_SCHEME:
+        raise bad(f"the scheme must be {SENTINEL_SCHEME}://")
+    if parts.fragment:
+        raise bad("unexpected '#' (percent-encode it in a password)")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    sentinels = []
+    for item in hosts.split(","):
+        try:
+            where = parse_endpoint(item)
+        except ValueError as exc:
+            raise bad(f"sentinel {item!r}: {exc}") from None
+        port = DEFAULT_SENTINEL_PORT if where.port is None else where.port
+        sentinels.append((unquote(where.host), port))   # an IPv6 zone is written %25
+    segments = parts.path.split("/")[1:]
+    if segments and not segments[-1]:
+        segments.pop()                      # a trailing slash
+    if not segments or not segments[0] or len(segments) > 2:
+        raise bad("the path must be /service_name or /service_name/db")
+    db: int | None = None
+    if len(segments) == 2:
+        text = unquote(segments[1])
+        if not (text.isascii() and text.isdigit()):
+            raise bad(f"invalid database number {text!r}")
+        db = int(text)
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _SENTINEL_QUERY:
+            raise bad(f"unknown option {name!r} (known: {', '.join(_SENTINEL_QUERY)})")
+        options[name] = value
+    return SentinelURL(tuple(sentinels), unquote(segments[0]), db,
+                       unquote(user) or None if at else None,
+                       unquote(password) or None if colon else None,
+                       options.get("sentinel_username") or None,
+                       options.get("sentinel_password") or None)
+
+
 def _port(text: str, endpoint: str) -> int:
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ValueError(f"invalid port {text!r} in Redis endpoint {endpoint!r}")
@@ -115,9 +192,13 @@ def _check_url(url: str) -> str:
     shown = redact_url(url)
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError if the port is not a valid number
+        if parts.scheme != SENTINEL_SCHEME:
+            parts.port  # noqa: B018 - raises ValueError if the port is not a valid number
     except ValueError as exc:
         raise ValueError(f"invalid Redis URL {shown}: {exc}") from None
+    if parts.scheme == SENTINEL_SCHEME:
+        parse_sentinel_url(url)
+        return url
     if parts.scheme not in _SCHEMES:
         raise ValueError(f"unsupported scheme {parts.scheme!r} in Redis URL {shown}; "
                          f"use one of {', '.join(s + '://' for s in _SCHEMES)}")
@@ -227,6 +308,32 @@ def pubsub_pool_options(pool: Any, retry_class: type[_RetryT]) -> dict[str, Any]
             "retry": retry_class(NoBackoff(), 0)}  # type: ignore[call-arg]
 
 
+def _sentinel_pool(pool: Any) -> Any:
+    """The Sentinel pool (or its proxy) behind `pool`, or None: a Sentinel
+    client's own pool, or a pool made from its options (the pub/sub pools)."""
+    kwargs = getattr(pool, "connection_kwargs", None) or {}
+    for candidate in (pool, kwargs.get("connection_pool")):
+        try:
+            if (getattr(candidate, "service_name", None) is not None
+                    and getattr(candidate, "sentinel_manager", None) is not None):
+                return candidate
+        except ReferenceError:              # a weak proxy outliving its pool
+            pass
+    return None
+
+
+def sentinel_clients(pool: Any) -> list[Any]:
+    """The clients of the sentinels that `pool` asks for its primary ([] if none)."""
+    manager = getattr(_sentinel_pool(pool), "sentinel_manager", None)
+    return list(getattr(manager, "sentinels", None) or ())
+
+
+def _address(kwargs: dict[str, Any], default_port: int) -> str:
+    host = str(kwargs.get("host", "localhost"))
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{kwargs.get('port', default_port)}"
+
+
 def describe_pool(pool: Any) -> str:
     """A URL naming the server a redis-py connection pool talks to, password redacted."""
     kwargs = getattr(pool, "connection_kwargs", None) or {}
@@ -236,13 +343,16 @@ def describe_pool(pool: Any) -> str:
     else:
         auth = f"{user}@" if user else ""
     db = kwargs.get("db") or 0
+    sentinel = _sentinel_pool(pool)
+    if sentinel is not None:
+        hosts = ",".join(_address(client.connection_pool.connection_kwargs, DEFAULT_SENTINEL_PORT)
+                         for client in sentinel_clients(pool))
+        return f"{SENTINEL_SCHEME}://{auth}{hosts}/{quote(str(sentinel.service_name))}/{db}"
     if kwargs.get("path"):
         return f"unix://{auth}{kwargs['path']}?db={db}"
-    host = str(kwargs.get("host", "localhost"))
-    host = f"[{host}]" if ":" in host else host
     scheme = "rediss" if "SSL" in getattr(getattr(pool, "connection_class", None),
                                           "__name__", "") else "redis"
-    return f"{scheme}://{auth}{host}:{kwargs.get('port', DEFAULT_PORT)}/{db}"
+    return f"{scheme}://{auth}{_address(kwargs, DEFAULT_PORT)}/{db}"
 
 
 def check_client(client: Any) -> None:
@@ -255,7 +365,9 @@ def check_client(client: Any) -> None:
 def connection_error(pool: Any, exc: BaseException) -> ConnectionError:
     """Our ConnectionError for a failed first contact, with no password in it."""
     text = str(exc)
-    secret = (getattr(pool, "connection_kwargs", None) or {}).get("password")
-    if isinstance(secret, str) and secret:
-        text = text.replace(secret, "***")
+    pools = [pool, *(client.connection_pool for client in sentinel_clients(pool))]
+    for each in pools:
+        secret = (getattr(each, "connection_kwargs", None) or {}).get("password")
+        if isinstance(secret, str) and secret:
+            text = text.replace(secret, "***")
     return ConnectionError(f"could not connect to Redis server {describe_pool(pool)}: {text}")

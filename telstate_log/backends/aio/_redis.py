@@ -58,12 +58,11 @@ from ...core._types import KeyType, KeyUpdateBase
 from .. import _redis_common as common
 from .._base import GetResult, PathType
 from .._redis import REDIS_DOWN
+from .._redis_connect import connect_async
 from .._redis_endpoint import (
     check_client,
-    client_options,
     connection_error,
     describe_pool,
-    parse_endpoint,
     pubsub_pool_options,
 )
 from .._redis_messages import channel_key, update_channel
@@ -281,10 +280,7 @@ class RedisBackend(Backend):
         """
         if async_library() != "asyncio":
             return await ThreadedRedisBackend.from_url(url, db=db)
-        endpoint = parse_endpoint(url)
-        if endpoint.url is None:
-            raise ValueError(f"not a Redis URL: {endpoint}")
-        client = redis.asyncio.Redis.from_url(endpoint.url, db=db, **client_options(Retry))
+        client = connect_async(url, db=db)
         try:
             await client.ping()
         except REDIS_DOWN as exc:
