@@ -56,10 +56,27 @@ from redis.exceptions import AuthenticationError
 from ..core._errors import ConnectionError
 
 __all__ = [
-    "DEFAULT_PORT", "DEFAULT_SENTINEL_PORT", "HEALTH_CHECK_INTERVAL", "RETRIES", "RETRY_BASE",
-    "RETRY_CAP", "SENTINEL_SCHEME", "SOCKET_TIMEOUT", "RedisEndpoint", "SentinelURL",
-    "check_client", "client_options", "connection_error", "describe_pool", "parse_endpoint",
-    "parse_sentinel_url", "pubsub_pool_options", "redact_url", "sentinel_clients",
+    "DEFAULT_PORT",
+    "DEFAULT_SENTINEL_PORT",
+    "FAILOVER_SECONDS",
+    "HEALTH_CHECK_INTERVAL",
+    "RETRIES",
+    "RETRY_BASE",
+    "RETRY_CAP",
+    "SENTINEL_SCHEME",
+    "SOCKET_TIMEOUT",
+    "RedisEndpoint",
+    "SentinelURL",
+    "check_client",
+    "client_options",
+    "connection_error",
+    "describe_pool",
+    "failover_options",
+    "parse_endpoint",
+    "parse_sentinel_url",
+    "pubsub_pool_options",
+    "redact_url",
+    "sentinel_clients",
 ]
 
 DEFAULT_PORT = 6379
@@ -295,6 +312,25 @@ def client_options(retry_class: type[_RetryT]) -> dict[str, Any]:
     backoff = EqualJitterBackoff(cap=RETRY_CAP, base=RETRY_BASE)
     return {"socket_timeout": SOCKET_TIMEOUT, "health_check_interval": HEALTH_CHECK_INTERVAL,
             "retry": _auth_final(retry_class)(backoff, RETRIES)}  # type: ignore[call-arg]
+
+
+#: How long a client made with :func:`failover_options` keeps retrying a command.
+FAILOVER_SECONDS = 15.0
+
+
+def failover_options(retry_class: type[_RetryT],
+                     seconds: float = FAILOVER_SECONDS) -> dict[str, Any]:
+    """:func:`client_options` whose retries outlast a Sentinel failover (about `seconds`).
+
+    For shared-log writers behind Sentinel: a command that fails while the
+    primary is being replaced is retried (against the new primary, which the
+    Sentinel pool rediscovers on reconnect) instead of raising.  Safe because
+    every command they send is idempotent in effect.
+    """
+    backoff = EqualJitterBackoff(cap=RETRY_CAP, base=RETRY_BASE)
+    retries = RETRIES + int(seconds / (0.75 * RETRY_CAP))
+    return {**client_options(retry_class),
+            "retry": _auth_final(retry_class)(backoff, retries)}  # type: ignore[call-arg]
 
 
 def pubsub_pool_options(pool: Any, retry_class: type[_RetryT]) -> dict[str, Any]:
