@@ -6,6 +6,9 @@ of random operation sequences, then the whole final state.  The log backend
 is also closed, reopened (replay) and compared again.  ``redis-trio`` is the
 async ThreadedRedisBackend on a trio event loop (in a blocking portal),
 called through a sync facade; the async wrappers are also tested directly.
+``redis-log`` is the shared-log RedisLogBackend, ``redis-log-asyncio`` and
+``redis-log-trio`` its async twin on each event loop (through the facade);
+each starts on a flushed telstate db and log db.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from hypothesis import strategies as st
 
 import telstate_log.aio
 from telstate_log import ImmutableKeyError, InvalidTimestampError, KeyType
-from telstate_log.backends import Backend, LogBackend, MemoryBackend, RedisBackend
+from telstate_log.backends import Backend, LogBackend, MemoryBackend, RedisBackend, RedisLogBackend
+from telstate_log.backends._log_functions import log_db_for
 from telstate_log.core._encoding import encode_value
 from telstate_log.core._types import KeyUpdateBase, MutableKeyUpdate
 from telstate_log.rdb._dump import parse_dump
@@ -48,14 +52,41 @@ class _Blocking:
     def __contains__(self, key: bytes) -> bool:
         return bool(self._portal.call(self._backend.exists, key))
 
+    @property
+    def position(self) -> int:
+        """A shared log's position, asked of the server (ThreadedRedisBackend has none)."""
+        if not hasattr(self._backend, "last_position"):
+            raise AttributeError("position")
+        return int(self._portal.call(self._backend.last_position))
+
     def close(self) -> None:
         self._backend.close()
         self._portal.call(self._backend.wait_closed)
 
 
+def _flush_shared_log(url: str) -> None:
+    """Empty the telstate db of `url` and its shared log's db."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+        for number in (db, log_db_for(db)):
+            client.execute_command("SELECT", number)
+            client.flushdb()
+    finally:
+        client.close()
+
+
+_ASYNC_LOGS = {"redis-log-asyncio": "asyncio", "redis-log-trio": "trio"}
+
+
 @pytest.fixture(params=["memory", "log", "log-buffered", "log-always",
                         pytest.param("redis", marks=pytest.mark.redis),
-                        pytest.param("redis-trio", marks=pytest.mark.redis)])
+                        pytest.param("redis-trio", marks=pytest.mark.redis),
+                        pytest.param("redis-log", marks=pytest.mark.redis),
+                        pytest.param("redis-log-asyncio", marks=pytest.mark.redis),
+                        pytest.param("redis-log-trio", marks=pytest.mark.redis)])
 def make_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Callable[[], Any]]:
     """Factory of fresh sync backends of one kind (closed after the test)."""
     made: list[Any] = []
@@ -74,6 +105,17 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Call
             b = _Blocking(portal, portal.call(telstate_log.aio.ThreadedRedisBackend.from_url,
                                               request.getfixturevalue("redis_url")))
             b.clear()
+        elif kind == "redis-log":
+            url = request.getfixturevalue("redis_url")
+            _flush_shared_log(url)
+            b = RedisLogBackend.from_url(url, source="contract")
+        elif kind in _ASYNC_LOGS:
+            url = request.getfixturevalue("redis_url")
+            _flush_shared_log(url)
+            portal = portals.enter_context(
+                anyio.from_thread.start_blocking_portal(_ASYNC_LOGS[kind]))
+            b = _Blocking(portal, portal.call(functools.partial(
+                telstate_log.aio.RedisLogBackend.from_url, url, source="contract")))
         else:
             options = {"log": dict(fsync="never", flush_interval=0.0),
                        "log-buffered": dict(fsync="interval"),
@@ -86,7 +128,7 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Call
     yield make
     with portals:
         for b in made:
-            if isinstance(b, (LogBackend, RedisBackend, _Blocking)):
+            if isinstance(b, (LogBackend, RedisBackend, RedisLogBackend, _Blocking)):
                 b.close()
 
 
@@ -225,6 +267,9 @@ def test_monitor_keys_protocol(make_backend: Callable[[], Any]) -> None:
     if make_backend.kind == "redis-trio":  # type: ignore[attr-defined]
         pytest.skip("an async monitor: see test_async_wrappers_share_data and "
                     "test_redis_backend_threads.py")
+    if make_backend.kind in _ASYNC_LOGS:  # type: ignore[attr-defined]
+        pytest.skip("an async monitor: see test_async_wrappers_share_data and "
+                    "test_redis_log_aio.py")
     b = make_backend()
     monitor = b.monitor_keys([b"watched"])
     # katsdptelstate's protocol: priming yields a "re-check" KeyUpdateBase at once
@@ -319,17 +364,22 @@ def test_random_sequences(make_backend: Callable[[], Any], seq: list[tuple[Any, 
 
 # ------------------------------------------------------------------ async twins
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", ["memory", "log", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("kind", ["memory", "log", pytest.param("redis", marks=pytest.mark.redis),
+                                  pytest.param("redis-log", marks=pytest.mark.redis)])
 async def test_async_wrappers_share_data(kind: str, tmp_path: Any,
                                          request: pytest.FixtureRequest) -> None:
     if kind == "memory":
         ab: Any = telstate_log.aio.MemoryBackend()
     elif kind == "log":
         ab = await telstate_log.aio.LogBackend.open(tmp_path / "alog", fsync="always")
-    else:
+    elif kind == "redis":
         ab = await telstate_log.aio.ThreadedRedisBackend.from_url(
             request.getfixturevalue("redis_url"))
-    sync = ab.to_sync()
+    else:  # the shared log: a sync writer of its own on the same database and stream
+        url = request.getfixturevalue("redis_url")
+        ab = await telstate_log.aio.RedisLogBackend.from_url(url)
+        own_sync = await anyio.to_thread.run_sync(RedisLogBackend.from_url, url)
+    sync = own_sync if kind == "redis-log" else ab.to_sync()
     await ab.set_immutable(b"k", b"\xff\x01")
     assert sync.get(b"k") == (b"\xff\x01", None)
     sync.add_mutable(b"s", b"\xff\x02", 1.0)
@@ -360,6 +410,8 @@ async def test_async_wrappers_share_data(kind: str, tmp_path: Any,
     assert isinstance(got[-1], MutableKeyUpdate) and got[-1].value == b"\xff\x03"
     ab.close()
     await ab.wait_closed()
+    if kind == "redis-log":
+        own_sync.close()
 
 
 @pytest.mark.redis

@@ -230,3 +230,64 @@ def test_a_replica_stops_on_a_diverged_stream(backend: RedisLogBackend,
     with pytest.raises(StreamDivergedError) as info:
         replica.apply(backend.read_stream_from_id(replica.last_id))
     assert info.value.position == 3 and replica.position == 2
+
+
+def test_load_from_file_writes_events_not_restores(backend: RedisLogBackend, client: redis.Redis,
+                                                   tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An RDB file loaded into a shared log becomes events, never a bypass of the log."""
+    source = TelescopeState()
+    source["config"] = {"a": 1}
+    for i in range(5000):
+        source.add("sensor", float(i), ts=float(i))
+    source.set_indexed("table", "x", 1)
+    source.set_indexed("table", "y", 2)
+    path = tmp_path / "dump.rdb"
+    from telstate_log.replay import export_backend
+
+    export_backend(source.backend, path)
+    assert backend.load_from_file(str(path)) == 3
+    replica = StreamReplica()
+    replica.apply(backend.read_stream())
+    assert replica.position == backend.position == 1 + 5000 + 2
+    assert sorted(replica.keys(b"*")) == [b"config", b"sensor", b"table"]
+    assert replica.get_range(b"sensor", 0.0, np.inf, False, False) == \
+        backend.get_range(b"sensor", 0.0, np.inf, False, False)
+    assert backend.load_from_file(str(path)) == 3            # again: nothing new
+    assert backend.position == 5003
+    ts = TelescopeState(backend)
+    ts.delete("config")
+    ts["config"] = {"a": 2}
+    with pytest.raises(ImmutableKeyError, match="config"):
+        backend.load_from_file(str(path))
+
+
+def test_sync_waits_for_every_connection_s_writes(redis_url: str) -> None:
+    b = RedisLogBackend.from_url(redis_url, replicas=1, replica_timeout=0.05)
+    try:
+        with pytest.raises(ReplicationError, match="0 of 1 replica"):
+            b.sync()
+    finally:
+        b.close()
+    plain = RedisLogBackend.from_url(redis_url)
+    plain.set_immutable(b"a", encode_value(1))
+    assert plain.sync() == 1
+    plain.close()
+
+
+def test_a_session_registered_after_a_batch_gets_a_session_id(
+        backend: RedisLogBackend, client: redis.Redis) -> None:
+    """The stream's last entry may be a batch that began before the last position:
+    a new writer's session record still gets an ID <position>-<n>, n >= 1."""
+    values = [encode_value(float(i)) for i in range(5)]
+    backend.add_mutable_many(b"s", values, np.arange(5.0))
+    second = RedisLogBackend(redis.Redis(connection_pool=backend.client.connection_pool),
+                             source="second")
+    third = RedisLogBackend(redis.Redis(connection_pool=backend.client.connection_pool),
+                            source="third")
+    second.set_immutable(b"a", encode_value(1))
+    records = stream_entries(client)
+    assert [(r.position, r.seq) for r in records] == [(0, 1), (1, 0), (5, 1), (6, 0)]
+    third.set_immutable(b"b", encode_value(2))
+    assert [(r.position, r.seq) for r in stream_entries(client)][-2:] == [(6, 1), (7, 0)]
+    sources = {backend.session_info(e.session)["source"] for e in backend.events()}
+    assert sources == {"test-writer", "second", "third"}

@@ -74,6 +74,10 @@ def test_acknowledged_writes_survive_a_failover(cluster: RedisCluster) -> None:
         writer.start()
     try:
         wait_for(lambda: all(len(w.acked) >= 200 for w in writers), what="writes before the kill")
+        # sync() confirms the replica holds every write so far, whoever made it
+        checker = RedisLogBackend.from_url(url, replicas=1, replica_timeout=30.0)
+        assert checker.sync() >= 400
+        checker.close()
         old = cluster.kill_primary()
         new = cluster.wait_failover()
         assert new != old

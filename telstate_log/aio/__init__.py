@@ -16,14 +16,16 @@ from ..frontend._aio_telescope_state import TelescopeState
 if TYPE_CHECKING:
     from ..backends.aio._log import LogBackend
     from ..backends.aio._redis import RedisBackend
+    from ..backends.aio._redis_log import RedisLogBackend
     from ..backends.aio._redis_threads import ThreadedRedisBackend
 
 __all__ = [
-    "Backend", "LogBackend", "MemoryBackend", "RedisBackend", "TelescopeState",
-    "ThreadedRedisBackend",
+    "Backend", "LogBackend", "MemoryBackend", "RedisBackend", "RedisLogBackend",
+    "TelescopeState", "ThreadedRedisBackend",
 ]
 
 _LAZY = {"LogBackend": "..backends.aio._log", "RedisBackend": "..backends.aio._redis",
+         "RedisLogBackend": "..backends.aio._redis_log",
          "ThreadedRedisBackend": "..backends.aio._redis_threads"}
 
 

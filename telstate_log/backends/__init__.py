@@ -21,7 +21,9 @@ from ._state_backend import AsOfBackend
 if TYPE_CHECKING:
     from ._log import LogBackend
     from ._redis import RedisBackend
+    from ._redis_endpoint import connection_error, redact_url
     from ._redis_log import RedisLogBackend
+    from ._stream_follower import StreamFollower
     from ._stream_replica import StreamReplica
 
 __all__ = [
@@ -36,7 +38,10 @@ __all__ = [
     "MutableKeyUpdate",
     "RedisBackend",
     "RedisLogBackend",
+    "StreamFollower",
     "StreamReplica",
+    "connection_error",
+    "redact_url",
 ]
 
 
@@ -56,9 +61,20 @@ def __getattr__(name: str) -> Any:
 
         globals()[name] = RedisLogBackend
         return RedisLogBackend
+    if name == "StreamFollower":
+        from ._stream_follower import StreamFollower
+
+        globals()[name] = StreamFollower
+        return StreamFollower
     if name == "StreamReplica":
         from ._stream_replica import StreamReplica
 
         globals()[name] = StreamReplica
         return StreamReplica
+    if name in ("connection_error", "redact_url"):  # for the command line's messages
+        from . import _redis_endpoint
+
+        value = getattr(_redis_endpoint, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

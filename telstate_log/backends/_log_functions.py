@@ -37,7 +37,7 @@ from ..core._stream_format import HEAD_FORMAT
 __all__ = ["LIBRARY", "LIBRARY_NAME", "VERSION", "log_db_for"]
 
 LIBRARY_NAME = "telstatelog"
-VERSION = "2"
+VERSION = "3"
 
 #: Every function takes ARGV[1..4] = log db, stream name, telstate db, session id.
 _COMMON = 4
@@ -101,7 +101,15 @@ redis.register_function('tslog_session', function(keys, a)
     local rec = now(meta)
     redis.call('HSET', meta, 'rec', string.format('%.17g', rec), 'db', a[3],
                'version', VERSION)
-    redis.call('XADD', a[2], string.format('%d-*', pos), 'e',
+    -- after event <pos>: ID <pos>-<n>, n >= 1, past any session record already there
+    -- (the stream's last entry may also be a batch that began before <pos>)
+    local seq = 1
+    local last = redis.call('XREVRANGE', a[2], '+', '-', 'COUNT', 1)[1]
+    if last then
+        local ms, n = string.match(last[1], '^(%d+)-(%d+)$')
+        if tonumber(ms) == pos then seq = tonumber(n) + 1 end
+    end
+    redis.call('XADD', a[2], string.format('%d-%d', pos, seq), 'e',
                struct.pack('@HEAD@', @SESSION@, rec, session, 0) .. a[5])
     redis.call('SELECT', a[3])
     return session

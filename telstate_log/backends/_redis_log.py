@@ -35,31 +35,38 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, BinaryIO, TypeVar, overload
 
 import numpy as np
 import redis
+import redis.asyncio
+import redis.asyncio.sentinel
 import redis.sentinel
 from redis.retry import Retry
 
 from .._version import __version__
 from ..core._asof import Changes
-from ..core._errors import ConnectionError, HistoryUnavailableError, ReplicationError
-from ..core._events import CLEAR, SESSION, Event
-from ..core._stream_apply import session_of
+from ..core._errors import ConnectionError, HistoryUnavailableError
+from ..core._events import SESSION, Event
 from ..core._stream_format import StreamRecord, entry_id
 from ..core._types import KeyUpdateBase
 from . import _redis_log_common as lc
+from ._base import PathType
+from ._log_archive import ArchiveReader, exchange_trimmed, touches, trimmed_error
 from ._log_functions import log_db_for
-from ._redis import REDIS_DOWN, RedisBackend
-from ._redis_endpoint import client_options, parse_endpoint
+from ._redis import REDIS_DOWN
+from ._redis_common import Exchange
+from ._redis_connect import connect
+from ._redis_endpoint import SENTINEL_SCHEME, failover_options, parse_endpoint
+from ._redis_log_load import exchange_log_load, exchange_replicated
 from ._state_backend import StateBackend
+from ._stream_follower import MaterializedReads, StreamFollower
 from ._stream_replica import StreamReplica
 
 __all__ = ["RedisLogBackend", "client_for_db", "session_info"]
 
+_R = TypeVar("_R")
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 
@@ -74,22 +81,28 @@ def session_info(source: str | None) -> dict[str, Any]:
             "user": user, "started": time.time(), "version": __version__}
 
 
-def client_for_db(client: redis.Redis, db: int) -> redis.Redis:
-    """A client of database `db` on the server (or Sentinel service) of `client`."""
+@overload
+def client_for_db(client: redis.asyncio.Redis, db: int) -> redis.asyncio.Redis: ...
+@overload
+def client_for_db(client: redis.Redis, db: int) -> redis.Redis: ...
+def client_for_db(client: Any, db: int) -> Any:
+    """A client of database `db` on the server (or Sentinel service) of `client`
+    (a ``redis.asyncio`` client for a ``redis.asyncio`` one)."""
+    aio = isinstance(client, redis.asyncio.Redis)
+    lib: Any = redis.asyncio if aio else redis
+    sentinel_pool: Any = (redis.asyncio.sentinel if aio else redis.sentinel).SentinelConnectionPool
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
     kwargs["db"] = db
-    new: redis.ConnectionPool
-    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+    if isinstance(pool, sentinel_pool):
         kwargs.pop("connection_class", None)
-        new = redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            pool.service_name, pool.sentinel_manager, **kwargs)
+        new = sentinel_pool(pool.service_name, pool.sentinel_manager, **kwargs)
     else:
-        new = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-    return redis.Redis(connection_pool=new)
+        new = lib.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return lib.Redis(connection_pool=new)
 
 
-class RedisLogBackend(RedisBackend):
+class RedisLogBackend(MaterializedReads):
     """Telescope state in Redis whose every write is an event of one shared log.
 
     Parameters
@@ -105,11 +118,20 @@ class RedisLogBackend(RedisBackend):
         Acknowledgements from replicas each write waits for (``WAIT``).
     replica_timeout
         How long a write waits for them, in seconds.
+    materialize
+        Serve reads and monitors from a :class:`~._stream_follower.StreamFollower`
+        (in-memory, fed from the stream) instead of Redis; a read after a write
+        waits until the follower has applied that write (read-your-writes).
+    archive
+        Directory of the shared log's archive (``telstate-log archive``): history
+        and time travel before the stream's trim point are read from it
+        (:mod:`._log_archive`); without it they raise HistoryUnavailableError.
     """
 
     def __init__(self, client: redis.Redis, *, stream: str | bytes = "telstate-log",
                  source: str | None = None, replicas: int = 0,
-                 replica_timeout: float = 1.0) -> None:
+                 replica_timeout: float = 1.0, materialize: bool = False,
+                 archive: str | os.PathLike[str] | None = None) -> None:
         super().__init__(client)
         if replicas < 0 or replica_timeout <= 0:
             raise ValueError("replicas must be >= 0 and replica_timeout positive")
@@ -121,24 +143,50 @@ class RedisLogBackend(RedisBackend):
         self._session_lock = threading.Lock()
         self._replica: StreamReplica | None = None
         self._replica_lock = threading.Lock()
+        self.archive = None if archive is None else ArchiveReader(archive)
         self._run(lc.exchange_ensure_library())
+        if materialize:  # reads from a materialised follower (MaterializedReads)
+            self.follower = StreamFollower(client, stream=name)
 
     @classmethod
     def from_url(cls, url: str, *, db: int | None = None,
                  stream: str = "telstate-log", source: str | None = None, replicas: int = 0,
-                 replica_timeout: float = 1.0) -> RedisLogBackend:
-        """Connect to the shared log `stream` of the telstate database at `url`."""
+                 replica_timeout: float = 1.0, materialize: bool = False,
+                 archive: str | os.PathLike[str] | None = None) -> RedisLogBackend:
+        """Connect to the shared log `stream` of the telstate database at `url`.
+
+        `url` is ``redis://``, ``rediss://``, ``unix://`` or
+        ``redis+sentinel://host:port[,host:port...]/service[/db]``; behind
+        Sentinel, a command is retried for up to
+        :data:`~._redis_endpoint.FAILOVER_SECONDS` so a write in flight during a
+        failover completes on the new primary (every write is idempotent in
+        effect, so a retry never records twice).
+        """
         endpoint = parse_endpoint(url)
         if endpoint.url is None:
             raise ValueError(f"not a Redis URL: {endpoint}")
-        client = redis.Redis.from_url(endpoint.url, db=db, **client_options(Retry))
+        options = failover_options(Retry) if endpoint.url.startswith(SENTINEL_SCHEME) else {}
+        client = connect(endpoint.url, db=db, **options)
         return cls(client, stream=stream, source=source, replicas=replicas,
-                   replica_timeout=replica_timeout)
+                   replica_timeout=replica_timeout, materialize=materialize, archive=archive)
 
     # ----------------------------------------------------------------- driver
+    def run(self, exchange: Exchange[_R]) -> _R:
+        """Run an exchange (:mod:`._redis_log_common`, :mod:`._redis_common`) on this
+        backend's connections: how the async backend drives it from worker threads."""
+        return self._run(exchange)  # type: ignore[no-any-return]
+
     def _execute(self, op: Any) -> Any:
+        if op[0] == "session":
+            with self._session_lock:
+                if not self.target.session:
+                    self._run(lc.exchange_session(self.target, session_info(self.source)))
+            return None
         if op[0] == "log":
             return self.log_client.execute_command(*op[1:])  # type: ignore[no-untyped-call]
+        if op[0] == "sleep":
+            time.sleep(op[1])
+            return None
         if op[0] == "log_pipeline":
             with self.log_client.pipeline(transaction=True) as pipe:
                 for args in op[1]:
@@ -146,48 +194,54 @@ class RedisLogBackend(RedisBackend):
                 return pipe.execute()
         return super()._execute(op)
 
-    def _write(self, name: str, key: bytes, *args: Any) -> Any:
-        if not self.target.session:
-            with self._session_lock:
-                if not self.target.session:
-                    self._run(lc.exchange_session(self.target, session_info(self.source)))
-        return self._run(lc.exchange_append(self.target, name, key, *args))
-
     # ----------------------------------------------------------------- writes
+    # (each exchange returns (result, position); the session is registered on demand)
     def set_immutable(self, key: bytes, value: bytes) -> bytes | None:
-        return self._write("tslog_set", key, value)[0]  # type: ignore[no-any-return]
+        return self._wrote(self._run(lc.exchange_set_immutable(  # type: ignore[no-any-return]
+            self.target, key, value)))[0]
 
     def add_mutable(self, key: bytes, value: bytes, timestamp: float) -> None:
-        self._write("tslog_add", key, *lc.add_args(value, timestamp))
+        self._wrote(self._run(lc.exchange_add_mutable(self.target, key, value, timestamp)))
 
     def add_mutable_many(self, key: bytes, values: Sequence[bytes] | np.ndarray,
                          timestamps: Any) -> int:
         """Add many samples of one sensor in one round trip; returns how many were new."""
-        members = lc.add_many_args(values, timestamps)
-        if not members:
-            return 0
-        reply = self._write("tslog_add_many", key, *members)
-        return int(reply[2])
+        return int(self._wrote(self._run(lc.exchange_add_mutable_many(
+            self.target, key, values, timestamps)))[0])
 
     def set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> bytes | None:
-        return self._write("tslog_set_indexed", key, sub_key, value)[0]  # type: ignore[no-any-return]
+        return self._wrote(self._run(lc.exchange_set_indexed(  # type: ignore[no-any-return]
+            self.target, key, sub_key, value)))[0]
 
     def delete(self, key: bytes) -> None:
-        self._write("tslog_delete", key)
+        self._wrote(self._run(lc.exchange_delete(self.target, key)))
 
     def clear(self) -> None:
-        self._write("tslog_clear", b"")
+        self._wrote(self._run(lc.exchange_clear(self.target)))
+
+    def observe(self, kind: int, key: bytes, tail: bytes = b"", *,
+                pipe: redis.client.Pipeline | None = None) -> int:
+        """Record the event of a write that already happened in the telstate db.
+
+        For a recorder (:class:`~telstate_log.replay.SharedLogSink`): a write by
+        a client that bypassed the library (``kind`` IMMUTABLE, ADD, INDEXED,
+        DELETE or CLEAR, ``tail`` as in a stream record) gets its event under
+        this backend's session, with no layout change and no message
+        (``tslog_observe``).  Returns its position; with `pipe` (a transaction
+        pipeline after ``MULTI``) the call is queued there and 0 is returned.
+        """
+        if pipe is None:
+            reply = self._run(lc.exchange_append(self.target, "tslog_observe", key, kind, tail))
+            return self._wrote((None, lc.reply_position(reply)))[1]
+        if not self.target.session:
+            self._execute(("session",))
+        pipe.execute_command(  # type: ignore[no-untyped-call]
+            "FCALL", "tslog_observe", 1, key, *self.target.args(), kind, tail)
+        return 0
 
     def sync(self) -> int:
-        """The last position; with `replicas`, after WAIT confirmed they hold it."""
-        position = self.position
-        if self.target.replicas:
-            acked = int(self.client.execute_command(  # type: ignore[no-untyped-call]
-                "WAIT", self.target.replicas, max(int(self.target.replica_timeout * 1000), 1)))
-            if acked < self.target.replicas:
-                raise ReplicationError(f"{acked} of {self.target.replicas} replica(s) "
-                                       "acknowledged", position, acked)
-        return position
+        """The last position, once `replicas` replicas hold every write so far."""
+        return int(self._run(exchange_replicated(self.target)))
 
     # ---------------------------------------------------------------- the log
     @property
@@ -202,23 +256,6 @@ class RedisLogBackend(RedisBackend):
             if include_sessions or record.kind != SESSION:
                 yield record
 
-    def _records_from(self, since: int) -> Iterator[StreamRecord]:
-        """Records from the one holding position `since` on; raises if trimmed away."""
-        before = self._run(lc.exchange_record_at(self.target, since))
-        first = True
-        start = before.entry_id if before is not None else b"0-0"
-        if before is not None and before.kind != SESSION and before.last >= since:
-            first = False
-            yield before
-        for record in self.read_stream_from_id(start):
-            if first and record.kind != SESSION:
-                first = False
-                if record.position > max(since, 1):
-                    raise HistoryUnavailableError(
-                        f"the shared log's history before position {record.position} was "
-                        "trimmed from the stream (archive it with `telstate-log archive`)")
-            yield record
-
     def read_stream_from_id(self, last: bytes) -> Iterator[StreamRecord]:
         """Every record after stream entry ID `last`, in stream order."""
         while True:
@@ -228,34 +265,51 @@ class RedisLogBackend(RedisBackend):
             yield from records
             last = records[-1].entry_id
 
+    def _trimmed_since(self, since: int) -> int:
+        """The stream's trim point if `since` is at or before it (else 0); raises
+        HistoryUnavailableError if so and there is no archive."""
+        trimmed: int = self._run(exchange_trimmed(self.target.meta))
+        if since > trimmed:
+            return 0
+        if self.archive is None:
+            raise trimmed_error(trimmed)
+        return trimmed
+
     def events(self, since: int = 1, until: int | None = None) -> list[Event]:
-        """Every event with a position in ``[since, until]`` (the audit trail)."""
-        out: list[Event] = []
-        for record in self._records_from(since):
-            if until is not None and record.position > until:
-                break
-            out.extend(e for e in record.events()
-                       if e.position >= since and (until is None or e.position <= until))
-        return out
+        """Every event with a position in ``[since, until]`` (the audit trail);
+        those up to the stream's trim point from the archive."""
+        since = max(since, 1)
+        for _ in range(3):  # an archiver trimming meanwhile: look again
+            trimmed = self._trimmed_since(since)
+            if not trimmed:
+                return self._run(lc.exchange_events(  # type: ignore[no-any-return]
+                    self.target, since, until))
+            assert self.archive is not None
+            out = self.archive.events(since, trimmed if until is None else min(until, trimmed),
+                                      trimmed)
+            if until is not None and until <= trimmed:
+                return out
+            try:
+                rest: list[Event] = self._run(lc.exchange_events(self.target, trimmed + 1,
+                                                                 until))
+                return out + rest
+            except HistoryUnavailableError:
+                continue
+        raise HistoryUnavailableError("the shared log is being trimmed faster than it is read")
 
     def history(self, key: bytes, sub_key: bytes | None = None) -> list[Event]:
         """The events that changed `key` (or its sub-key `sub_key`), in order."""
-        out: list[Event] = []
-        for record in self._records_from(1):
-            if record.kind == SESSION or (record.key != key and record.kind != CLEAR):
-                continue
-            for event in record.events():
-                if sub_key is None or event.sub_key == sub_key or event.kind in (
-                        "delete", "clear"):
-                    out.append(event)
-        return out
+        if self._run(exchange_trimmed(self.target.meta)) == 0:
+            return self._run(lc.exchange_history(  # type: ignore[no-any-return]
+                self.target, key, sub_key))
+        return [e for e in self.events(1) if touches(e, key, sub_key)]
 
     def session_info(self, session: int) -> dict[str, Any]:
         """Who wrote events of `session` (source label, host, pid, user, start)."""
-        for record in self.read_stream_from_id(b"0-0"):
-            if record.kind == SESSION and record.session == session:
-                return session_of(record)
-        return {}
+        info: dict[str, Any] = self._run(lc.exchange_session_info(self.target, session))
+        if not info and self.archive is not None:  # its record may have been trimmed
+            info = self.archive.session_info(session)
+        return info
 
     # ------------------------------------------------------------ time travel
     def replica(self) -> StreamReplica:
@@ -264,9 +318,16 @@ class RedisLogBackend(RedisBackend):
             if self._replica is None:
                 self._replica = StreamReplica()
             replica = self._replica
-            replica.apply(self._records_from(1) if replica.last_id == b"0-0"
-                          else self.read_stream_from_id(replica.last_id))
-            return replica
+            if replica.last_id == b"0-0" and self.archive is not None:
+                trimmed = self._trimmed_since(1)
+                if trimmed:  # the trimmed beginning, from the archive
+                    replica.apply(self.archive.records(trimmed))
+            while True:
+                ids, bodies = self._run(lc.exchange_catch_up(self.target, replica.last_id,
+                                                             replica.position))
+                if not ids:
+                    return replica
+                replica.apply_entries(ids, bodies)
 
     def as_of(self, position: int | None = None, time: float | None = None) -> StateBackend:
         """A read-only view of the state after event `position` (or at wall-clock `time`)."""
@@ -278,19 +339,34 @@ class RedisLogBackend(RedisBackend):
     def changes(self, since: int, until: int) -> Changes:
         return self.replica().changes(since, until)
 
+    def load_from_file(self, file: PathType | BinaryIO) -> int:
+        """Load an RDB file's keys as writes of the shared log (events, not RESTORE)."""
+        return int(self._run(exchange_log_load(self.target, file)))
+
+    def close(self) -> None:
+        super().close()
+        self.log_client.close()
+        self.log_client.connection_pool.disconnect()
+        if self.archive is not None:
+            self.archive.close()
+
     # ---------------------------------------------------------------- monitor
     def monitor_keys(self, keys: Iterable[bytes]) \
             -> Generator[KeyUpdateBase | None, float | None, None]:
+        if self.follower is not None:
+            return self.follower.monitor_keys(keys)
         return self._monitor(set(keys))
 
     def watch_all(self) -> Generator[KeyUpdateBase | None, float | None, None]:
         """Like :meth:`monitor_keys` for every key."""
+        if self.follower is not None:
+            return self.follower.watch_all()
         return self._monitor(None)
 
     def _monitor(self, wanted: set[bytes] | None) \
             -> Generator[KeyUpdateBase | None, float | None, None]:
         _, last = self._run(lc.exchange_last_position(self.target))
-        cursor = _Cursor(last)
+        cursor = lc.MonitorCursor(last)
         # Everything after `last` will be seen: the caller checks its condition now.
         timeout = yield KeyUpdateBase()
         while True:
@@ -299,7 +375,7 @@ class RedisLogBackend(RedisBackend):
                 continue
             timeout = yield self._next_record_update(cursor, wanted, timeout)
 
-    def _next_record_update(self, cursor: _Cursor, wanted: set[bytes] | None,
+    def _next_record_update(self, cursor: lc.MonitorCursor, wanted: set[bytes] | None,
                      timeout: float | None) -> KeyUpdateBase | None:
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         while not cursor.pending:
@@ -321,25 +397,3 @@ class RedisLogBackend(RedisBackend):
         cursor.tried = False
         return cursor.pending.popleft()
 
-
-class _Cursor:
-    """A monitor's place in the stream and the updates it has yet to report."""
-
-    def __init__(self, last: bytes) -> None:
-        self.last = last
-        self.position: int | None = None
-        self.pending: deque[KeyUpdateBase] = deque()
-        self.delay = 0.0
-        self.tried = False
-
-    def take(self, records: list[StreamRecord], wanted: set[bytes] | None) -> None:
-        for record in records:
-            self.last = record.entry_id
-            if record.kind == SESSION:
-                continue
-            if self.position is not None and record.position != self.position + 1:
-                self.pending.append(KeyUpdateBase())   # a gap: the caller re-reads
-            self.position = record.last
-            for key, update in lc.record_updates(record):
-                if wanted is None or key is None or key in wanted:
-                    self.pending.append(update)

@@ -66,6 +66,7 @@ COMMAND_MODULES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
                 "add_seal_parser", "add_prune_parser"), True),
     ("_rdb", ("add_export_parser", "add_import_parser"), False),
     ("_redis", ("add_project_parser", "add_record_parser", "add_replay_parser"), False),
+    ("_archive", ("add_archive_parser",), False),
 )
 
 _EPILOG = """\

@@ -58,6 +58,11 @@ class TelescopeState(TelescopeStateBase[Backend]):
     backend
         Async backend; a new :class:`telstate_log.aio.MemoryBackend` if
         neither it nor `base` is given.  katsdptelstate.aio backends work too.
+        Connecting is awaited, so Redis backends are made first: the sync
+        ``TelescopeState("redis://host:6379", log=True)`` (writes through the
+        shared log in Redis, ``log="name"`` for another stream) is
+        ``TelescopeState(await telstate_log.aio.RedisLogBackend.from_url(
+        "redis://host:6379"))`` here (``stream="name"``), under asyncio or trio.
     prefixes
         Key prefixes, normally built with :meth:`view`.
     base

@@ -43,6 +43,16 @@ def _is_backend(obj: Any) -> bool:
     return all(hasattr(obj, name) for name in ("get_range", "monitor_keys", "set_immutable"))
 
 
+def _shared_log_backend(endpoint: Any, db: int, stream: str) -> Backend:
+    """``TelescopeState(endpoint, db, log=stream)``: a RedisLogBackend on `stream`."""
+    from ..backends._redis_endpoint import parse_endpoint
+    from ..backends._redis_log import RedisLogBackend
+
+    address = parse_endpoint(endpoint)
+    url = address.url if address.url is not None else f"redis://{address}"
+    return RedisLogBackend.from_url(url, db=db, stream=stream)
+
+
 class TelescopeState(TelescopeStateBase[Backend]):
     """Interface to attributes and sensors stored in a database (sync).
 
@@ -65,19 +75,40 @@ class TelescopeState(TelescopeStateBase[Backend]):
         Key prefixes, normally built with :meth:`view`.
     base
         Existing instance to share the backend with (for views).
+    log
+        With a Redis endpoint: True (or a stream name) writes through the
+        shared log in Redis, a
+        :class:`~telstate_log.backends.RedisLogBackend` on the stream
+        ``"telstate-log"`` (or the one named): every write is one event of
+        one ordered log shared by every writer on every host, with
+        :meth:`history`, :meth:`audit`, :meth:`as_of` and :meth:`changes`,
+        while katsdptelstate clients keep reading (and writing) the same
+        database.  So ``TelescopeState("redis://host:6379", log=True)``.
+        For a writer label, replicas and the rest, pass
+        ``RedisLogBackend.from_url(url, source=..., replicas=...)`` as the
+        endpoint instead.
 
     Raises
     ------
     ValueError
-        If `base` is combined with an endpoint or db, or `db` with a backend.
+        If `base` is combined with an endpoint or db, `db` with a backend, or
+        `log` with anything but a Redis endpoint.
     ConnectionError
         If the initial connection to a Redis server fails.
     """
 
     def __init__(self, endpoint: Any = "", db: int = 0,
                  prefixes: tuple[Key, ...] = (b"",),
-                 base: TelescopeState | None = None) -> None:
+                 base: TelescopeState | None = None, *,
+                 log: bool | str | None = False) -> None:
         backend: Backend | None
+        if log is None:
+            log = False
+        elif log is not False and (not log or not isinstance(log, (bool, str))):
+            raise ValueError(f"log must be True, False or a stream name, not {log!r}")
+        if log and (base is not None or _is_backend(endpoint) or not endpoint
+                    or isinstance(endpoint, os.PathLike)):
+            raise ValueError("log= needs a Redis endpoint (a URL or host[:port])")
         if base is not None:
             if not (isinstance(endpoint, str) and endpoint == ""):
                 raise ValueError("Cannot specify both base and endpoint")
@@ -100,6 +131,8 @@ class TelescopeState(TelescopeStateBase[Backend]):
             from ..backends._memory import MemoryBackend
 
             backend = MemoryBackend()
+        elif log:
+            backend = _shared_log_backend(endpoint, db, "telstate-log" if log is True else log)
         else:
             from ..backends._redis import redis_backend_for_endpoint
 

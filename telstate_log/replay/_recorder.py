@@ -16,16 +16,16 @@ redacted).
 2. **Baseline**: reconcile the log with a ``SCAN`` + ``DUMP`` snapshot of
    the database (:mod:`._resync`): what Redis holds and the log lacks is
    written as events; the log's keys that Redis lacks are deleted.
-3. **Follow**: drain messages in batches.  Each batch is *confirmed* in one
-   pipelined round trip before anything is written: the key's ``TYPE``
-   (the immutable and sensor messages carry no type byte), and whether the
-   announced value is still there (``GET``, ``ZSCORE``, ``HGET``).  Only
-   confirmed writes are recorded, which also drops messages about keys of
-   the same name in *other* databases (pub/sub channels are server-wide).
-   Replaying a write the log already has is harmless: the log ignores
-   writes that change nothing.  A write the log refuses (an immutable with
-   a different value, a key of another type) means the key was deleted and
-   re-created unseen: the key is reconciled from its ``DUMP``.
+3. **Follow**: drain messages in batches and hand each batch to the
+   *sink* (:mod:`._log_sink` for a log of its own, :mod:`._shared_sink`
+   for a shared log), which *confirms* it in one pipelined round trip
+   before anything is written: the key's ``TYPE`` (the immutable and
+   sensor messages carry no type byte), and whether the announced value is
+   still there (``GET``, ``ZSCORE``, ``HGET``).  Only confirmed writes are
+   recorded, which also drops messages about keys of the same name in
+   *other* databases (pub/sub channels are server-wide).  A write the log
+   refuses means the key was deleted and re-created unseen: the key is
+   reconciled from its ``DUMP``.
 4. **Gaps**: when the subscription connection drops (server restart, a
    slow subscriber disconnected by Redis, ``CLIENT KILL``), messages
    published meanwhile are lost.  The recorder resubscribes with backoff
@@ -50,6 +50,24 @@ deleted when its message was confirmed is not recorded (the log follows
 Redis's state, not every transient), and ``load_from_file`` into Redis
 (``RESTORE`` per key, no messages) is seen only with notifications or at a
 reconcile.
+
+Into a shared log (mixed fleets)
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+Given a :class:`~telstate_log.backends.RedisLogBackend` of the recorded
+database (or by :meth:`Recorder.into_stream`), the recorder appends to its
+shared log (:class:`~._shared_sink.SharedLogSink`): writes of unmodified
+katsdptelstate clients enter the same total order as the shared-log
+writers', whose own messages are skipped (their events are in the stream
+already).  Each katsdptelstate write is recorded once, under the
+recorder's session, with the time the recorder *saw* it: katsdptelstate
+writes keep their publish order among themselves, but enter the stream
+after whatever shared-log writers appended before the recorder saw them.
+One recorder per stream (a lease refuses a second).  The blind spots above
+remain, and writes recovered by a reconcile are recorded in key order.
+A katsdptelstate client's delete of a key that shared-log writers write
+again before the recorder recorded the delete can make a writer's event
+repeat a write the stream already holds, which followers refuse as a
+diverged stream: keep katsdptelstate deletes off the shared writers' keys.
 """
 
 from __future__ import annotations
@@ -65,19 +83,14 @@ import redis
 import redis.client
 from redis.retry import Retry
 
+from ..backends import RedisLogBackend
 from ..backends._redis import REDIS_DOWN
 from ..backends._redis_endpoint import check_client, describe_pool, pubsub_pool_options
-from ..core._encoding import same_immutable_value
-from ..core._errors import ConnectionError, ImmutableKeyError, InvalidTimestampError
-from ..core._types import IndexedKeyUpdate, MutableKeyUpdate
-from ._record_messages import (
-    classify,
-    confirmed_update,
-    deletes_visible,
-    exchange_confirmation,
-    keyspace_flags,
-)
-from ._resync import ReconcileReport, decode_dump, reconcile, reconcile_key
+from ..core._errors import ConnectionError
+from ._log_sink import LogSink
+from ._record_messages import classify, deletes_visible, keyspace_flags
+from ._resync import ReconcileReport
+from ._shared_sink import SharedLogSink
 
 __all__ = ["Recorder", "RecorderStats"]
 
@@ -96,6 +109,7 @@ class RecorderStats:
     unconfirmed: int = 0    #: updates no longer in Redis when checked (not recorded)
     deletes: int = 0        #: keyspace notifications recorded as deletes
     repairs: int = 0        #: keys reconciled one by one
+    known: int = 0          #: writes a shared log had already (shared-log writers')
     resyncs: int = 0        #: whole-database reconciles (baseline, gaps, periodic)
     gaps: int = 0           #: lost subscriptions
     seconds: float = 0.0    #: since start()
@@ -113,7 +127,9 @@ class Recorder:
         :class:`redis.Redis` on the database to record (``decode_responses=False``).
     backend
         Where to record: a writable :class:`~telstate_log.backends.LogBackend`
-        (or any sync backend with ``add_mutable_many``).
+        (or any sync backend with ``add_mutable_many``), or the shared log of
+        the recorded database (a :class:`~telstate_log.backends.RedisLogBackend`
+        or :class:`~._shared_sink.SharedLogSink`; see :meth:`into_stream`).
     source
         Source label of the recording session (default ``record:<url>``).
     keyspace_events
@@ -131,6 +147,11 @@ class Recorder:
         check_client(client)
         self.client = client
         self.backend = backend
+        self.sink: LogSink | SharedLogSink = (
+            backend if isinstance(backend, SharedLogSink) else SharedLogSink(backend)
+            if isinstance(backend, RedisLogBackend) else LogSink(backend, client))
+        if isinstance(self.sink, SharedLogSink):
+            self.sink.check_database(client)
         pool = client.connection_pool
         self.url = describe_pool(pool)
         self.source = source if source is not None else f"record:{self.url}"
@@ -147,8 +168,23 @@ class Recorder:
         self._delay = 0.0
         self._started = 0.0
         self._last_resync = 0.0
-        self._start_position = 0
         self._previous_source: str | None = None
+
+    @classmethod
+    def into_stream(cls, client: redis.Redis, stream: str = "telstate-log", *,
+                    replicas: int = 0, replica_timeout: float = 1.0,
+                    **options: Any) -> Recorder:
+        """A recorder of `client`'s database into the shared log `stream` of that database.
+
+        `options` are the constructor's; :meth:`close` closes the stream's connections.
+        """
+        sink = SharedLogSink.for_client(client, stream=stream, replicas=replicas,
+                                        replica_timeout=replica_timeout)
+        try:
+            return cls(client, sink, **options)
+        except BaseException:
+            sink.close()
+            raise
 
     # ------------------------------------------------------------ configuration
     def _configure(self, enable: bool) -> str | None:
@@ -185,11 +221,9 @@ class Recorder:
     def start(self) -> ReconcileReport:
         """Subscribe, then take the baseline; returns what the baseline recorded."""
         self._started = time.monotonic()
-        self._start_position = self.backend.position
-        set_source = getattr(self.backend, "set_source", None)
-        if set_source is not None:
-            self._previous_source = getattr(self.backend, "source", None)
-            set_source(self.source)
+        self.sink.keep()
+        self._previous_source = self.sink.source
+        self.sink.set_source(self.source)
         self._subscribe()
         return self.resync()
 
@@ -197,11 +231,10 @@ class Recorder:
         """Drop the subscription and restore the backend's source label."""
         self._drop()
         self._sub_client.connection_pool.disconnect()
-        set_source = getattr(self.backend, "set_source", None)
-        if set_source is not None and self._started and \
-                getattr(self.backend, "source", None) == self.source:
-            set_source(self._previous_source)
+        if self._started and self.sink.source == self.source:
+            self.sink.set_source(self._previous_source)
         self._update_stats()
+        self.sink.close()
 
     def __enter__(self) -> Recorder:
         self.start()
@@ -211,7 +244,7 @@ class Recorder:
         self.close()
 
     def _update_stats(self) -> None:
-        self.stats.recorded = self.backend.position - self._start_position
+        self.stats.recorded = self.sink.recorded
         self.stats.seconds = time.monotonic() - self._started if self._started else 0.0
 
     # ------------------------------------------------------------- subscription
@@ -289,8 +322,9 @@ class Recorder:
     # --------------------------------------------------------------- recording
     def resync(self) -> ReconcileReport:
         """Reconcile the log with the whole database now."""
-        report = reconcile(self.backend, self.client)
+        report = self.sink.reconcile(self.client)
         self.stats.resyncs += 1
+        self._update_stats()
         self._last_resync = time.monotonic()
         if report.changed:
             logger.info("reconcile with %s: %s", self.url, report.as_dict())
@@ -301,6 +335,7 @@ class Recorder:
 
         Returns the number of messages handled.
         """
+        self.sink.keep()
         if self.resync_interval is not None and self._pubsub is not None and \
                 time.monotonic() - self._last_resync >= self.resync_interval:
             self.resync()
@@ -314,7 +349,7 @@ class Recorder:
         items = [item for m in batch if (item := classify(m)) is not None]
         self.stats.messages += len(items)
         if items:
-            self._record(items)
+            self.sink.record(items, self.stats)
         self._update_stats()
         return len(items)
 
@@ -334,52 +369,3 @@ class Recorder:
             total += count
         self._update_stats()
         return total
-
-    def _record(self, items: list[tuple[str, bytes, bytes]]) -> None:
-        """Confirm a batch of messages in one round trip, then record it in order."""
-        exchanges: list[tuple[str, bytes, Any, int]] = []
-        with self.client.pipeline(transaction=False) as pipe:
-            for what, key, data in items:
-                exchange = exchange_confirmation(pipe, what, key, data)
-                if exchange is not None:
-                    exchanges.append(exchange)
-            replies = pipe.execute(raise_on_error=False) if exchanges else []
-        at = 0
-        for what, key, detail, count in exchanges:
-            self._apply(what, key, detail, replies[at:at + count])
-            at += count
-
-    def _apply(self, what: str, key: bytes, detail: Any, replies: list[Any]) -> None:
-        backend = self.backend
-        if what == "gone":
-            if backend.key_type(key) is not None:
-                backend.delete(key)
-                self.stats.deletes += 1
-            return
-        if what == "appear":
-            self._repair(key, replies[0])
-            return
-        update = confirmed_update(what, key, detail, replies)
-        if update is None:
-            self.stats.unconfirmed += 1
-            return
-        try:
-            if isinstance(update, MutableKeyUpdate):
-                backend.add_mutable(key, update.value, update.timestamp)
-            elif isinstance(update, IndexedKeyUpdate):
-                old = backend.set_indexed(key, update.sub_key, update.value)
-                if old is not None and not same_immutable_value(old, update.value):
-                    self._repair(key)
-            else:
-                old = backend.set_immutable(key, update)
-                if old is not None and not same_immutable_value(old, update):
-                    self._repair(key)
-        except (ImmutableKeyError, InvalidTimestampError):
-            self._repair(key)
-
-    def _repair(self, key: bytes, dump: Any = ...) -> None:
-        """Reconcile one key from its current DUMP (fetched unless given)."""
-        if dump is ...:
-            dump = self.client.dump(key)
-        reconcile_key(self.backend, key, decode_dump(key, dump))
-        self.stats.repairs += 1

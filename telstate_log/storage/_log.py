@@ -48,6 +48,7 @@ from ..core._errors import HistoryUnavailableError, LogError, ReadOnlyError
 from ..core._events import Event
 from ..core._state import Commit, CommitBatch, State
 from ._checkpointer import Checkpointer
+from ._copy_writer import CopyWriter
 from ._dir_watch import Follower
 from ._durability import Durability
 from ._event_writer import LogWriter
@@ -113,12 +114,14 @@ class Log:
              checkpoint_bytes: int | None = DEFAULT_CHECKPOINT_BYTES,
              flush_interval: float = 0.005, use_checkpoints: bool = True,
              fs: FileSystem | None = None,
-             lock: threading.RLock | None = None) -> tuple[Log, State]:
+             lock: threading.RLock | None = None, copy: bool = False) -> tuple[Log, State]:
         """Open (creating or recovering) the log at `path`: the Log and its State.
 
         A writer takes the directory's lock (:exc:`LogLockedError` if another
         process holds it); a reader (`readonly`) does not, and follows the
-        writer once :meth:`follow` is called.
+        writer once :meth:`follow` is called.  With `copy` the writer is a
+        :class:`~._copy_writer.CopyWriter` (an archive: events recorded
+        elsewhere are appended as they were, and ``append`` is refused).
         """
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
@@ -130,13 +133,13 @@ class Log:
                   readonly=readonly, lock=lock if lock is not None else threading.RLock())
         log._open(fsync_interval=fsync_interval, segment_bytes=segment_bytes, source=source,
                   checkpoint_bytes=checkpoint_bytes, flush_interval=flush_interval,
-                  use_checkpoints=use_checkpoints)
+                  use_checkpoints=use_checkpoints, copy=copy)
         return log, log._state
 
     # ------------------------------------------------------------- opening
     def _open(self, *, fsync_interval: float, segment_bytes: int, source: str | None,
               checkpoint_bytes: int | None, flush_interval: float,
-              use_checkpoints: bool) -> None:
+              use_checkpoints: bool, copy: bool) -> None:
         fs, path = self._fs, self.path
         if not self.readonly:
             fs.makedirs(path)
@@ -155,7 +158,8 @@ class Log:
                                     fsync=self.fsync, fsync_interval=fsync_interval,
                                     segment_bytes=segment_bytes, source=source,
                                     checkpoint_bytes=checkpoint_bytes,
-                                    flush_interval=flush_interval)
+                                    flush_interval=flush_interval,
+                                    writer_class=CopyWriter if copy else LogWriter)
                 self._log_id = parts.log_id
                 self._writer, self._durability = parts.writer, parts.durability
                 self._ckpt, self._sealer = parts.checkpointer, parts.sealer

@@ -54,8 +54,10 @@ def _is_sealed(fs: FileSystem, path: str, first: int) -> bool:
 def open_writer(fs: FileSystem, path: str, lock: threading.RLock, state: State,
                 tables: Tables, tail: Tail, *, fsync: str, fsync_interval: float,
                 segment_bytes: int, source: str | None, checkpoint_bytes: int | None,
-                flush_interval: float) -> WriterParts:
-    """Start appending to the recovered log at `path` (see module docstring)."""
+                flush_interval: float, writer_class: type[LogWriter] = LogWriter
+                ) -> WriterParts:
+    """Start appending to the recovered log at `path` (see module docstring);
+    `writer_class` is LogWriter or, for an archive, its CopyWriter."""
     sync = fsync != "never"
     log_id = tail.log_id
     if tail.segment_first is None:
@@ -72,11 +74,11 @@ def open_writer(fs: FileSystem, path: str, lock: threading.RLock, state: State,
         assert log_id is not None
         first, offset, crc = tail.segment_first, tail.offset, tail.crc
         fd = fs.open_append(os.path.join(path, fmt.segment_name(first)))
-    writer = LogWriter(fs, path, log_id, tables, segment_first=first, fd=fd, offset=offset,
-                       crc=crc, segment_bytes=segment_bytes, sync_on_rotate=sync,
-                       session=session_info(source), lock=lock,
-                       flush_interval=0.0 if fsync == "always" else flush_interval,
-                       position=state.position)
+    writer = writer_class(fs, path, log_id, tables, segment_first=first, fd=fd, offset=offset,
+                           crc=crc, segment_bytes=segment_bytes, sync_on_rotate=sync,
+                           session=session_info(source), lock=lock,
+                           flush_interval=0.0 if fsync == "always" else flush_interval,
+                           position=state.position)
     durability = Durability(writer.sync, lambda: writer.position, durable=state.position,
                             interval=fsync_interval if fsync == "interval" else None,
                             on_fail=writer.fail)
