@@ -20,11 +20,12 @@ import redis
 from _redis_cluster import RedisCluster, require_sentinel
 from _waiting import wait_for
 
-from telstate_log import ConnectionError, ReplicationError
+from telstate_log import ConnectionError, ReplicationError, StreamDivergedError
 from telstate_log.backends import RedisLogBackend, StreamReplica
 from telstate_log.backends._log_functions import log_db_for
 from telstate_log.core._encoding import decode_value, encode_value
 from telstate_log.core._stream_format import decode_record
+from telstate_log.replay import Archiver
 
 pytestmark = pytest.mark.redis
 
@@ -67,9 +68,27 @@ class Writer(threading.Thread):
             self.error = exc
 
 
-def test_acknowledged_writes_survive_a_failover(cluster: RedisCluster) -> None:
+class ArchiverThread(threading.Thread):
+    """An archiver following the stream through the failover."""
+
+    def __init__(self, url: str, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.archiver = Archiver(url, path)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.archiver.follow(self.stop)
+        except BaseException as exc:
+            self.error = exc
+
+
+def test_acknowledged_writes_survive_a_failover(cluster: RedisCluster, tmp_path: Path) -> None:
     url = cluster.sentinel_url(0)
     writers = [Writer(url, i) for i in range(WRITERS)]
+    archiver = ArchiverThread(url, tmp_path / "archive")
+    archiver.start()
     for writer in writers:
         writer.start()
     try:
@@ -94,6 +113,14 @@ def test_acknowledged_writes_survive_a_failover(cluster: RedisCluster) -> None:
             writer.join(60)
             writer.backend.close()
     assert all(w.error is None for w in writers), [w.error for w in writers]
+    # the archiver either went on consistently or stopped on the divergence
+    if archiver.error is None:
+        wait_for(lambda: archiver.error is not None or archiver.archiver.position >= max(
+            int(RedisLogBackend.from_url(url).position), 1), what="the archiver to catch up")
+    archiver.stop.set()
+    archiver.join(60)
+    assert archiver.error is None or isinstance(archiver.error, StreamDivergedError), \
+        archiver.error
 
     primary = cluster.primary_client(0)
     log = cluster.primary_client(log_db_for(0))
@@ -117,5 +144,16 @@ def test_acknowledged_writes_survive_a_failover(cluster: RedisCluster) -> None:
     for writer in writers:
         assert replica.get_range(writer.key, 0.0, float("inf"), False, False) == [
             (m[8:], float(decode_value(m[8:]))) for m in primary.zrange(writer.key, 0, -1)]
+    print(f"\narchiver after the failover: {archiver.error or 'went on'}")
+    # what the archive holds is the stream's history, never a merge of two
+    archived = archiver.archiver.log.events()
+    archiver.archiver.close()
+    held = [e for r in events for e in r.events()]
+    if archiver.error is None:
+        assert archived == held[:len(archived)] and len(archived) == len(held)
+    else:
+        position = archiver.error.position     # type: ignore[attr-defined]
+        assert archived[:position - 1] == held[:position - 1]
+        assert len(archived) < position or archived[position - 1] != held[position - 1]
     primary.close()
     log.close()
