@@ -21,15 +21,10 @@ any password replaced by ``***``.
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
-from ._common import CliError, add_json_argument, command_parser
+from ._common import CliError, add_json_argument, command_parser, stop_on_signals
 from ._output import emit_json, print_fields
 
 __all__ = ["add_archive_parser"]
@@ -61,29 +56,6 @@ def add_archive_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM (and Ctrl-C unless ignored) while the block runs."""
-    stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
-                continue  # a background job: Ctrl-C at the terminal is not for it
-            previous[sig] = signal.signal(sig, handle)
-    except ValueError:  # not the main thread: the default handlers stay
-        pass
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run_archive(args: argparse.Namespace) -> int:
     import redis
 
@@ -93,7 +65,7 @@ def run_archive(args: argparse.Namespace) -> int:
     shown = redact_url(args.redis)
     started = time.perf_counter()
     try:
-        with _stop_on_signals() as stop:
+        with stop_on_signals() as stop:
             try:
                 archiver = Archiver(args.redis, args.log, stream=args.stream, trim=args.trim)
             except ValueError as exc:  # not a Redis URL

@@ -26,9 +26,13 @@ import errno
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .. import LogCorruptError, LogLockedError
@@ -62,6 +66,8 @@ __all__ = [
     "report_error",
     "require_log",
     "state_view",
+    "stop_on_signals",
+    "stop_signals",
 ]
 
 PROG = "telstate-log"
@@ -372,3 +378,39 @@ def iter_events(backend: LogBackend, since: int, until: int,
         stop = min(until, pos + chunk - 1)
         yield from backend.events(pos, stop)
         pos = stop + 1
+
+
+# ------------------------------------------------------------ stop signals
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a command: SIGTERM, and SIGINT unless it is ignored.
+
+    A shell starts a background job with SIGINT ignored so that Ctrl-C at the
+    terminal leaves the job running; like Python's own Ctrl-C handling (and so
+    ``tail -f``), these commands keep it ignored then.
+    """
+    return tuple(sig for sig in _STOP_SIGNALS
+                 if sig != signal.SIGINT or signal.getsignal(sig) is not signal.SIG_IGN)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C or SIGTERM while the block runs (main thread only)."""
+    stop = threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    try:
+        for sig in stop_signals():
+            previous[sig] = signal.signal(sig, handle)
+    except ValueError:      # not the main thread: the default handlers stay
+        pass
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -30,12 +30,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 from ._common import (
@@ -47,48 +44,17 @@ from ._common import (
     parse_position,
     parse_seconds,
     parse_time,
+    stop_on_signals,
+    stop_signals,
 )
 from ._output import emit_json, print_fields
 from ._progress_bar import Progress
 
 __all__ = ["add_project_parser", "add_record_parser", "add_replay_parser"]
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 # ------------------------------------------------------------------ helpers
-def _stop_signals() -> tuple[signal.Signals, ...]:
-    """The signals that stop a command: SIGTERM, and SIGINT unless it is ignored.
-
-    A shell starts a background job with SIGINT ignored so that Ctrl-C at the
-    terminal leaves the job running; like Python's own Ctrl-C handling (and so
-    ``tail -f``), these commands keep it ignored then.
-    """
-    return tuple(sig for sig in _STOP_SIGNALS
-                 if sig != signal.SIGINT or signal.getsignal(sig) is not signal.SIG_IGN)
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by Ctrl-C or SIGTERM while the block runs (main thread only)."""
-    stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    try:
-        for sig in _stop_signals():
-            previous[sig] = signal.signal(sig, handle)
-    except ValueError:      # not the main thread: the default handlers stay
-        pass
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _redis_client(url: str) -> Any:
     """A client for `url` (which must be a redis://, rediss:// or unix:// URL)."""
     from ..replay import client_for_url
@@ -196,7 +162,7 @@ def run_project(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {} if args.marker_db is None else {"marker_db": args.marker_db}
     started = time.perf_counter()
     with open_log(args.log, follow=args.follow) as backend, _redis_errors(client), \
-            _stop_on_signals() as stop, Progress() as progress:
+            stop_on_signals() as stop, Progress() as progress:
         if args.upto is not None and args.upto > backend.position:
             raise CliError(f"--upto {args.upto} is beyond the end of the log "
                            f"({backend.position})")
@@ -275,7 +241,7 @@ def run_record(args: argparse.Namespace) -> int:
     options = {"source": args.source, "keyspace_events": args.keyspace_events,
                "resync_interval": args.resync_interval}
     with (LogBackend(args.log) if args.log else nullcontext()) as backend, \
-            _redis_errors(client), _stop_on_signals() as stop, Progress() as progress:
+            _redis_errors(client), stop_on_signals() as stop, Progress() as progress:
         recorder = (Recorder(client, backend, **options) if backend is not None
                     else Recorder.into_stream(client, args.stream, **options))
         try:
@@ -375,7 +341,7 @@ def run_replay(args: argparse.Namespace) -> int:
                         async def on_signal(*, task_status: TaskStatus[None] =
                                             anyio.TASK_STATUS_IGNORED) -> None:
                             nonlocal stopped
-                            with anyio.open_signal_receiver(*_stop_signals()) as signals:
+                            with anyio.open_signal_receiver(*stop_signals()) as signals:
                                 task_status.started()
                                 async for _ in signals:
                                     stopped = True
