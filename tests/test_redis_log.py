@@ -7,6 +7,7 @@ refused write changes nothing; the stream stays out of the telstate db.
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -26,7 +27,7 @@ from telstate_log import (
 from telstate_log.backends import RedisLogBackend, StreamReplica
 from telstate_log.backends._log_functions import LIBRARY_NAME, VERSION, log_db_for
 from telstate_log.core._encoding import encode_value
-from telstate_log.core._stream_format import decode_record
+from telstate_log.core._stream_format import add_tail, decode_record
 
 pytestmark = pytest.mark.redis
 
@@ -225,7 +226,9 @@ def test_a_replica_stops_on_a_diverged_stream(backend: RedisLogBackend,
     log.delete(b"telstate-log")
     for ident, fields in entries:
         log.xadd(b"telstate-log", fields, id=ident)
-    log.xadd(b"telstate-log", {b"e": entries[-1][1][b"e"]}, id=b"3-0")   # a repeat
+    # position 3: a sample for "a", which the replica holds as an immutable
+    sample = struct.pack("<BdII", 2, 1.0, 1, 1) + b"a" + add_tail(encode_value(2.0), 5.0)
+    log.xadd(b"telstate-log", {b"e": sample}, id=b"3-0")
     log.close()
     with pytest.raises(StreamDivergedError) as info:
         replica.apply(backend.read_stream_from_id(replica.last_id))

@@ -135,12 +135,22 @@ def test_apply_refuses_gaps_reused_positions_and_contradictions() -> None:
     assert gap.value.position == 3 and "missing" in str(gap.value)
     with pytest.raises(StreamDivergedError, match="reuses"):
         apply_record(state, _record(1, IMMUTABLE, b"b", b"\xff\x01"))
-    with pytest.raises(StreamDivergedError) as same:      # a second value of an immutable
-        apply_record(state, _record(2, IMMUTABLE, b"a", b"\xff\x02"))
-    assert same.value.position == 2
     with pytest.raises(StreamDivergedError, match="contradicts"):
         apply_record(state, _record(2, ADD, b"a", add_tail(b"\xff\x02", 1.0)))
+    assert state.position == 1
+
+
+def test_apply_moves_on_past_writes_the_state_already_reflects() -> None:
+    """A repeat (a bypassing delete not yet recorded, then the same write again)
+    changes nothing and moves the position on, as the archive's copier does."""
+    state = State(keep_history=True)
+    apply_record(state, _record(1, IMMUTABLE, b"a", b"\xff\x01"))
     apply_record(state, _record(2, ADD, b"s", add_tail(b"\xff\x02", 1.0)))
-    with pytest.raises(StreamDivergedError):            # a sample the state already has
-        apply_record(state, _record(3, ADD, b"s", add_tail(b"\xff\x02", 1.0)))
-    assert state.position == 2
+    apply_record(state, _record(3, IMMUTABLE, b"a", b"\xff\x01"))
+    apply_record(state, _record(4, ADD, b"s", add_tail(b"\xff\x02", 1.0)))
+    apply_record(state, _record(5, ADD_BATCH, b"s", batch_tail(np.array([1.0, 2.0]),
+                                                                [b"\xff\x02", b"\xff\x03"])))
+    assert state.position == 6
+    assert state.get(b"a")[0] == b"\xff\x01"
+    assert state.get_range(b"s", 0.0, np.inf, False, False) == \
+        [(b"\xff\x02", 1.0), (b"\xff\x03", 2.0)]

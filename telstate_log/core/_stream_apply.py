@@ -2,19 +2,25 @@
 
 Theory of operation
 -------------------
-A follower of a shared log (a materialised replica, an archiver, a time
-travel query) applies the stream's records to a :class:`State` in order.
-The stream is the truth: each record must start right after the state's
-position, and must change the state exactly as it says.  A record that
-would change nothing (a first-writer-wins value the state already holds, a
-sample it already has) means the stream and what the follower holds have
-diverged -- a failover reused positions, or the follower is fed from another
-stream -- and raises :exc:`~telstate_log.StreamDivergedError` naming the
-position.  The two exceptions are DELETE and CLEAR of keys the state does
-not hold: writes that bypassed the shared log (katsdptelstate clients on
-the same database) created them in Redis, so the state only moves its
-position on.  A record after a gap (the stream was trimmed past the
-follower, or lost entries) raises the same error: a follower never skips.
+A follower of a shared log (a materialised replica, a time travel query)
+applies the stream's records to a :class:`State` in order.  The stream is
+the truth: each record must start right after the state's position -- a
+record after a gap (the stream was trimmed past the follower, or lost
+entries) or at a position already applied raises
+:exc:`~telstate_log.StreamDivergedError` naming the position: a follower
+never skips and never applies twice.  A record that contradicts the state
+(a sample for a key the state holds as an immutable, say) raises the same
+error.
+
+A record whose write the state already reflects (a value or sample it
+holds; a DELETE or CLEAR of keys it does not hold) moves the position on
+and changes nothing, as replaying it into a segment log does (the archive's
+copier keeps such events the same way).  Writes that bypassed the shared
+log cause them: a katsdptelstate client deleted a key and a shared-log
+writer wrote the same value again before a recorder recorded the delete.
+Divergence after a failover is caught where it can be seen for certain:
+followers and archivers compare the stream's entry at their last position
+with what they applied, byte for byte, whenever they reconnect.
 
 Session records define who wrote later events; :func:`apply_record` returns
 them for the caller to keep.  Pure: no I/O.
@@ -80,6 +86,4 @@ def apply_record(state: State, record: StreamRecord) -> None:
         raise StreamDivergedError(
             f"the event at position {pos} contradicts the state before it ({exc})", pos) from None
     if not changed or state.position != record.last:
-        raise StreamDivergedError(
-            f"the event at position {pos} does not change the state as recorded (key "
-            f"{key!r}): the stream and this replica hold different histories", pos)
+        state.position = record.last   # (part of) the write was already reflected
