@@ -1,9 +1,11 @@
 """The asynchronous front end: :class:`TelescopeState` (anyio: asyncio or trio).
 
 A thin driver: every operation awaits a plan from :mod:`telstate_log.frontend._frontend`
-with :func:`run_async`.  Only waiting is specific: ``wait_key`` and
-``wait_indexed`` iterate the backend's async monitor and are cancelled the
-anyio way (cancel scopes, ``anyio.fail_after``), not with a timeout argument.
+with :func:`run_async`, except the writes, which await the backend once between the
+shared steps of :mod:`telstate_log.frontend._writes`.  Only waiting is specific:
+``wait_key`` and ``wait_indexed`` iterate the backend's async monitor and are
+cancelled the anyio way (cancel scopes, ``anyio.fail_after``), not with a timeout
+argument.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..backends._base import PathType
 from ..backends.aio._backend import Backend
 from ..core._asof import Changes
 from ..core._encoding import ENCODING_DEFAULT, ENCODING_MSGPACK, encode_value
+from ..core._errors import ImmutableKeyError
 from ..core._types import KeyType
 from ._frontend import (
     NO_SUB_KEY,
@@ -29,6 +32,7 @@ from ._frontend import (
     display_str,
     ensure_binary,
 )
+from ._writes import check_unchanged, type_clash
 
 __all__ = ["TelescopeState", "run_async"]
 
@@ -128,16 +132,38 @@ class TelescopeState(TelescopeStateBase[Backend]):
     async def add(self, key: Key, value: Any, ts: float | None = None, immutable: bool = False,
                   encoding: bytes = ENCODING_DEFAULT) -> None:
         """Add a sample to a sensor (or set an immutable; see the sync add)."""
-        await self._run(self._plan_add(key, value, ts, immutable, encoding))
+        if immutable:
+            await self._set_immutable(key, value, encoding)
+            return
+        full_key, str_val, ts = self._sample_args(key, value, ts, encoding)
+        try:
+            await self._backend.add_mutable(full_key, str_val, ts)
+        except ImmutableKeyError:
+            raise type_clash(full_key, "mutable") from None
 
     async def set(self, key: Key, value: Any) -> None:
         """Set an immutable key."""
-        await self._run(self._plan_add(key, value, None, True, ENCODING_DEFAULT))
+        await self._set_immutable(key, value, ENCODING_DEFAULT)
+
+    async def _set_immutable(self, key: Key, value: Any, encoding: bytes) -> None:
+        full_key, str_val = self._immutable_args(key, value, encoding)
+        try:
+            old = await self._backend.set_immutable(full_key, str_val)
+        except ImmutableKeyError:
+            raise type_clash(full_key, "immutable") from None
+        if old is not None:
+            check_unchanged(full_key, old, str_val, value)
 
     async def set_indexed(self, key: Key, sub_key: Any, value: Any,
                           encoding: bytes = ENCODING_DEFAULT) -> None:
         """Set sub-key `sub_key` of indexed key `key`."""
-        await self._run(self._plan_set_indexed(key, sub_key, value, encoding))
+        full_key, sub_key_enc, str_val = self._indexed_args(key, sub_key, value, encoding)
+        try:
+            old = await self._backend.set_indexed(full_key, sub_key_enc, str_val)
+        except ImmutableKeyError:
+            raise type_clash(full_key, "indexed immutable") from None
+        if old is not None:
+            check_unchanged(full_key, old, str_val, value, sub_key)
 
     async def delete(self, key: Key) -> None:
         """Remove `key` under every prefix of the view (rarely appropriate)."""

@@ -9,12 +9,12 @@ that yield backend calls and receive their results.  The sync front end runs
 them with ``run_sync`` and the async one with ``run_async``; only waiting
 differs between the two front ends, and it lives in their modules.  The
 time-travel and audit plans live in :mod:`telstate_log.frontend._history`.
+The writes (``add``, ``set``, ``set_indexed``) make one backend call each and
+skip the plans: their shared steps live in :mod:`telstate_log.frontend._writes`.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -31,8 +31,6 @@ from ._plan import (
     Plan,
     as_array,
     as_key_update,
-    check_immutable_change,
-    check_sample_timestamp,
     decode_range,
     display_str,
     ensure_binary,
@@ -42,6 +40,7 @@ from ._plan import (
     run_sync,
     zip_list,
 )
+from ._writes import OneCallWrites
 
 __all__ = [
     "NO_SUB_KEY",
@@ -56,14 +55,12 @@ __all__ = [
     "run_sync",
 ]
 
-_time = time.time
-
 _B = TypeVar("_B")
 _T = TypeVar("_T", bound="TelescopeStateBase[Any]")
 
 
-class TelescopeStateBase(HistoryPlans, Generic[_B]):
-    """Prefixes, views and the shared plans of both front ends."""
+class TelescopeStateBase(HistoryPlans, OneCallWrites, Generic[_B]):
+    """Prefixes, views, the shared plans and write steps of both front ends."""
 
     SEPARATOR = "_"
     SEPARATOR_BYTES = b"_"
@@ -151,43 +148,6 @@ class TelescopeStateBase(HistoryPlans, Generic[_B]):
 
     def _plan_clear(self) -> Plan[None]:
         yield ops.CLEAR, ()
-
-    def _plan_add(self, key: Key, value: Any, ts: float | None, immutable: bool,
-                  encoding: bytes) -> Plan[None]:
-        full_key = self._prefixes[0] + (key if type(key) is bytes else ensure_binary(key))
-        str_val = encode_value(value, encoding)
-        if immutable:
-            try:
-                old = yield ops.SET_IMMUTABLE, (full_key, str_val)
-            except ImmutableKeyError:
-                raise ImmutableKeyError(
-                    f"Attempt to change key {display_str(full_key)} to immutable") from None
-            if old is not None:
-                check_immutable_change(display_str(full_key), old, str_val, value)
-        else:
-            ts = _time() if ts is None else float(ts)
-            if not 0.0 <= ts < math.inf:
-                check_sample_timestamp(ts)  # raises the right error
-            try:
-                yield ops.ADD_MUTABLE, (full_key, str_val, ts)
-            except ImmutableKeyError:
-                raise ImmutableKeyError(
-                    f"Attempt to change key {display_str(full_key)} to mutable") from None
-
-    def _plan_set_indexed(self, key: Key, sub_key: Any, value: Any,
-                          encoding: bytes) -> Plan[None]:
-        hash(sub_key)  # TypeError for unhashable sub-keys, which could never be looked up
-        full_key = self._prefixes[0] + ensure_binary(key)
-        sub_key_enc = encode_value(sub_key, ENCODING_MSGPACK)
-        str_val = encode_value(value, encoding)
-        try:
-            old = yield ops.SET_INDEXED, (full_key, sub_key_enc, str_val)
-        except ImmutableKeyError:
-            raise ImmutableKeyError(
-                f"Attempt to change key {display_str(full_key)} to indexed immutable") from None
-        if old is not None:
-            key_descr = f"{display_str(full_key)}[{sub_key!r}]"
-            check_immutable_change(key_descr, old, str_val, value)
 
     def _plan_get_indexed(self, key: Key, sub_key: Any, default: Any,
                           return_encoded: bool) -> Plan[Any]:

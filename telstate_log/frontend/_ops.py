@@ -11,7 +11,9 @@ those arguments on both, and a reader can follow a plan to the backend
 method it runs (no method names as strings).  The time-travel operations
 are not part of the Backend contract; they are typed against the
 :class:`HistorySource` protocols, which the state backends implement (a
-backend without them raises AttributeError, thrown into the plan).
+backend without them raises AttributeError, thrown into the plan).  The
+writes are not here: they are not plans (see :mod:`telstate_log.frontend._writes`),
+each front end calls its own kind of backend's write methods directly.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ else:
     AsyncBackend = Any
 
 __all__ = [
-    "ADD_MUTABLE",
     "AS_OF",
     "CHANGES",
     "CLEAR",
@@ -43,8 +44,6 @@ __all__ = [
     "KEY_TYPE",
     "RESOLVE_TIME",
     "SESSION_INFO",
-    "SET_IMMUTABLE",
-    "SET_INDEXED",
     "AsyncHistorySource",
     "HistorySource",
     "Op",
@@ -145,32 +144,6 @@ def _aclear(b: AsyncBackend) -> Awaitable[None]:
     return b.clear()
 
 
-def _set_immutable(b: Backend, key: bytes, value: bytes) -> bytes | None:
-    return b.set_immutable(key, value)
-
-
-def _aset_immutable(b: AsyncBackend, key: bytes, value: bytes) -> Awaitable[bytes | None]:
-    return b.set_immutable(key, value)
-
-
-def _add_mutable(b: Backend, key: bytes, value: bytes, timestamp: float) -> None:
-    b.add_mutable(key, value, timestamp)
-
-
-def _aadd_mutable(b: AsyncBackend, key: bytes, value: bytes,
-                  timestamp: float) -> Awaitable[None]:
-    return b.add_mutable(key, value, timestamp)
-
-
-def _set_indexed(b: Backend, key: bytes, sub_key: bytes, value: bytes) -> bytes | None:
-    return b.set_indexed(key, sub_key, value)
-
-
-def _aset_indexed(b: AsyncBackend, key: bytes, sub_key: bytes,
-                  value: bytes) -> Awaitable[bytes | None]:
-    return b.set_indexed(key, sub_key, value)
-
-
 def _get(b: Backend, key: bytes) -> GetResult:
     return b.get(key)
 
@@ -260,9 +233,6 @@ KEYS = Op("keys", _keys, _akeys)
 KEY_TYPE = Op("key_type", _key_type, _akey_type)
 DELETE = Op("delete", _delete, _adelete)
 CLEAR = Op("clear", _clear, _aclear)
-SET_IMMUTABLE = Op("set_immutable", _set_immutable, _aset_immutable)
-ADD_MUTABLE = Op("add_mutable", _add_mutable, _aadd_mutable)
-SET_INDEXED = Op("set_indexed", _set_indexed, _aset_indexed)
 GET = Op("get", _get, _aget)
 GET_INDEXED = Op("get_indexed", _get_indexed, _aget_indexed)
 GET_RANGE = Op("get_range", _get_range, _aget_range)

@@ -18,8 +18,12 @@ front end with ``run_async`` (awaiting ``operation.aio(backend, *args)``).
 An exception raised by the backend is thrown into the plan at the yield, so the plan's own ``try``
 blocks handle it exactly as straight-line code would.
 
+The writes (one backend call each, the hot path) are not plans: they share
+their steps in :mod:`telstate_log.frontend._writes` and skip the generator.
+
 This module holds the plan types, :func:`run_sync` and the pure helpers the
-plans share: key conversion, timestamp and range validation, bulk decoding.
+plans and writes share: key conversion, timestamp and range validation,
+the immutable-change check, bulk decoding.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The synchronous front end: :class:`TelescopeState`.
 
 A thin driver: every operation runs a plan from :mod:`telstate_log.frontend._frontend`
-with :func:`~telstate_log.frontend._frontend.run_sync`.  What is specific to the sync
-API lives here: the constructor's endpoint forms, attribute and item access,
-and waiting with a timeout and a cancellation future.
+with :func:`~telstate_log.frontend._frontend.run_sync`, except the writes, which call
+the backend once between the shared steps of :mod:`telstate_log.frontend._writes`.
+What is specific to the sync API lives here: the constructor's endpoint forms,
+attribute and item access, and waiting with a timeout and a cancellation future.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from ..backends._base import Backend, PathType
 from ..core._asof import Changes
 from ..core._encoding import ENCODING_DEFAULT, ENCODING_MSGPACK, encode_value
-from ..core._errors import CancelledError, TimeoutError
+from ..core._errors import CancelledError, ImmutableKeyError, TimeoutError
 from ..core._types import KeyType
 from ._frontend import (
     NO_SUB_KEY,
@@ -32,6 +33,7 @@ from ._frontend import (
     ensure_binary,
     run_sync,
 )
+from ._writes import check_unchanged, type_clash
 
 __all__ = ["TelescopeState"]
 
@@ -240,16 +242,38 @@ class TelescopeState(TelescopeStateBase[Backend]):
         existing immutable to an equivalent value is a no-op; a different
         value, or a key of another type, raises ImmutableKeyError.
         """
-        run_sync(self._plan_add(key, value, ts, immutable, encoding), self._backend)
+        if immutable:
+            self._set_immutable(key, value, encoding)
+            return
+        full_key, str_val, ts = self._sample_args(key, value, ts, encoding)
+        try:
+            self._backend.add_mutable(full_key, str_val, ts)
+        except ImmutableKeyError:
+            raise type_clash(full_key, "mutable") from None
 
     def set(self, key: Key, value: Any) -> None:
         """Set an immutable key (same as ``add(key, value, immutable=True)``)."""
-        self._run(self._plan_add(key, value, None, True, ENCODING_DEFAULT))
+        self._set_immutable(key, value, ENCODING_DEFAULT)
+
+    def _set_immutable(self, key: Key, value: Any, encoding: bytes) -> None:
+        full_key, str_val = self._immutable_args(key, value, encoding)
+        try:
+            old = self._backend.set_immutable(full_key, str_val)
+        except ImmutableKeyError:
+            raise type_clash(full_key, "immutable") from None
+        if old is not None:
+            check_unchanged(full_key, old, str_val, value)
 
     def set_indexed(self, key: Key, sub_key: Any, value: Any,
                     encoding: bytes = ENCODING_DEFAULT) -> None:
         """Set sub-key `sub_key` (hashable, msgpack-encodable) of indexed key `key`."""
-        self._run(self._plan_set_indexed(key, sub_key, value, encoding))
+        full_key, sub_key_enc, str_val = self._indexed_args(key, sub_key, value, encoding)
+        try:
+            old = self._backend.set_indexed(full_key, sub_key_enc, str_val)
+        except ImmutableKeyError:
+            raise type_clash(full_key, "indexed immutable") from None
+        if old is not None:
+            check_unchanged(full_key, old, str_val, value, sub_key)
 
     def delete(self, key: Key) -> None:
         """Remove `key` under every prefix of the view (rarely appropriate)."""

@@ -1,0 +1,100 @@
+"""The one-call writes of both front ends: ``add``, ``set`` and ``set_indexed``.
+
+Theory of operation
+-------------------
+Most front-end operations are plans (:mod:`telstate_log.frontend._plan`):
+generators that yield backend calls, run by ``run_sync`` or ``run_async``.
+A write makes exactly one backend call, and it is the hot path (a telescope
+writes a sample every few microseconds), so it skips the plan machinery
+(a generator, its driver and an :class:`~._ops.Op` dispatch cost about as
+much as the rest of the front end).  Each write is still written once, here,
+in three steps that both front ends share:
+
+1. **prepare** (``_sample_args``, ``_immutable_args``, ``_indexed_args``):
+   the full key (the view's first prefix), the encoded value and, for a
+   sample, the timestamp (now if not given; negative, NaN or infinite
+   timestamps raise InvalidTimestampError), returned as the backend
+   method's arguments;
+2. **call**: the sync front end calls the backend method
+   (``add_mutable``, ``set_immutable``, ``set_indexed``) on them and the
+   async one awaits it -- the only step that differs;
+3. **translate**: an ImmutableKeyError from the backend (the key exists with
+   another type) becomes katsdptelstate's message via :func:`type_clash`,
+   and the old value a backend returns for an immutable or indexed key that
+   is already set goes to :func:`check_unchanged` (equivalent: a no-op;
+   different: ImmutableKeyError).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from ..core._encoding import ENCODING_MSGPACK, encode_value
+from ..core._errors import ImmutableKeyError
+from ._plan import (
+    NO_SUB_KEY,
+    Key,
+    check_immutable_change,
+    check_sample_timestamp,
+    display_str,
+    ensure_binary,
+)
+
+__all__ = ["OneCallWrites", "check_unchanged", "type_clash"]
+
+_time = time.time
+_inf = math.inf
+
+
+class OneCallWrites:
+    """Step 1 of the one-call writes: the backend call's arguments."""
+
+    _prefixes: tuple[bytes, ...]
+
+    def _full_key(self, key: Key) -> bytes:
+        if type(key) is str:
+            return self._prefixes[0] + key.encode("utf-8", "surrogateescape")
+        return self._prefixes[0] + (key if type(key) is bytes else ensure_binary(key))
+
+    def _sample_args(self, key: Key, value: Any, ts: float | None,
+                     encoding: bytes) -> tuple[bytes, bytes, float]:
+        """``add_mutable``'s arguments: full key, encoded value, valid timestamp."""
+        if type(key) is str:       # _full_key inlined: this is the hot path
+            full_key = self._prefixes[0] + key.encode("utf-8", "surrogateescape")
+        else:
+            full_key = self._prefixes[0] + (key if type(key) is bytes else ensure_binary(key))
+        str_val = encode_value(value, encoding)
+        if type(ts) is not float:
+            ts = _time() if ts is None else float(ts)
+        if not 0.0 <= ts < _inf:
+            check_sample_timestamp(ts)  # raises the right error
+        return full_key, str_val, ts
+
+    def _immutable_args(self, key: Key, value: Any, encoding: bytes) -> tuple[bytes, bytes]:
+        """``set_immutable``'s arguments: full key, encoded value."""
+        return self._full_key(key), encode_value(value, encoding)
+
+    def _indexed_args(self, key: Key, sub_key: Any, value: Any,
+                      encoding: bytes) -> tuple[bytes, bytes, bytes]:
+        """``set_indexed``'s arguments: full key, encoded sub-key, encoded value."""
+        hash(sub_key)  # TypeError for unhashable sub-keys, which could never be looked up
+        full_key = self._full_key(key)
+        return full_key, encode_value(sub_key, ENCODING_MSGPACK), encode_value(value, encoding)
+
+
+def type_clash(full_key: bytes, kind: str) -> ImmutableKeyError:
+    """The error for a write of `kind` ("mutable", "immutable", "indexed immutable")
+    to a key that exists with another type (the backend raised ImmutableKeyError)."""
+    return ImmutableKeyError(f"Attempt to change key {display_str(full_key)} to {kind}")
+
+
+def check_unchanged(full_key: bytes, old: bytes, str_val: bytes, value: Any,
+                    sub_key: Any = NO_SUB_KEY) -> None:
+    """Accept a write to an immutable key (or sub-key, if given) that was
+    already set to `old` if `str_val` is equivalent, else raise ImmutableKeyError."""
+    descr = display_str(full_key)
+    if sub_key is not NO_SUB_KEY:
+        descr = f"{descr}[{sub_key!r}]"
+    check_immutable_change(descr, old, str_val, value)
