@@ -32,9 +32,9 @@ import sys
 from typing import Any
 
 from telstate_log import KeyType, encode_value
-from telstate_log.backends import RedisLogBackend, StreamFollower
+from telstate_log.backends import RedisBackend, RedisLogBackend, StreamFollower
 
-__all__ = ["state_of", "write_op"]
+__all__ = ["redis_state", "state_of", "write_op"]
 
 
 def state_of(backend: Any) -> dict[bytes, tuple[str, Any]]:
@@ -48,6 +48,15 @@ def state_of(backend: Any) -> dict[bytes, tuple[str, Any]]:
             value = backend.get(key)[0]
         out[key] = (kind.name, value)
     return out
+
+
+def redis_state(url: str) -> dict[bytes, tuple[str, Any]]:
+    """:func:`state_of` the telstate database at `url`, read from Redis."""
+    backend = RedisBackend.from_url(url)
+    try:
+        return state_of(backend)
+    finally:
+        backend.close()
 
 
 def write_op(backend: RedisLogBackend, writer: int, i: int, rng: random.Random,

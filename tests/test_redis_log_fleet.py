@@ -11,7 +11,8 @@
   the reverse), every acknowledged write is in the stream once, and every
   event in it is a write some writer started.
 
-Writers are ``_shared_writer_proc.py`` processes (see its docstring).
+Writers are ``_shared_writer_proc.py`` processes (see its docstring).  Also:
+``tools/bench_shared.py --quick`` prints consistent figures.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from _redis import RedisServer
-from _shared_writer_proc import state_of
+from _redis import RedisServer, require_redis
+from _shared_writer_proc import redis_state, state_of
 from _waiting import DEADLINE
 
-from telstate_log.backends import RedisBackend, RedisLogBackend, StreamFollower
+from telstate_log.backends import RedisLogBackend, StreamFollower
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -117,13 +118,13 @@ def test_eight_writers_one_total_order(server: RedisServer, tmp_path: Path) -> N
     writers = [Proc("write", url, str(w), str(WRITES), str(1000 + w)) for w in range(WRITERS)]
     try:
         there.expect("ready")
-        for w in writers:
-            w.expect("ready")
-        for w in writers:                        # all at once
-            w.send("go")
-        for w in writers:
-            w.expect("done")
-            assert w.proc.wait(DEADLINE) == 0
+        for proc in writers:
+            proc.expect("ready")
+        for proc in writers:                     # all at once
+            proc.send("go")
+        for proc in writers:
+            proc.expect("done")
+            assert proc.proc.wait(DEADLINE) == 0
         there.send(f"dump {tmp_path / 'there.pickle'}")
         there.expect("dumped")
     finally:
@@ -159,21 +160,22 @@ def test_eight_writers_one_total_order(server: RedisServer, tmp_path: Path) -> N
 
         sources: dict[int, str] = {}
         for event in backend.history(b"shared"):
+            assert event.value is not None
             writer = telstate_log.decode_value(event.value)[0]
             if event.session not in sources:
                 sources[event.session] = backend.session_info(event.session)["source"]
             assert sources[event.session] == f"writer-{writer}"
 
         # One state: Redis, two followers, a replica materialised now.
-        redis_state = state_of(RedisBackend.from_url(url))
+        in_redis = redis_state(url)
         position = here.sync()
         assert position == backend.position
-        assert state_of(here) == redis_state
+        assert state_of(here) == in_redis
         there_position, there_state = pickle.loads((tmp_path / "there.pickle").read_bytes())
         assert there_position == position
-        assert there_state == redis_state
-        assert state_of(backend.replica()) == redis_state
-        assert len(redis_state[b"shared"][1]) == sum(
+        assert there_state == in_redis
+        assert state_of(backend.replica()) == in_redis
+        assert len(in_redis[b"shared"][1]) == sum(
             1 for proc in writers for r in acked(proc.lines) if r[2] == b"shared".hex())
     finally:
         backend.close()
@@ -209,11 +211,11 @@ def test_kill_writers_never_half_applied(server: RedisServer) -> None:
 
     backend = RedisLogBackend.from_url(url)
     try:
-        redis_state = state_of(RedisBackend.from_url(url))
-        assert state_of(backend.replica()) == redis_state
+        in_redis = redis_state(url)
+        assert state_of(backend.replica()) == in_redis
         follower.sync()
-        assert state_of(follower) == redis_state
-        assert state_of(StreamFollower.from_url(url)) == redis_state
+        assert state_of(follower) == in_redis
+        assert state_of(StreamFollower.from_url(url)) == in_redis
         events = stream_writes(backend)
         for writer, proc in done:
             mine = Counter(w for source, w, _ in events if source == f"writer-{writer}")
@@ -226,3 +228,18 @@ def test_kill_writers_never_half_applied(server: RedisServer) -> None:
     finally:
         backend.close()
         follower.close()
+
+
+@pytest.mark.interop
+def test_bench_shared_quick() -> None:
+    """tools/bench_shared.py --quick: its figures are consistent (not how fast they are)."""
+    pytest.importorskip("katsdptelstate")
+    require_redis()
+    bench = Path(__file__).resolve().parent.parent / "tools" / "bench_shared.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True,
+                          text=True, timeout=DEADLINE * 4)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all checks passed" in proc.stdout
+    for figure in ("add ratio", "add_mutable_many ratio", "follower latency p99",
+                   "materialise", "archive"):
+        assert f"  {figure}: " in proc.stdout

@@ -33,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..core._errors import ConnectionError, ReadOnlyError, StreamCorruptError
+from ..core._errors import ConnectionError, ReadOnlyError, SharedLogError
 from ..core._sensor_range import SensorRange
 from ..core._types import KeyType, KeyUpdateBase
 from ._base import Backend, GetResult, PathType
@@ -48,6 +48,7 @@ from ._stream_replica import StreamReplica
 __all__ = ["MaterializedReads", "StreamFollower"]
 
 _T = TypeVar("_T")
+
 
 class StreamFollower(Backend):
     """Read-only telescope state materialised from a shared log's stream.
@@ -132,8 +133,8 @@ class StreamFollower(Backend):
     def _stream_position(self) -> int:
         raw = self._client.hmget(self.stream + b":meta", ["pos", "db"])
         if raw[1] is not None and int(raw[1]) != self.db:
-            raise StreamCorruptError(f"the shared log {self.stream!r} belongs to database "
-                                     f"{int(raw[1])}, not {self.db}")
+            raise SharedLogError(f"the shared log {self.stream!r} belongs to database "
+                                 f"{int(raw[1])}, not {self.db}")
         return int(raw[0] or 0)
 
     def sync(self, timeout: float | None = None) -> int:
@@ -246,6 +247,7 @@ class StreamFollower(Backend):
         self._reader.close()
         self.replica.fail(ConnectionError("the StreamFollower was closed"))
         self._client.close()
+        self._client.connection_pool.disconnect()
 
     def __repr__(self) -> str:
         return (f"<StreamFollower {self.stream.decode(errors='replace')} db={self.db} "

@@ -195,7 +195,7 @@ def _send(conn: redis.connection.AbstractConnection, *args: Any) -> None:
 
 
 def _entries(reply: Any) -> list[Any]:
-    """The entries of a raw XREAD reply (RESP2 list or RESP3 map; None: none)."""
+    """The entries of a raw XREAD reply: a RESP2 list or RESP3 map (None: none)."""
     if not reply:
         return []
     if isinstance(reply, dict):
