@@ -37,7 +37,7 @@ from ..core._stream_format import HEAD_FORMAT
 __all__ = ["LIBRARY", "LIBRARY_NAME", "VERSION", "log_db_for"]
 
 LIBRARY_NAME = "telstatelog"
-VERSION = "3"
+VERSION = "4"
 
 #: Every function takes ARGV[1..4] = log db, stream name, telstate db, session id.
 _COMMON = 4
@@ -51,33 +51,36 @@ def log_db_for(db: int) -> int:
 _TEMPLATE = r"""#!lua name=@NAME@
 local VERSION = '@VERSION@'
 
+-- Select the log db, read the last position and recorded time, and refuse a
+-- stream that belongs to another telstate db -- all before anything changes.
+-- Returns last position, last recorded time, error reply (or nil).
 local function enter(a)
     redis.call('SELECT', a[1])
-    local meta = redis.call('HMGET', a[2] .. ':meta', 'db', 'version')
-    if meta[1] and meta[1] ~= a[3] then
-        return redis.error_reply('TSLOG the shared log ' .. a[2] ..
-            ' belongs to database ' .. meta[1] .. ', not ' .. a[3])
-    end
+    local m = redis.call('HMGET', a[2] .. ':meta', 'pos', 'rec', 'db')
     redis.call('SELECT', a[3])
-    return nil
+    if m[3] and m[3] ~= a[3] then
+        return 0, 0, redis.error_reply('TSLOG the shared log ' .. a[2] ..
+            ' belongs to database ' .. m[3] .. ', not ' .. a[3])
+    end
+    return tonumber(m[1] or '0'), tonumber(m[2] or '0'), nil
 end
 
-local function now(meta)
+-- The server's clock, clamped so that recorded times never decrease.
+local function now(last)
     local t = redis.call('TIME')
     local rec = tonumber(t[1]) + tonumber(t[2]) / 1000000
-    local last = tonumber(redis.call('HGET', meta, 'rec') or '0')
     if rec < last then rec = last end
     return rec
 end
 
--- Record one event (or `count` samples) of `kind`; returns its first position.
-local function record(a, kind, key, tail, count)
+-- Record one event (or `count` samples) of `kind` after position `last`;
+-- returns its first position.
+local function record(a, last, lastrec, kind, key, tail, count)
     redis.call('SELECT', a[1])
-    local meta = a[2] .. ':meta'
-    local pos = tonumber(redis.call('HGET', meta, 'pos') or '0') + 1
-    local rec = now(meta)
-    redis.call('HSET', meta, 'pos', string.format('%d', pos + count - 1),
-               'rec', string.format('%.17g', rec), 'db', a[3], 'version', VERSION)
+    local pos = last + 1
+    local rec = now(lastrec)
+    redis.call('HSET', a[2] .. ':meta', 'pos', string.format('%d', pos + count - 1),
+               'rec', string.format('%.17g', rec))
     redis.call('XADD', a[2], string.format('%d-0', pos), 'e',
                struct.pack('@HEAD@', kind, rec, tonumber(a[4]), #key) .. key .. tail)
     redis.call('SELECT', a[3])
@@ -92,13 +95,12 @@ redis.register_function{function_name='tslog_version', flags={'no-writes'},
     callback=function(keys, a) return VERSION end}
 
 redis.register_function('tslog_session', function(keys, a)
-    local err = enter(a)
+    local pos, lastrec, err = enter(a)
     if err then return err end
     redis.call('SELECT', a[1])
     local meta = a[2] .. ':meta'
     local session = redis.call('HINCRBY', meta, 'session', 1)
-    local pos = tonumber(redis.call('HGET', meta, 'pos') or '0')
-    local rec = now(meta)
+    local rec = now(lastrec)
     redis.call('HSET', meta, 'rec', string.format('%.17g', rec), 'db', a[3],
                'version', VERSION)
     -- after event <pos>: ID <pos>-<n>, n >= 1, past any session record already there
@@ -116,30 +118,30 @@ redis.register_function('tslog_session', function(keys, a)
 end)
 
 redis.register_function('tslog_set', function(keys, a)
-    local err = enter(a)
+    local last, lastrec, err = enter(a)
     if err then return err end
     if redis.call('SETNX', keys[1], a[5]) == 0 then
         return {redis.call('GET', keys[1]), 0}
     end
-    local pos = record(a, @IMMUTABLE@, keys[1], a[5], 1)
+    local pos = record(a, last, lastrec, @IMMUTABLE@, keys[1], a[5], 1)
     publish(keys[1], a[5])
     return {false, pos}
 end)
 
 redis.register_function('tslog_add', function(keys, a)
-    local err = enter(a)
+    local last, lastrec, err = enter(a)
     if err then return err end
     if redis.call('ZADD', keys[1], 0, a[5]) == 0 then
         return {false, 0}
     end
-    local pos = record(a, @ADD@, keys[1], string.reverse(string.sub(a[5], 1, 8)) ..
+    local pos = record(a, last, lastrec, @ADD@, keys[1], string.reverse(string.sub(a[5], 1, 8)) ..
                        string.sub(a[5], 9), 1)
     publish(keys[1], a[5])
     return {false, pos}
 end)
 
 redis.register_function('tslog_add_many', function(keys, a)
-    local err = enter(a)
+    local last, lastrec, err = enter(a)
     if err then return err end
     local stamps, lengths, values, members = {}, {}, {}, {}
     for i = 5, #a do
@@ -158,7 +160,7 @@ redis.register_function('tslog_add_many', function(keys, a)
     end
     local tail = struct.pack('<I4I4', count, 0) .. table.concat(stamps) ..
                  table.concat(lengths) .. table.concat(values)
-    local pos = record(a, @ADD_BATCH@, keys[1], tail, count)
+    local pos = record(a, last, lastrec, @ADD_BATCH@, keys[1], tail, count)
     for i = 1, count do
         publish(keys[1], members[i])
     end
@@ -166,47 +168,48 @@ redis.register_function('tslog_add_many', function(keys, a)
 end)
 
 redis.register_function('tslog_set_indexed', function(keys, a)
-    local err = enter(a)
+    local last, lastrec, err = enter(a)
     if err then return err end
     if redis.call('HSETNX', keys[1], a[5], a[6]) == 0 then
         return {redis.call('HGET', keys[1], a[5]), 0}
     end
-    local pos = record(a, @INDEXED@, keys[1], struct.pack('<I4', #a[5]) .. a[5] .. a[6], 1)
+    local pos = record(a, last, lastrec, @INDEXED@, keys[1],
+                       struct.pack('<I4', #a[5]) .. a[5] .. a[6], 1)
     publish(keys[1], '\3' .. tostring(#a[5]) .. '\n' .. a[5] .. a[6])
     return {false, pos}
 end)
 
 redis.register_function('tslog_delete', function(keys, a)
-    local err = enter(a)
+    local last, lastrec, err = enter(a)
     if err then return err end
     if redis.call('UNLINK', keys[1]) == 0 then
         return {false, 0}
     end
-    return {false, record(a, @DELETE@, keys[1], '', 1)}
+    return {false, record(a, last, lastrec, @DELETE@, keys[1], '', 1)}
 end)
 
 -- Record a write that already happened in the telstate db (made by a client
 -- that bypassed the library, seen by a recorder): the event only, no change
 -- and no message.  ARGV[5] = kind, ARGV[6] = tail.
 redis.register_function('tslog_observe', function(keys, a)
-    local err = enter(a)
+    local last, lastrec, err = enter(a)
     if err then return err end
     local kind = tonumber(a[5])
     if kind ~= @IMMUTABLE@ and kind ~= @ADD@ and kind ~= @INDEXED@ and kind ~= @DELETE@
             and kind ~= @CLEAR@ then
         return redis.error_reply('TSLOG cannot observe an event of kind ' .. a[5])
     end
-    return {false, record(a, kind, keys[1], a[6], 1)}
+    return {false, record(a, last, lastrec, kind, keys[1], a[6], 1)}
 end)
 
 redis.register_function('tslog_clear', function(keys, a)
-    local err = enter(a)
+    local last, lastrec, err = enter(a)
     if err then return err end
     if redis.call('DBSIZE') == 0 then
         return {false, 0}
     end
     redis.call('FLUSHDB')
-    return {false, record(a, @CLEAR@, '', '', 1)}
+    return {false, record(a, last, lastrec, @CLEAR@, '', '', 1)}
 end)
 """
 
