@@ -234,7 +234,8 @@ def test_interrupted_import_into_an_existing_log_says_what_it_kept(tmp_path: Pat
     """Events already written stay (each is valid); the message says where, and running
     the import again finishes it."""
     make_log(tmp_path / "log")
-    rdb = _sensors_rdb(tmp_path / "in.rdb", keys=20)
+    # fewer keys than the import creates together (one progress report per key)
+    rdb = _sensors_rdb(tmp_path / "in.rdb", keys=10)
     proc = subprocess.Popen([sys.executable, str(IMPORT_PROC), "import", "import", str(rdb),
                              str(tmp_path / "log")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -253,7 +254,7 @@ def test_interrupted_import_into_an_existing_log_says_what_it_kept(tmp_path: Pat
     assert f"interrupted: positions 303..{kept} of".encode() in err, err
     assert run("import", str(rdb), str(tmp_path / "log"), "--json") == 0
     with LogBackend(tmp_path / "log", readonly=True, follow=False) as log:
-        assert log.position == 302 + 20 * 20
+        assert log.position == 302 + 10 * 20
 
 
 def _disk_full(after: int) -> FaultyFileSystem:

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telstate_log.core._sensor import SensorColumn
+from telstate_log.core._sensor import FIXED_WIDTH_MAX, SensorColumn
 from telstate_log.core._sensor_range import SensorRange
 
 # Values chosen to exercise the layouts: same width and prefix (fixed), same
@@ -119,3 +119,39 @@ def test_memory_per_float_sample() -> None:
     col.extend_sorted(np.arange(n, dtype=np.float64), vals, np.arange(1, n + 1), b"\xff\xcb")
     # 8 bytes timestamp + 8 bytes value + 4 bytes position, plus growth slack
     assert col.nbytes() <= n * 20 * 1.3
+
+
+def test_huge_values_take_the_var_layout() -> None:
+    """A value above FIXED_WIDTH_MAX starts a var column: no room reserved for 16 of them."""
+    big = [b"\xff\x93" + bytes([i]) * FIXED_WIDTH_MAX for i in range(3)]
+    col = SensorColumn(1, big[0])
+    assert not col.is_fixed
+    col.add(1.0, big[0], 1)
+    assert col.extend_sorted(np.array([2.0, 3.0]), np.array(big[1:], f"V{len(big[0])}"),
+                             np.arange(2, 4))
+    assert col.values(0, 3) == big and col.positions().tolist() == [1, 2, 3]
+    assert col.nbytes() < 4 * len(big[0])
+    again = SensorColumn.from_snapshot(col.snapshot())
+    assert again.values(0, 3) == big and "list" in col.snapshot()
+    # at the limit the fixed layout still applies
+    assert SensorColumn(1, b"\xff\x93" + bytes(FIXED_WIDTH_MAX - 2)).is_fixed
+
+
+def test_fixed_column_of_huge_values_converts_when_it_grows() -> None:
+    """A fixed column of huge values (built in bulk, or from an older checkpoint) moves
+    to the var layout the first time it grows; views taken before are unaffected."""
+    width = FIXED_WIDTH_MAX + 8
+    raw = np.frombuffer(bytes(range(2)) * (width - 2), np.uint8).reshape(2, width - 2)
+    snap = {"created": 1, "pos_base": 1, "ts": np.array([1.0, 2.0]),
+            "pos": np.array([0, 1], np.uint32), "prefix": b"\xff\x93",
+            "vals": raw.view(f"V{width - 2}").reshape(2)}
+    col = SensorColumn.from_snapshot(snap)
+    assert col.is_fixed
+    before = col.upto(2)
+    old = col.values(0, 2)
+    new = b"\xff\x93" + b"\x07" * (width - 2)
+    col.add(3.0, new, 3)
+    assert not col.is_fixed
+    assert col.values(0, 3) == [*old, new]
+    assert col.nbytes() < 5 * width
+    assert before is not None and before.values(0, 2) == old

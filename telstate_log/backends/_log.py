@@ -13,19 +13,25 @@ other EventLog can stand in for it (:meth:`LogBackend.from_log`).
 
 Writes go straight to the log: the State's commit hooks are the log's
 ``append`` / ``append_batch``, and ``after_append`` runs once the lock is
-released (durability, due checkpoints).  The backend keeps what is about
+released (durability, due checkpoints) when the log's writer flags that it
+has work (``after_due``: every write under ``fsync="always"``, otherwise
+only once a checkpoint is due).  The backend keeps what is about
 readers: monitors (its hub), which a follower's ``on_applied`` callback
 feeds with the events another process wrote.
 
-Durability contract -- what is on disk when a write call returns:
-``fsync="always"``: on stable storage (concurrent writers share fsyncs);
-``"interval"`` (default): handed to the OS (a process crash loses nothing),
-fsynced within ``fsync_interval`` seconds; ``"never"``: the OS decides.
-Whatever the policy, recovery yields exactly the state after some prefix of
-the writes.  A writer holds an exclusive lock on ``LOCK``; a second writer
-gets :exc:`LogLockedError`.  ``readonly=True`` opens without the lock and
-follows the log as its writer appends: indexes stay current and monitors
-fire on the writer's events.
+Durability contract -- what is on disk when a write call returns (the
+README's "Durability contract"): ``fsync="always"``: on stable storage
+(concurrent writers share fsyncs); ``"interval"`` (default): in the writer's
+buffer, handed to the OS within ``flush_interval`` (5 ms) of the first
+buffered write, so a killed process loses only the writes still in the
+buffer (none with ``flush_interval=0``), and fsynced within
+``fsync_interval`` seconds (a power loss loses at most that much more);
+``"never"``: as ``"interval"`` for a killed process, and the OS decides
+when it reaches the disk.  Whatever the policy, recovery yields exactly the
+state after some prefix of the writes.  A writer holds an exclusive lock on
+``LOCK``; a second writer gets :exc:`LogLockedError`.  ``readonly=True``
+opens without the lock and follows the log as its writer appends: indexes
+stay current and monitors fire on the writer's events.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from ..storage._fileio import FileSystem, OsFileSystem
 from ..storage._follow import Applied
 from ..storage._log import DEFAULT_CHECKPOINT_BYTES, DEFAULT_SEGMENT_BYTES, FSYNC_POLICIES, Log
 from ..storage._retention import PruneReport
-from ._state_backend import StateBackend
+from ._state_backend import ALWAYS_AFTER, StateBackend
 
 __all__ = ["FSYNC_POLICIES", "LogBackend"]
 
@@ -113,6 +119,10 @@ class LogBackend(StateBackend):
         self._commit_batch = log.append_batch
         self._after_write = log.after_append  # type: ignore[method-assign]
         self._after_write_async = log.after_append_async  # type: ignore[method-assign]
+        # The segment log's writer flags when after_append has work; any other
+        # EventLog gets the call after every write.
+        writer = log.writer if isinstance(log, Log) else None
+        self._after = writer if writer is not None else ALWAYS_AFTER
         if log.readonly:
             log.follow(self._on_applied, self._on_replaced, watch=follow)
 

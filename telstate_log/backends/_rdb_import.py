@@ -13,12 +13,9 @@ three steps, so that a bad file or a conflict changes *nothing*:
    through :class:`~._rdb_reader.RdbReader`, which checks every byte
    (katsdptelstate writes a zero CRC, so the checksum alone proves
    nothing); any problem raises :exc:`RdbParseError` with the offset before
-   the backend is touched.  Zsets are kept compactly: when all members have
-   one length (a float sensor) they are joined into one blob and later
-   split with a numpy record view -- timestamps as ``>f8``, values as bytes
-   via ``tolist`` -- instead of one Python slice per sample -- one key at
-   a time as it is applied (a zset of at most ``SMALL_BATCH`` samples
-   becomes a list of values, for the plain-Python write path).  Peak
+   the backend is touched.  Zsets are kept compactly
+   (:class:`~._rdb_samples.Samples`: when all members have one length they
+   are joined into one blob, split with numpy when applied).  Peak
    memory is about the file size plus the member list of the largest key,
    roughly what the imported state holds anyway; a validation-only first
    pass would keep memory lower but parse the file twice (parsing is about
@@ -30,7 +27,10 @@ three steps, so that a bad file or a conflict changes *nothing*:
    the key; samples already stored are dropped.  Nothing has been written
    yet when a conflict is found.
 3. **Apply under the same lock**, so no other writer can interleave or
-   invalidate the plan.  For a :class:`~telstate_log.backends.LogBackend`
+   invalidate the plan: key by key, except that many new small sensors are
+   created together after the other keys (:mod:`._rdb_samples`; the same
+   events and state, without the fixed costs of a write per key).  For a
+   :class:`~telstate_log.backends.LogBackend`
    the events are recorded under a session whose source label names the
    file (``import:<basename>`` unless `source` is given); the previous
    label is restored afterwards.  Durability (``fsync="always"``) and
@@ -60,7 +60,6 @@ raises :exc:`RdbParseError` naming the databases it has).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import time
@@ -68,18 +67,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any, Union, cast
 
-import numpy as np
-
 from ..core._encoding import decode_value, same_immutable_value
 from ..core._errors import DecodeError, ImmutableKeyError, RdbParseError
 from ..core._progress import ProgressCallback
-from ..core._state import SMALL_BATCH
 from ..core._types import KeyType
 from ..rdb._reader import RdbReader, Source
+from ._rdb_samples import BULK_MIN, Samples, apply_bulk, batch_hook, new_samples
 
 if TYPE_CHECKING:
-    from ..core._sensor import SensorColumn
-    from ..core._state import State
+    from ..core._state import CommitBatch, State
     from ._state_backend import StateBackend
     from ._state_writer import StateWriter
 
@@ -87,7 +83,7 @@ __all__ = ["FileArg", "ImportStats", "RdbContents", "apply_rdb", "import_rdb", "
            "read_rdb"]
 
 FileArg = Union[str, bytes, "os.PathLike[Any]", IO[bytes]]
-_Payload = Union[bytes, dict[bytes, bytes], "_Samples"]
+_Payload = Union[bytes, dict[bytes, bytes], "Samples"]
 _PROGRESS_KEYS = 256          # keys read between two "read" progress reports
 
 
@@ -106,44 +102,6 @@ class ImportStats:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@functools.lru_cache(maxsize=256)
-def _record_layout(width: int) -> np.dtype[np.void]:
-    """numpy record type of a zset member of `width` bytes: timestamp, then value."""
-    return np.dtype([("ts", ">f8"), ("value", f"V{width - 8}")])
-
-
-class _Samples:
-    """The members of one zset, kept compactly until the import applies them."""
-
-    __slots__ = ("blob", "count", "members", "width")
-
-    def __init__(self, members: list[bytes]) -> None:
-        self.count = len(members)
-        width = len(members[0])
-        blob = b"".join(members)
-        if len(blob) == width * self.count and max(map(len, members)) == width:
-            self.blob, self.width, self.members = blob, width, None
-        else:
-            self.blob, self.width, self.members = b"", 0, members
-
-    def columns(self) -> tuple[np.ndarray, list[bytes] | np.ndarray]:
-        """``(float64 timestamps, encoded values)`` of the samples, in member order.
-
-        Fixed-width values come as a ``V<width>`` array, which the bulk write
-        path keeps as an array end to end -- except in a batch short enough
-        for the plain-Python write path (see ``State.add_mutable_batch``).
-        """
-        if self.members is None:
-            records = np.frombuffer(self.blob, _record_layout(self.width))
-            times = records["ts"].astype(np.float64)
-            if self.count <= SMALL_BATCH:           # the write path wants a short list
-                return times, records["value"].tolist()
-            return times, np.ascontiguousarray(records["value"])
-        members = self.members
-        stamps = b"".join([m[:8] for m in members])
-        return np.frombuffer(stamps, ">f8").astype(np.float64), [m[8:] for m in members]
 
 
 class _Step:
@@ -217,7 +175,7 @@ def _read(source: Source, filename: str | None, size: int, db: int | None,
                 continue
             value: _Payload
             if entry.kind is KeyType.MUTABLE:
-                value = _Samples(cast("list[bytes]", entry.value))
+                value = Samples(cast("list[bytes]", entry.value))
                 samples += value.count
             else:
                 value = cast("bytes | dict[bytes, bytes]", entry.value)
@@ -249,27 +207,10 @@ def _sub_key_text(sub_key: bytes) -> str:
         return repr(sub_key)
 
 
-def _new_samples(col: SensorColumn, samples: _Samples) -> tuple[np.ndarray, list[bytes]]:
-    """The samples not already stored in `col` (compared over the overlapping time span)."""
-    ts, column = samples.columns()
-    values = column.tolist() if isinstance(column, np.ndarray) else column
-    stamps = ts.tolist() if len(ts) <= SMALL_BATCH else None
-    i0, i1 = col.index_range(float(ts[0]), float(ts[-1]), False, True)
-    if i0 == i1:
-        return ts, values
-    have_ts = col.timestamps(i0, i1)
-    have_values = col.values(i0, i1)
-    if i1 - i0 == len(ts) and have_values == values and (
-            have_ts.tolist() == stamps if stamps is not None else np.array_equal(have_ts, ts)):
-        return ts[:0], []                       # the usual re-import: all present
-    have = set(zip(have_values, have_ts.tolist()))
-    keep = [i for i, pair in enumerate(zip(values, ts.tolist())) if pair not in have]
-    return ts[keep], [values[i] for i in keep]
-
-
 def _steps_for(state: State, entries: Iterable[tuple[bytes, KeyType, _Payload]],
-          label: str) -> list[_Step]:
-    """Check `entries` against the state (lock held); return the writes that change something."""
+               label: str, bulk: list[tuple[bytes, Samples]] | None = None) -> list[_Step]:
+    """Check `entries` against the state (lock held); return the writes that change
+    something (new sensors whose members have one length go to `bulk` if given)."""
     steps: list[_Step] = []
     for key, kind, value in entries:
         have = state.key_type(key)
@@ -296,20 +237,24 @@ def _steps_for(state: State, entries: Iterable[tuple[bytes, KeyType, _Payload]],
             if new:
                 steps.append(_Step(key, kind, new, len(new)))
         else:
-            assert isinstance(value, _Samples)
+            assert isinstance(value, Samples)
             col = state.sensor(key) if have is not None else None
             if col is None:                     # split into columns only when applied
-                steps.append(_Step(key, kind, value, value.count))
+                if bulk is not None and value.members is None:
+                    bulk.append((key, value))
+                else:
+                    steps.append(_Step(key, kind, value, value.count))
             else:
-                columns = _new_samples(col, value)
+                columns = new_samples(col, value)
                 if columns[1]:
                     steps.append(_Step(key, kind, columns, len(columns[1])))
     return steps
 
 
-def _apply(writer: StateWriter, steps: list[_Step], total: int,
-           progress: ProgressCallback | None) -> int:
-    """Write the planned steps (lock held); returns the last new position (0 if none)."""
+def _apply(writer: StateWriter, steps: list[_Step], bulk: list[tuple[bytes, Samples]],
+           hook: CommitBatch | None, total: int, progress: ProgressCallback | None) -> int:
+    """Write the planned steps, then create the new sensors of `bulk` together
+    (lock held); returns the last new position (0 if none)."""
     last = done = 0
     for step in steps:
         key = step.key
@@ -320,12 +265,14 @@ def _apply(writer: StateWriter, steps: list[_Step], total: int,
                 last = writer.set_indexed(key, sub_key, value)[1] or last
         else:
             payload = step.payload
-            ts, values = payload.columns() if isinstance(payload, _Samples) else payload
+            ts, values = payload.columns() if isinstance(payload, Samples) else payload
             last = writer.add_mutable_many(key, values, ts)[1] or last
         step.payload = None                     # free the key's data as we go
         done += step.count
         if progress is not None:
             progress("import", done, total)
+    if bulk:
+        last = apply_bulk(writer, bulk, hook, done, total, progress) or last
     return last
 
 
@@ -371,13 +318,20 @@ def apply_rdb(backend: StateBackend, contents: RdbContents, *, source: str | Non
     label = source if source is not None else \
         f"import:{os.path.basename(filename) if filename else '<stream>'}"
     writer = backend.writer()
+    known, hook = batch_hook(backend)
     with writer.lock:
         writer.check_writable()
         before = backend.position
-        steps = _steps_for(writer.state, entries, filename or "<stream>")
+        bulk: list[tuple[bytes, Samples]] = []
+        steps = _steps_for(writer.state, entries, filename or "<stream>",
+                           bulk if known else None)
+        if len(bulk) < BULK_MIN:                # too few to gain from building together
+            steps += [_Step(key, KeyType.MUTABLE, value, value.count) for key, value in bulk]
+            bulk = []
         keys = len(entries)
         del entries
-        last = _apply_as(backend, writer, steps, label, progress) if steps else 0
+        last = _apply_as(backend, writer, steps, bulk, hook, label, progress) \
+            if steps or bulk else 0
         after = backend.position
     if last:
         writer.after_write(last)
@@ -387,17 +341,18 @@ def apply_rdb(backend: StateBackend, contents: RdbContents, *, source: str | Non
                        expiry_dropped=contents.expiry_dropped)
 
 
-def _apply_as(backend: StateBackend, writer: StateWriter, steps: list[_Step], label: str,
+def _apply_as(backend: StateBackend, writer: StateWriter, steps: list[_Step],
+              bulk: list[tuple[bytes, Samples]], hook: CommitBatch | None, label: str,
               progress: ProgressCallback | None) -> int:
     """:func:`_apply` under the source `label` (for backends with sessions)."""
-    total = sum(step.count for step in steps)
+    total = sum(step.count for step in steps) + sum(value.count for _, value in bulk)
     set_source = getattr(backend, "set_source", None)
     if set_source is None:
-        return _apply(writer, steps, total, progress)
+        return _apply(writer, steps, bulk, hook, total, progress)
     previous = getattr(backend, "source", None)
     set_source(label)
     try:
-        last = _apply(writer, steps, total, progress)
+        last = _apply(writer, steps, bulk, hook, total, progress)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             set_source(previous)

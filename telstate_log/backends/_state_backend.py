@@ -10,13 +10,15 @@ subclasses:
   event before the state changes (the log backend writes the record here;
   the memory backend has none).
 * ``_after_write(position)`` -- called after the lock is released for a write
-  that produced an event (the log backend waits for durability here, so that
-  concurrent writers share fsyncs).
+  that produced an event, while ``_after.after_due`` is set (the log backend
+  waits for durability here, so that concurrent writers share fsyncs, and
+  starts due checkpoints; its writer keeps the flag, so most writes under
+  ``fsync="interval"`` skip the call; the memory backend never makes it).
 
 Each write is split into a locked step (``_w_*``: returns the result and the
-new event's position, or 0 if nothing changed) and ``_after_write``; drivers
-that need the two apart (the async backend, RDB import) get them from
-:meth:`StateBackend.writer` (:mod:`._state_writer`).
+new event's position, or 0 if nothing changed or nothing is due after it)
+and ``_after_write``; drivers that need the two apart (the async backend,
+RDB import) get them from :meth:`StateBackend.writer` (:mod:`._state_writer`).
 
 Reads return copies or views of immutable column prefixes, never live
 mutable structures, so they stay valid after the lock is released.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Iterable, Sequence
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 import numpy as np
 
@@ -47,7 +49,25 @@ from ._base import Backend, GetResult, PathType
 from ._notify import Hub, ThreadSubscription
 from ._state_writer import StateWriter
 
-__all__ = ["AsOfBackend", "StateBackend"]
+__all__ = ["ALWAYS_AFTER", "NEVER_AFTER", "AfterFlag", "AsOfBackend", "StateBackend"]
+
+
+class AfterFlag(Protocol):
+    """Whether the step after a write has work (read under the backend's lock)."""
+
+    after_due: bool
+
+
+class _Flag:
+    __slots__ = ("after_due",)
+
+    def __init__(self, after_due: bool) -> None:
+        self.after_due = after_due
+
+
+#: the after-step always / never has work
+ALWAYS_AFTER: AfterFlag = _Flag(True)
+NEVER_AFTER: AfterFlag = _Flag(False)
 
 
 class StateBackend(Backend):
@@ -58,6 +78,8 @@ class StateBackend(Backend):
     _readonly = False
     #: False once writes must be refused (read-only, closed); checked first
     _writable = True
+    #: whether _after_write has work (a subclass with an after-step sets its flag)
+    _after: AfterFlag = NEVER_AFTER
 
     def __init__(self, state: State | None = None,
                  lock: threading.RLock | None = None) -> None:
@@ -222,20 +244,20 @@ class StateBackend(Backend):
             if old is not None:
                 return old, 0
             self._hub.publish(key, lambda: ImmutableKeyUpdate(key, value))
-            return None, state.position
+            return None, state.position if self._after.after_due else 0
 
     def _w_add_mutable(self, key: bytes, value: bytes, timestamp: float) -> int:
         with self._lock:
             if not self._writable:
                 self._check_writable()
-            state = self._state
-            if not state.add_mutable(key, value, timestamp, self._commit):
+            pos = self._state.add_mutable(key, value, timestamp, self._commit)
+            if not pos:
                 return 0
             hub = self._hub
             if key in hub.by_key or hub.wildcard:
                 ts = float(timestamp) + 0.0
                 hub.publish(key, lambda: MutableKeyUpdate(key, value, ts))
-            return state.position
+            return pos if self._after.after_due else 0
 
     def _w_set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> tuple[bytes | None, int]:
         with self._lock:
@@ -246,7 +268,7 @@ class StateBackend(Backend):
             if old is not None:
                 return old, 0
             self._hub.publish(key, lambda: IndexedKeyUpdate(key, sub_key, value))
-            return None, state.position
+            return None, state.position if self._after.after_due else 0
 
     def _w_delete(self, key: bytes) -> int:
         with self._lock:
@@ -255,7 +277,7 @@ class StateBackend(Backend):
             if not self._state.delete(key, self._commit):
                 return 0
             self._hub.publish(key, KeyUpdateBase)
-            return self._state.position
+            return self._state.position if self._after.after_due else 0
 
     def _w_clear(self) -> int:
         with self._lock:
@@ -264,7 +286,7 @@ class StateBackend(Backend):
             if not self._state.clear(self._commit):
                 return 0
             self._hub.publish_all(KeyUpdateBase())
-            return self._state.position
+            return self._state.position if self._after.after_due else 0
 
     #: a bulk write is recorded and applied in atomic chunks of about this many bytes
     BULK_CHUNK_BYTES = 4 << 20
@@ -287,7 +309,8 @@ class StateBackend(Backend):
                                                 ts if whole else ts[i:j], self._commit_batch)
                     if k:
                         added += k
-                        pos = state.position
+                        if self._after.after_due:
+                            pos = state.position
                         self._hub.publish(key, KeyUpdateBase)
             except Exception as exc:
                 # Earlier chunks stay recorded and applied: say how many.

@@ -5,11 +5,14 @@ Theory of operation
 A :class:`~._state_backend.StateBackend` write is two steps: the *locked
 step* takes the backend's lock, checks that writes are allowed, changes the
 state (a log backend records the event first), notifies monitors and
-returns the new event's position (0 if nothing changed; with the old value
-for the set methods); then, without the lock, *after the write* waits for
-what the backend promises (a log backend: durability under its ``fsync``
-policy; the memory backend: nothing).  The backend's own write methods run
-both steps.  Drivers need them apart:
+returns the new event's position -- or 0 if nothing changed *or nothing is
+due after it* (with the old value for the set methods); then, for a
+non-zero position and without the lock, *after the write* waits for what
+the backend promises (a log backend: durability under its ``fsync`` policy,
+and it starts a due checkpoint; the memory backend: nothing, so its locked
+steps always return 0).  Under ``fsync="interval"`` most log writes have
+nothing due after them, so returning 0 saves the call.  The backend's own
+write methods run both steps.  Drivers need them apart:
 
 * the async backend (:mod:`.aio._state_backend`) runs a locked step on the
   event loop when the lock is free (or in a worker thread) and *awaits*
@@ -47,9 +50,9 @@ class StateWriter:
     module docstring): it returns ``(old value or None, position)`` for the
     set methods, the position for the others, and ``(samples added,
     position)`` for ``add_mutable_many``; a position of 0 means nothing was
-    written.  For a non-zero position the caller then calls
-    ``after_write(position)`` (or awaits ``after_write_async(position)``),
-    without holding :attr:`lock`.
+    written or nothing is due after the write.  For a non-zero position the
+    caller then calls ``after_write(position)`` (or awaits
+    ``after_write_async(position)``), without holding :attr:`lock`.
     """
 
     __slots__ = ("_state", "add_mutable", "add_mutable_many", "after_write",

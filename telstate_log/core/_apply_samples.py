@@ -33,7 +33,7 @@ import numpy as np
 from . import _log_format as fmt
 from ._apply_check import RunKeys, Samples
 from ._errors import ImmutableKeyError, InvalidTimestampError
-from ._sensor import SensorColumn, prefix_len
+from ._sensor import FIXED_WIDTH_MAX, SensorColumn, prefix_len
 from ._state import SMALL_BATCH, State
 from ._tables import ReplayError
 from ._values import gather
@@ -128,10 +128,11 @@ def _fits_new_column(arr: np.ndarray, ts: np.ndarray, start: np.ndarray, length:
                      lo: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Which groups of samples (``[lo, lo + sizes)``, one key each) fit one
     fixed-layout column as they are: timestamps strictly increasing, values of
-    one width of at least 2 bytes that share the column prefix
+    one width of at least 2 bytes (and at most
+    :data:`~telstate_log.core._sensor.FIXED_WIDTH_MAX`) that share the column prefix
     (:func:`~telstate_log.core._sensor.prefix_len` bytes)."""
     first = np.repeat(lo, sizes)
-    bad = (length != length[first]) | (length < 2)
+    bad = (length != length[first]) | (length < 2) | (length > FIXED_WIDTH_MAX)
     later = np.ones(len(ts), bool)
     later[lo] = False  # a group's first timestamp follows no other
     later[1:] &= ts[1:] <= ts[:-1]

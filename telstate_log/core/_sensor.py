@@ -21,7 +21,12 @@ a Python object per sample the samples live in numpy columns:
     small ints) are interned so they share one object.
 
   A value that does not fit the fixed layout shortens the prefix or converts
-  the column to the var layout (once; it never converts back).
+  the column to the var layout (once; it never converts back).  Values longer
+  than :data:`FIXED_WIDTH_MAX` (a calibration array of several MB) take the
+  var layout from the start: a fixed column reserves room for many values
+  and copies them all when it grows.  A fixed column of such values (built
+  in bulk, or loaded from a checkpoint written before) converts the first
+  time it grows.
 
 Appending in time order is O(1) amortised (columns grow by 25%).  A batch
 appended in order is copied in with numpy (:meth:`SensorColumn.extend_sorted`)
@@ -54,7 +59,10 @@ import numpy as np
 
 from ._values import as_list, as_matrix
 
-__all__ = ["SensorColumn", "prefix_len"]
+__all__ = ["FIXED_WIDTH_MAX", "SensorColumn", "fitting_groups", "prefix_len"]
+
+#: values longer than this many bytes are kept in the var layout (see the module docstring)
+FIXED_WIDTH_MAX = 64 << 10
 
 _INTERN_LIMIT = 4096  # distinct values interned per var column
 _MIN_CAPACITY = 16
@@ -73,6 +81,29 @@ def prefix_len(width: int) -> int:
     """Bytes a fixed-layout column of values of `width` (at least 2) bytes starts
     its prefix with (the rest is stored per sample)."""
     return 2 if width > 2 else 1
+
+
+def fitting_groups(ts: np.ndarray, mat: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Which groups of samples :meth:`SensorColumn.new_columns` can take as they are.
+
+    Group ``i`` is the next ``sizes[i]`` (at least 1) samples: timestamps
+    `ts` and values, the rows of the ``(k, width)`` uint8 matrix `mat`.  It
+    fits if its timestamps strictly increase and its values share their first
+    :func:`prefix_len` bytes (no group fits if `width` is below 2 or above
+    :data:`FIXED_WIDTH_MAX`).  Returns a
+    bool per group; a few vectorised passes whatever the number of groups.
+    """
+    width = mat.shape[1]
+    if not 2 <= width <= FIXED_WIDTH_MAX:
+        return np.zeros(len(sizes), bool)
+    firsts = np.cumsum(sizes) - sizes
+    heads = mat[:, :prefix_len(width)]
+    bad = (heads != heads[np.repeat(firsts, sizes)]).any(axis=1)
+    bad[1:] |= ts[1:] <= ts[:-1]
+    bad[firsts] = False  # a group's first sample follows no other and has its own prefix
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    fits: np.ndarray = np.bincount(group[bad], minlength=len(sizes)) == 0
+    return fits
 
 
 @functools.lru_cache(maxsize=256)
@@ -123,7 +154,7 @@ class SensorColumn:
         self._vals: np.ndarray | None = None
         self._prefix = b""
         self._vlen = -1
-        if vlen >= 2:
+        if 2 <= vlen <= FIXED_WIDTH_MAX:
             plen = prefix_len(vlen)
             self._prefix = first_value[:plen]
             self._vlen = vlen
@@ -158,21 +189,33 @@ class SensorColumn:
         for arr in (ts, rel, vals):
             arr.flags.writeable = False
         lasts = firsts + sizes - 1
-        heads = mat[firsts, :plen].tobytes()  # each column's prefix
-        tails = mat[lasts].tobytes()  # and newest value
+        # each column's prefix and newest value, as bytes
+        heads = np.ascontiguousarray(mat[firsts, :plen]).view(_void(plen)).reshape(-1).tolist()
+        tails = np.ascontiguousarray(mat[lasts]).view(_void(width)).reshape(-1).tolist()
         stamps = ts[lasts].tolist()
         prefixes: dict[bytes, bytes] = {}
-        adopt = cls.adopt
         first = _FIRST_POS[rel.dtype.itemsize]
         out = []
-        for i, (a, n, created) in enumerate(zip(firsts.tolist(), sizes.tolist(),
-                                                base.tolist())):
-            b = a + n
-            prefix = heads[i * plen:(i + 1) * plen]
+        new = cls.__new__
+        for a, b, created, prefix, tail, stamp in zip(firsts.tolist(), (lasts + 1).tolist(),
+                                                       base.tolist(), heads, tails, stamps):
+            # what adopt() does, inline (this loop is the cost per key of a bulk load)
+            col = new(cls)
+            col.created = col._pos_base = created
+            col._n = col._cap = b - a
+            col._ts = ts[a:b]
             # a key's first sample is at relative position 0: one shared array
-            out.append(adopt(created, created, ts[a:b], rel[a:b] if n > 1 else first,
-                             stamps[i], tails[i * width:(i + 1) * width], True, vals[a:b],
-                             prefixes.setdefault(prefix, prefix)))
+            col._pos = rel[a:b] if b - a > 1 else first
+            col._pos_monotonic = True
+            col.last_ts = stamp
+            col._last_val = tail
+            col._pend = ()
+            col._pend_set = _NO_PENDING
+            col._vals = vals[a:b]
+            col._prefix = prefixes.setdefault(prefix, prefix)
+            col._vlen = width
+            col._list = col._intern = None
+            out.append(col)
         return out
 
     @classmethod
@@ -289,6 +332,8 @@ class SensorColumn:
                 self._merge()
 
     def _grow(self, need: int) -> None:
+        if self._vlen > FIXED_WIDTH_MAX:  # huge values: no spare room for them (see above)
+            self._to_var()
         cap = max(need, self._cap + (self._cap >> 2) + _MIN_CAPACITY)
         n = self._n
         ts = np.empty(cap, np.float64)

@@ -48,7 +48,7 @@ import numpy as np
 from ._errors import ImmutableKeyError, InvalidTimestampError
 from ._events import ADD, CLEAR, DELETE, IMMUTABLE, INDEXED
 from ._pattern import compile_pattern
-from ._sensor import SensorColumn
+from ._sensor import SensorColumn, fitting_groups
 from ._types import KeyType
 
 __all__ = [
@@ -157,8 +157,9 @@ class State:
         return None
 
     def add_mutable(self, key: bytes, value: bytes, ts: float,
-                    commit: Commit | None = None) -> bool:
-        """Add a sample; returns False (no event) if it is already stored."""
+                    commit: Commit | None = None) -> int:
+        """Add a sample; returns its event's position, or 0 (no event) if it is
+        already stored."""
         if not 0.0 <= ts < _INF:
             check_timestamp(ts)  # raises the right error
         if not value:
@@ -168,7 +169,7 @@ class State:
         pos = self.position + 1
         if type(entry) is SensorColumn:
             if ts <= entry.last_ts and entry.contains(ts, value):
-                return False
+                return 0
             if commit is not None:
                 commit(ADD, pos, key, b"", value, ts)
             entry.add(ts, value, pos)
@@ -181,7 +182,7 @@ class State:
         else:
             raise _type_error(key, entry, "mutable")
         self.position = pos
-        return True
+        return pos
 
     def add_mutable_batch(self, key: bytes, values: Sequence[bytes] | np.ndarray,
                           ts: np.ndarray, commit: CommitBatch | None = None) -> int:
@@ -357,7 +358,7 @@ class State:
         self.position = pos - 1
         try:
             if kind == ADD:
-                changed = self.add_mutable(key, value, ts)
+                changed = self.add_mutable(key, value, ts) != 0
             elif kind == IMMUTABLE:
                 changed = self.set_immutable(key, value) is None
             elif kind == INDEXED:
@@ -431,6 +432,55 @@ class State:
             self._keys.update(new)
         else:
             self._keys = new
+
+    def add_new_sensors(self, keys: Sequence[bytes], ts: np.ndarray, mat: np.ndarray,
+                        sizes: np.ndarray, commit: CommitBatch | None = None) -> int:
+        """Create the mutable keys `keys` with their samples, built together.
+
+        What :meth:`add_mutable_batch` of each key in turn does, without its
+        fixed cost per key: key ``i`` takes the next ``sizes[i]`` (at least
+        1) samples, timestamps `ts` and values the rows of the ``(k, width)``
+        uint8 matrix `mat`, at consecutive positions.  The keys must be new
+        and distinct, and each key's samples must fit a fixed-layout column
+        (:func:`~._sensor.fitting_groups`); ValueError otherwise, and
+        :exc:`InvalidTimestampError` for a bad timestamp, before anything is
+        committed.  ``commit`` is called once per key (as
+        :meth:`add_mutable_batch` would); if it fails, the keys committed
+        before stay stored and the error propagates.  Returns the samples added.
+        """
+        k = len(ts)
+        if k != len(mat) or k != int(sizes.sum()) or len(keys) != len(sizes):
+            raise ValueError("add_new_sensors: keys, sizes, timestamps and values disagree")
+        if not k:
+            return 0
+        if not bool(np.all((ts >= 0.0) & (ts < _INF))):
+            check_timestamp(float(ts[~((ts >= 0.0) & (ts < _INF))][0]))  # raises
+        if int(sizes.min()) < 1 or not bool(fitting_groups(ts, mat, sizes).all()):
+            raise ValueError("add_new_sensors: samples that do not fit a new column")
+        if len(set(keys)) != len(keys) or not self._keys.keys().isdisjoint(keys):
+            raise ValueError("add_new_sensors: a key exists already or is given twice")
+        ts = ts + 0.0  # -0.0 -> 0.0 (a copy the columns can own)
+        first = self.position + 1
+        pos = np.arange(first, first + k, dtype=np.int64)
+        columns = SensorColumn.new_columns(ts, pos, mat, sizes)
+        if commit is None:
+            self.add_sensors(keys, columns)
+            self.position = first + k - 1
+            return k
+        vals = np.ascontiguousarray(mat).view(f"V{mat.shape[1]}").reshape(k)
+        ends = np.cumsum(sizes).tolist()
+        done = 0
+        try:
+            a = 0
+            for key, b in zip(keys, ends):
+                commit(first + a, key, ts[a:b], vals[a:b])
+                done += 1
+                a = b
+        finally:
+            if done:
+                self.add_sensors(keys[:done], columns[:done])
+                self.position = first + ends[done - 1] - 1
+        return k
 
     def restore_entries(self, entries: Iterable[tuple[bytes, Entry]]) -> None:
         """Put the entries of a loaded checkpoint into an empty state, in order."""

@@ -66,7 +66,7 @@ def apply_record(state: State, record: StreamRecord) -> None:
         if kind == IMMUTABLE:
             changed = state.set_immutable(key, tail) is None
         elif kind == ADD:
-            changed = state.add_mutable(key, tail[8:], _F64.unpack_from(tail)[0])
+            changed = state.add_mutable(key, tail[8:], _F64.unpack_from(tail)[0]) != 0
         elif kind == INDEXED:
             n = int.from_bytes(tail[:_U32], "little")
             changed = state.set_indexed(key, tail[_U32:_U32 + n], tail[_U32 + n:]) is None

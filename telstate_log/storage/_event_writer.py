@@ -14,8 +14,17 @@ are left as they were.
 If the records would take the segment past ``segment_bytes``, the writer
 first rotates (the new segment starts with the event's position).  A hot
 path frames a buffered sample of a key the segment already defines without
-any intermediate objects; :meth:`~LogWriter.commit_batch` writes a whole
+any intermediate objects: per key it keeps the frame's constant session and
+key id as one integer (dropped on rotation and new sessions), so only the
+header (by body length), position, recorded time and timestamp are packed
+per sample; :meth:`~LogWriter.commit_batch` writes a whole
 ``add_mutable_many`` batch as ADD_BATCH frames in one append (all or none).
+
+:attr:`LogWriter.after_due` tells the backend whether the step after a
+write (``Log.after_append``) has work: always under ``fsync="always"``,
+otherwise once the log reaches the byte count at which a checkpoint is due
+(:meth:`~LogWriter.expect_after`; a stale, earlier count only costs one
+needless after-step, which re-arms it).  Most writes skip the after-step.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import struct
 import threading
 import time
 import zlib
@@ -41,21 +51,35 @@ from ._segment_files import SegmentAppender, create_segment
 
 __all__ = ["LogWriter", "create_segment", "session_info"]
 
-# The fast path in LogWriter.commit, built from the format's definitions.
+# The fast path in LogWriter.commit, built from the format's definitions:
+# fmt.ADD_FRAME (magic u16, kind u8, check u8, body length u32 | position u64,
+# recorded f64, session u32, key id u32, timestamp f64) packed as five 64-bit
+# fields, the first and fourth precomputed (header by body length, and
+# session | key id << 32 per key).
 _U32 = fmt.FRAME_CRC
 _U32_PACK = _U32.pack
-_ADD_PACK = fmt.ADD_FRAME.pack
 _ADD = fmt.ADD
-_FRAME_MAGIC = fmt.FRAME_MAGIC
+_ADD_FAST = struct.Struct("<QQdQd").pack
+assert struct.calcsize("<QQdQd") == fmt.ADD_FRAME.size
 #: body bytes of an ADD frame before its value, and bytes of a frame outside its body
 _ADD_HEAD = fmt.ADD_FRAME.size - (fmt.FRAME_OVERHEAD - _U32.size)
 _OVERHEAD = fmt.FRAME_OVERHEAD
-#: check bytes of ADD frames by body length (longer bodies take the general path)
-_ADD_CHECK = bytes(fmt.check_byte(_ADD, n) for n in range(4096))
-_FAST_LENGTH = len(_ADD_CHECK)
+#: frame headers of ADD frames by body length (longer bodies take the general path)
+_ADD_HEADER = [fmt.FRAME_MAGIC | _ADD << 16 | fmt.check_byte(_ADD, n) << 24 | n << 32
+               for n in range(4096)]
+_FAST_LENGTH = len(_ADD_HEADER)
+assert _ADD_FAST(_ADD_HEADER[_ADD_HEAD + 1], 2, 3.0, 4 | 5 << 32, 6.0) + b"v" == \
+    fmt.encode_event(_ADD, 2, 3.0, 4, 5, b"", b"v", 6.0)
+_FLUSH_BYTES = SegmentAppender.FLUSH_BYTES
+_crc32 = zlib.crc32
+#: The running CRC after any frame: CRC-32 run on over bytes followed by their own
+#: CRC (little-endian) always ends at this constant, CRC-32's residue, so the fast
+#: path sets it instead of running zlib.crc32 over the 4 CRC bytes (same value).
+_RESIDUE = 0x2144DF1C
+assert all(_crc32(_U32_PACK(_crc32(b, s)), _crc32(b, s)) == _RESIDUE
+           for b in (b"", b"x", bytes(range(256))) for s in (0, 1, 0xFFFFFFFF, _RESIDUE))
 _TIME_MASK = Tables.TIME_STRIDE - 1
 assert Tables.TIME_STRIDE & _TIME_MASK == 0, "the fast path needs a power-of-two stride"
-_crc32 = zlib.crc32
 _time = time.time
 
 
@@ -81,12 +105,20 @@ class LogWriter(SegmentAppender):
         self._tables = tables
         self._key_ids = tables.key_ids
         self._seg_keys: set[int] = set()
+        #: the fast path's keys (those the segment defines, if buffered): key ->
+        #: session | key id << 32, as its frames carry them
+        self._fast: dict[bytes, int] = {}
         self._seg_session = False
-        # events already in the segment we continue (a reopened log)
+        # Non-zero once the segment holds an event (a reopened log: those already
+        # there).  Only the general path counts: the fast path runs after it.
         self._seg_events = max(0, position - segment_first + 1)
+        #: whether the step after a write has work (see the module docstring);
+        #: True until the log first calls expect_after
+        self.after_due = True
+        self._after_bytes = 0  # bytes_appended from which after_due is set
+        self._after_at = 0  # the same as an offset in the current segment
         self.session_id = tables.next_session_id()
         self._session_payload = msgpack.packb(session, use_bin_type=True)
-        self._last_rec = tables.last_recorded
         #: last position committed (buffered or written)
         self.position = position
         super().__init__(fs, path, log_id, segment_first=segment_first, fd=fd, offset=offset,
@@ -96,8 +128,17 @@ class LogWriter(SegmentAppender):
     def _segment_started(self) -> None:
         # a new segment defines its keys and session afresh
         self._seg_keys = set()
+        self._fast = {}
         self._seg_session = False
         self._seg_events = 0
+        self._after_at = self._after_bytes - (self.bytes_appended - self.offset)
+
+    def expect_after(self, due_bytes: int, *, always: bool = False) -> None:
+        """Under the lock: the step after a write next has work once
+        :attr:`bytes_appended` reaches `due_bytes` (after every write if `always`)."""
+        self._after_bytes = due_bytes
+        self._after_at = due_bytes - (self.bytes_appended - self.offset)
+        self.after_due = always or self.offset >= self._after_at
 
     # ------------------------------------------------------------------ hook
     def commit(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
@@ -105,41 +146,37 @@ class LogWriter(SegmentAppender):
         """State commit hook: make event `pos` part of the log."""
         if self.failed is not None:
             raise LogFailedError(f"the log writer has failed: {self.failed}")
+        tables = self._tables
         rec = _time()
-        if rec < self._last_rec:
-            rec = self._last_rec
-        kid = self._key_ids.get(key)
-        if kind == _ADD and kid is not None and self._buffered and kid in self._seg_keys:
-            # Fast path: a buffered sample of a key this segment already defines
-            # (fmt.encode_event without the dispatch and the check_byte call).
-            length = _ADD_HEAD + len(value)
-            end = self.offset + length + _OVERHEAD
-            if end <= self._segment_bytes and length < _FAST_LENGTH:
-                frame = _ADD_PACK(_FRAME_MAGIC, _ADD, _ADD_CHECK[length], length, pos, rec,
-                                  self.session_id, kid, ts) + value
-                c = _crc32(frame, self._crc)
-                cb = _U32_PACK(c)
-                self._crc = _crc32(cb, c)
-                buf = self._buf
-                buf += frame
-                buf += cb
-                if (pos - 1) & _TIME_MASK == 0:
-                    self._note_time(pos, rec, self.offset)
-                self.bytes_appended += end - self.offset
-                self.offset = end
-                self._last_rec = self._tables.last_recorded = rec
-                self.position = pos
-                self._seg_events += 1
-                if not self._dirty:
-                    self._dirty = True
-                    self._flush_due = rec + self._flush_interval
-                    with self._kick:
-                        self._kick.notify()
-                elif (len(buf) >= self.FLUSH_BYTES
-                      or rec >= self._flush_due):
-                    self._flush_locked()  # the flusher is late (see _segment_files)
-                return
-        self._commit_general(kind, pos, key, sub_key, value, ts, rec, kid)
+        if rec < tables.last_recorded:  # never before an earlier event's
+            rec = tables.last_recorded
+        if kind == _ADD:
+            ids = self._fast.get(key)
+            if ids is not None:
+                # Fast path: a buffered sample of a key this segment already defines
+                # (fmt.encode_event without the dispatch and the check_byte call).
+                length = _ADD_HEAD + len(value)
+                offset = self.offset
+                end = offset + length + _OVERHEAD
+                if end <= self._segment_bytes and length < _FAST_LENGTH:
+                    frame = _ADD_FAST(_ADD_HEADER[length], pos, rec, ids, ts) + value
+                    cb = _U32_PACK(_crc32(frame, self._crc))
+                    self._crc = _RESIDUE  # zlib.crc32(cb, that CRC)
+                    buf = self._buf
+                    buf += frame
+                    buf += cb
+                    self.offset = end
+                    tables.last_recorded = rec
+                    self.position = pos
+                    if (pos - 1) & _TIME_MASK == 0:
+                        self._note_time(pos, rec, offset)
+                    if end >= self._after_at:
+                        self.after_due = True
+                    if rec >= self._flush_due or len(buf) >= _FLUSH_BYTES:
+                        self._flush_cycle(rec)
+                    return
+        self._commit_general(kind, pos, key, sub_key, value, ts, rec,
+                             self._key_ids.get(key))
 
     def _commit_general(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
                         ts: float, rec: float, kid: int | None) -> None:
@@ -180,6 +217,7 @@ class LogWriter(SegmentAppender):
         # Forget the segment's key definitions so the next commit takes the
         # general path, which writes the SESSION record before the event.
         self._seg_keys = set()
+        self._fast = {}
         return self.session_id
 
     def commit_batch(self, first: int, key: bytes, ts: Any,
@@ -193,10 +231,10 @@ class LogWriter(SegmentAppender):
         """
         if self.failed is not None:
             raise LogFailedError(f"the log writer has failed: {self.failed}")
-        rec = _time()
-        if rec < self._last_rec:
-            rec = self._last_rec
         tables = self._tables
+        rec = _time()
+        if rec < tables.last_recorded:
+            rec = tables.last_recorded
         kid = tables.key_ids.get(key)
         new_key = kid is None
         if kid is None:
@@ -248,16 +286,20 @@ class LogWriter(SegmentAppender):
         and the key and session tables (updated only now that the records exist)."""
         self._seg_events += events
         self._seg_session = True
-        self._last_rec = self._tables.last_recorded = rec
-        self.position = last
         tables = self._tables
+        tables.last_recorded = rec
+        self.position = last
         if kid is not None:
             self._seg_keys.add(kid)
+            if self._buffered:
+                self._fast[key] = self.session_id | kid << 32
             if new_key:
                 tables.keys[kid] = key
                 tables.key_ids[key] = kid
         if self.session_id not in tables.sessions:
             tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
+        if self.offset >= self._after_at:
+            self.after_due = True
 
     def _note_time(self, pos: int, rec: float, offset: int) -> None:
         """Add an entry to the sparse position/time/offset index."""

@@ -30,11 +30,19 @@ is read back from the segment files (:mod:`telstate_log.storage._history`).
 
 Durability contract (``fsync``), when a write returns: ``"always"`` -- on
 stable storage (fdatasync'ed, new segments and their directory entries
-too; concurrent writers share fsyncs); ``"interval"`` (default) -- handed
-to the OS (a process crash loses nothing), fsynced by a timer within
-``fsync_interval`` seconds and on rotation and close; ``"never"`` -- the OS
-decides (:meth:`Log.sync` still forces it).  Whatever the policy, recovery
-yields exactly the state after some prefix of the writes.
+too; concurrent writers share fsyncs); ``"interval"`` (default) -- in the
+writer's buffer, handed to the OS within ``flush_interval`` (5 ms) of the
+first buffered write (a killed process loses only the writes still in the
+buffer; none with ``flush_interval=0``), fsynced by a timer within
+``fsync_interval`` seconds and on rotation and close (power loss: at most
+that much more); ``"never"`` -- as ``"interval"`` for a killed process, and
+the OS decides when it reaches the disk (:meth:`Log.sync` still forces it).
+Whatever the policy, recovery yields exactly the state after some prefix of
+the writes.
+
+Most writes need no :meth:`Log.after_append`: the writer's ``after_due``
+flag says when one has work (every write under ``"always"``; otherwise once
+a checkpoint is due), and the backend checks it instead of calling.
 """
 
 from __future__ import annotations
@@ -165,6 +173,8 @@ class Log:
                 self._ckpt, self._sealer = parts.checkpointer, parts.sealer
                 self.append = parts.writer.commit
                 self.append_batch = parts.writer.commit_batch
+                with self._lock:
+                    parts.writer.expect_after(parts.checkpointer.due, always=self._sync_each)
         except BaseException:
             self._release_lock()
             raise
@@ -176,18 +186,32 @@ class Log:
     # ------------------------------------------------------------- writes
     def after_append(self, position: int) -> None:
         """Call (without the lock) after appending event `position`: waits for
-        durability under ``fsync="always"``; starts a due checkpoint."""
+        durability under ``fsync="always"``; starts a due checkpoint.  Needed
+        only while the writer's ``after_due`` flag is set (see the module docstring)."""
         if self._sync_each:
             self._durability.wait(position)  # type: ignore[union-attr]
-        if self._writer.bytes_appended >= self._ckpt.due:  # type: ignore[union-attr]
-            self._ckpt.start_background()  # type: ignore[union-attr]
+        self._checkpoint_if_due()
 
     async def after_append_async(self, position: int) -> None:
         """:meth:`after_append` for the event loop (awaits durability)."""
         if self._sync_each:
             await self._durability.wait_async(position)  # type: ignore[union-attr]
-        if self._writer.bytes_appended >= self._ckpt.due:  # type: ignore[union-attr]
-            self._ckpt.start_background()  # type: ignore[union-attr]
+        self._checkpoint_if_due()
+
+    #: while a checkpoint runs, look again after this many more bytes of log
+    RECHECK_BYTES = 64 << 10
+
+    def _checkpoint_if_due(self) -> None:
+        writer, ckpt = self._writer, self._ckpt
+        assert writer is not None and ckpt is not None
+        if writer.bytes_appended >= ckpt.due:
+            ckpt.start_background()  # moves ckpt.due on, unless one is running
+        if writer.after_due and not self._sync_each:
+            with self._lock:  # re-arm the writer's flag for the next due checkpoint
+                due = ckpt.due
+                if due <= writer.bytes_appended:  # a checkpoint is running
+                    due = writer.bytes_appended + self.RECHECK_BYTES
+                writer.expect_after(due)
 
     def new_session(self, source: str | None) -> None:
         """Record the following appends under a new session with this source label."""

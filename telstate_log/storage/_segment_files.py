@@ -101,8 +101,8 @@ class SegmentAppender:
         self._segment_bytes = segment_bytes
         self._sync_on_rotate = sync_on_rotate
         self.failed: BaseException | None = None
-        #: bytes appended since the writer was opened (for checkpoint scheduling)
-        self.bytes_appended = 0
+        # bytes_appended - offset: the appends need not count (see bytes_appended)
+        self._appended_before = -offset
         self._lock = lock
         self._buf = bytearray()
         self._buffered = flush_interval > 0
@@ -116,7 +116,9 @@ class SegmentAppender:
         self._flusher: threading.Thread | None = None
         self._kick = threading.Condition(threading.Lock())
         self._dirty = False
-        self._flush_due = 0.0  # time.time() by which the buffer must be flushed
+        #: time.time() by which the buffer must be flushed; 0.0 while it is clean, so
+        #: one comparison tells an append that a flush cycle starts or is late
+        self._flush_due = 0.0
         self._flush_interval = flush_interval
         self._closing = False
         #: set (under the owner's lock) by an event loop: raise WouldBlock instead of
@@ -136,15 +138,9 @@ class SegmentAppender:
         if self._buffered:
             self._buf += data
             self.offset += n
-            self.bytes_appended += n
-            if not self._dirty:
-                self._dirty = True
-                self._flush_due = time.time() + self._flush_interval
-                with self._kick:
-                    self._kick.notify()
-            elif (len(self._buf) >= self.FLUSH_BYTES
-                  or time.time() >= self._flush_due):
-                self._flush_locked()
+            now = time.time()
+            if now >= self._flush_due or len(self._buf) >= self.FLUSH_BYTES:
+                self._flush_cycle(now)
             return
         try:
             write_all(self._fs, self._fd, data)
@@ -160,12 +156,24 @@ class SegmentAppender:
                                 exc.errno) from exc
         self.offset += n
         self._flushed = self.offset
-        self.bytes_appended += n
 
     # -------------------------------------------------------------- flushing
+    def _flush_cycle(self, now: float) -> None:
+        """After a buffered append found the buffer clean (`_flush_due` is 0.0), full
+        or older than ``flush_interval`` (the caller holds the lock): start a flush
+        cycle (the flusher hands the buffer over in ``flush_interval``), or flush now."""
+        if not self._dirty:
+            self._dirty = True
+            self._flush_due = now + self._flush_interval
+            with self._kick:
+                self._kick.notify()
+        else:
+            self._flush_locked()  # the flusher is late (see the module docstring)
+
     def _flush_locked(self) -> None:
         """Hand the buffer to the OS (the caller holds the lock)."""
         self._dirty = False
+        self._flush_due = 0.0
         if not self._buf:
             return
         data = bytes(self._buf)
@@ -234,6 +242,7 @@ class SegmentAppender:
             self._fd = fd
         old_first = self.segment_first
         self.segment_first = next_first
+        self._appended_before += self.offset - size
         self.offset = self._flushed = size
         self._crc = crc
         self._segment_started()
@@ -269,6 +278,11 @@ class SegmentAppender:
         """Mark the writer failed (e.g. an fsync failed elsewhere): it refuses writes."""
         if self.failed is None:
             self.failed = exc
+
+    @property
+    def bytes_appended(self) -> int:
+        """Bytes appended since the writer was opened (for checkpoint scheduling)."""
+        return self._appended_before + self.offset
 
     @property
     def segment_path(self) -> str:
