@@ -38,10 +38,16 @@ Frame::
     8      L     body
     8+L    4     CRC-32 (zlib) of every byte of the file before this field
 
-The CRC is *chained*: it covers the header and all earlier frames, so one
-CRC call over a whole segment verifies every frame at once, and a frame can
-still be checked alone from the four bytes before it (the previous CRC,
-which is also the running CRC state at that point).  The check byte guards
+The CRC is *chained*: it is computed over every byte of the file before it,
+so one CRC call over a whole segment verifies every frame at once, and a
+frame can still be checked alone from the four bytes before it (the
+previous CRC, which is also the running CRC state at that point).  What the
+chain protects is less than it seems: CRC-32 over some bytes followed by
+their own CRC is always the same residue, so after the first frame the
+running state is that constant and each frame's CRC depends only on its own
+bytes.  The CRCs catch damage inside a frame; frames moved or swapped whole
+are caught by the consecutive positions recovery checks, and tampering by
+the seals (SHA-256 over whole segments).  The check byte guards
 the length field, so a damaged length is reported as corruption rather than
 mistaken for a frame cut short by a crash.
 
