@@ -72,7 +72,7 @@ from ..core._errors import DecodeError, ImmutableKeyError, RdbParseError
 from ..core._progress import ProgressCallback
 from ..core._types import KeyType
 from ..rdb._reader import RdbReader, Source
-from ._rdb_samples import BULK_MIN, Samples, apply_bulk, batch_hook, new_samples
+from ._rdb_samples import BULK_MIN, Samples, apply_bulk, new_samples
 
 if TYPE_CHECKING:
     from ..core._state import CommitBatch, State
@@ -318,13 +318,13 @@ def apply_rdb(backend: StateBackend, contents: RdbContents, *, source: str | Non
     label = source if source is not None else \
         f"import:{os.path.basename(filename) if filename else '<stream>'}"
     writer = backend.writer()
-    known, hook = batch_hook(backend)
+    hook = writer.commit_batch
     with writer.lock:
         writer.check_writable()
         before = backend.position
         bulk: list[tuple[bytes, Samples]] = []
         steps = _steps_for(writer.state, entries, filename or "<stream>",
-                           bulk if known else None)
+                           bulk)
         if len(bulk) < BULK_MIN:                # too few to gain from building together
             steps += [_Step(key, KeyType.MUTABLE, value, value.count) for key, value in bulk]
             bulk = []

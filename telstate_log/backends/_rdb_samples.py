@@ -43,10 +43,9 @@ from ..core._types import KeyUpdateBase
 if TYPE_CHECKING:
     from ..core._sensor import SensorColumn
     from ..core._state import CommitBatch
-    from ._state_backend import StateBackend
     from ._state_writer import StateWriter
 
-__all__ = ["BULK_MIN", "Samples", "apply_bulk", "batch_hook", "new_samples", "record_layout"]
+__all__ = ["BULK_MIN", "Samples", "apply_bulk", "new_samples", "record_layout"]
 
 #: new sensors created together (see apply_bulk): at least this many keys, values of
 #: at most _BULK_WIDTH bytes, at most _BULK_SAMPLES samples per key, and
@@ -198,25 +197,3 @@ def _create(writer: StateWriter, keys: list[bytes], items: list[Samples], width:
         for key in keys:
             hub.publish(key, KeyUpdateBase)
     return state.position
-
-
-#: backends whose bulk writes are recorded through a known commit hook, by qualified class
-#: name (importing them here would close an import cycle through StateBackend): whether
-#: the hook is their log's ``append_batch`` (else they record nothing)
-_HOOKS = {"telstate_log.backends._memory.MemoryBackend": False,
-          "telstate_log.backends._log.LogBackend": True}
-
-
-def batch_hook(backend: StateBackend) -> tuple[bool, CommitBatch | None]:
-    """``(known, hook)``: whether `backend` records a bulk write through a known
-    commit hook, and the hook (None: nothing to record).  New sensors are created
-    together only then; any other backend (a subclass too) gets one
-    ``add_mutable_many`` per key."""
-    cls = type(backend)
-    logged = _HOOKS.get(f"{cls.__module__}.{cls.__qualname__}")
-    if logged is None:
-        return False, None
-    if not logged:
-        return True, None
-    hook: CommitBatch = getattr(backend, "log").append_batch  # noqa: B009
-    return True, hook

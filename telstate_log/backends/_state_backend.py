@@ -233,7 +233,7 @@ class StateBackend(Backend):
             add_mutable=self._w_add_mutable, set_indexed=self._w_set_indexed,
             delete=self._w_delete, clear=self._w_clear,
             add_mutable_many=self._w_add_mutable_many, after_write=self._after_write,
-            after_write_async=self._after_write_async)
+            after_write_async=self._after_write_async, commit_batch=lambda: self._commit_batch)
 
     def _w_set_immutable(self, key: bytes, value: bytes) -> tuple[bytes | None, int]:
         with self._lock:

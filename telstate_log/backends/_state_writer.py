@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core._state import State
+from ..core._state import CommitBatch, State
 from ._notify import Hub
 
 __all__ = ["StateWriter"]
@@ -55,7 +55,7 @@ class StateWriter:
     ``after_write_async(position)``), without holding :attr:`lock`.
     """
 
-    __slots__ = ("_state", "add_mutable", "add_mutable_many", "after_write",
+    __slots__ = ("_commit_batch", "_state", "add_mutable", "add_mutable_many", "after_write",
                  "after_write_async", "check_writable", "clear", "delete", "hub", "lock",
                  "set_immutable", "set_indexed")
 
@@ -83,8 +83,10 @@ class StateWriter:
                  add_mutable_many: Callable[[bytes, Sequence[bytes] | np.ndarray, Any],
                                             tuple[int, int]],
                  after_write: Callable[[int], None],
-                 after_write_async: Callable[[int], Awaitable[None]]) -> None:
+                 after_write_async: Callable[[int], Awaitable[None]],
+                 commit_batch: Callable[[], CommitBatch | None] = lambda: None) -> None:
         self.lock = lock
+        self._commit_batch = commit_batch
         self.hub = hub
         self._state = state
         self.check_writable = check_writable
@@ -105,3 +107,13 @@ class StateWriter:
         (after that writer prunes), so a driver asks each time it takes the lock.
         """
         return self._state()
+
+    @property
+    def commit_batch(self) -> CommitBatch | None:
+        """The hook that records a batch of samples before the state applies it
+        (:data:`~telstate_log.core._state.CommitBatch`; None: nothing is recorded).
+
+        For a driver that builds many keys' samples in one locked step
+        (the RDB import): it records them through this hook as the backend's
+        own ``add_mutable_many`` would."""
+        return self._commit_batch()
