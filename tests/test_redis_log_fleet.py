@@ -24,6 +24,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +33,10 @@ from typing import IO, Any
 import pytest
 from _redis import RedisServer, require_redis
 from _shared_writer_proc import redis_state, state_of
-from _waiting import DEADLINE
+from _waiting import DEADLINE, wait_for
 
-from telstate_log.backends import RedisLogBackend, StreamFollower
+from telstate_log.backends import LogBackend, RedisLogBackend, StreamFollower
+from telstate_log.replay import Archiver
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -115,6 +117,10 @@ def test_eight_writers_one_total_order(server: RedisServer, tmp_path: Path) -> N
     url = server.url
     here = StreamFollower.from_url(url)          # follows while the writers run
     there = Proc("follow", url)                  # another process, following too
+    archiver = Archiver(url, tmp_path / "archive")   # and an archive, copying as they write
+    archived = threading.Event()
+    archiving = threading.Thread(target=archiver.follow, args=(archived,), daemon=True)
+    archiving.start()
     writers = [Proc("write", url, str(w), str(WRITES), str(1000 + w)) for w in range(WRITERS)]
     try:
         there.expect("ready")
@@ -166,8 +172,15 @@ def test_eight_writers_one_total_order(server: RedisServer, tmp_path: Path) -> N
                 sources[event.session] = backend.session_info(event.session)["source"]
             assert sources[event.session] == f"writer-{writer}"
 
-        # One state: Redis, two followers, a replica materialised now.
+        # One state: Redis, two followers, a replica materialised now, the archive.
         in_redis = redis_state(url)
+        wait_for(lambda: archiver.position == backend.position, what="the archive")
+        archived.set()
+        archiving.join(DEADLINE)
+        archiver.close()
+        with LogBackend(tmp_path / "archive", readonly=True, follow=False) as archive:
+            assert state_of(archive) == in_redis
+            assert archive.events() == backend.events()    # positions, times, sessions
         position = here.sync()
         assert position == backend.position
         assert state_of(here) == in_redis
@@ -180,6 +193,8 @@ def test_eight_writers_one_total_order(server: RedisServer, tmp_path: Path) -> N
     finally:
         backend.close()
         here.close()
+        archived.set()
+        archiver.close()
 
 
 def test_kill_writers_never_half_applied(server: RedisServer) -> None:
