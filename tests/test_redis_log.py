@@ -294,3 +294,16 @@ def test_a_session_registered_after_a_batch_gets_a_session_id(
     assert [(r.position, r.seq) for r in stream_entries(client)][-2:] == [(6, 1), (7, 0)]
     sources = {backend.session_info(e.session)["source"] for e in backend.events()}
     assert sources == {"test-writer", "second", "third"}
+
+
+def test_a_sample_write_reloads_a_lost_library(backend: RedisLogBackend,
+                                               client: redis.Redis) -> None:
+    """The one-call path of add_mutable leaves every error reply to the exchange."""
+    backend.add_mutable(b"s", encode_value(1.0), 1.0)
+    client.function_flush()
+    backend.add_mutable(b"s", encode_value(2.0), 2.0)      # reloads and retries
+    assert backend.position == 2
+    backend.set_immutable(b"i", encode_value(1))
+    with pytest.raises(ImmutableKeyError):
+        backend.add_mutable(b"i", encode_value(2.0), 3.0)
+    assert [r.position for r in stream_entries(client) if r.seq == 0] == [1, 2, 3]

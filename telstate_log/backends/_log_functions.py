@@ -37,7 +37,7 @@ from ..core._stream_format import HEAD_FORMAT
 __all__ = ["LIBRARY", "LIBRARY_NAME", "VERSION", "log_db_for"]
 
 LIBRARY_NAME = "telstatelog"
-VERSION = "4"
+VERSION = "5"
 
 #: Every function takes ARGV[1..4] = log db, stream name, telstate db, session id.
 _COMMON = 4
@@ -62,7 +62,7 @@ local function enter(a)
         return 0, 0, redis.error_reply('TSLOG the shared log ' .. a[2] ..
             ' belongs to database ' .. m[3] .. ', not ' .. a[3])
     end
-    return tonumber(m[1] or '0'), tonumber(m[2] or '0'), nil
+    return tonumber(m[1] or '0'), m[2] and struct.unpack('<d', m[2]) or 0, nil
 end
 
 -- The server's clock, clamped so that recorded times never decrease.
@@ -79,8 +79,7 @@ local function record(a, last, lastrec, kind, key, tail, count)
     redis.call('SELECT', a[1])
     local pos = last + 1
     local rec = now(lastrec)
-    redis.call('HSET', a[2] .. ':meta', 'pos', string.format('%d', pos + count - 1),
-               'rec', string.format('%.17g', rec))
+    redis.call('HSET', a[2] .. ':meta', 'pos', pos + count - 1, 'rec', struct.pack('<d', rec))
     redis.call('XADD', a[2], string.format('%d-0', pos), 'e',
                struct.pack('@HEAD@', kind, rec, tonumber(a[4]), #key) .. key .. tail)
     redis.call('SELECT', a[3])
@@ -101,7 +100,7 @@ redis.register_function('tslog_session', function(keys, a)
     local meta = a[2] .. ':meta'
     local session = redis.call('HINCRBY', meta, 'session', 1)
     local rec = now(lastrec)
-    redis.call('HSET', meta, 'rec', string.format('%.17g', rec), 'db', a[3],
+    redis.call('HSET', meta, 'rec', struct.pack('<d', rec), 'db', a[3],
                'version', VERSION)
     -- after event <pos>: ID <pos>-<n>, n >= 1, past any session record already there
     -- (the stream's last entry may also be a batch that began before <pos>)

@@ -50,7 +50,7 @@ __all__ = [
     "exchange_clear", "exchange_delete", "exchange_ensure_library", "exchange_events",
     "exchange_history", "exchange_last_position", "exchange_read", "exchange_record_at",
     "exchange_scan", "exchange_session", "exchange_session_info", "exchange_set_immutable",
-    "exchange_set_indexed", "record_updates", "reply_position",
+    "exchange_set_indexed", "fcall_command", "record_updates", "reply_position",
 ]
 
 #: Stream entries fetched per XRANGE / XREAD call.
@@ -123,6 +123,12 @@ def _translate(exc: Exception) -> Exception:
     return exc
 
 
+def fcall_command(target: LogTarget, name: str, key: bytes, *args: Any) -> tuple[Any, ...]:
+    """The ``FCALL`` of write function `name` on `key` (the command a write sends)."""
+    return ("FCALL", name, 1, key, target.log_db, target.stream, target.data_db,
+            target.session, *args)
+
+
 def exchange_append(target: LogTarget, name: str, key: bytes, *args: Any) -> Exchange[Any]:
     """One write: FCALL `name` (and WAIT); returns the function's reply.
 
@@ -130,7 +136,7 @@ def exchange_append(target: LogTarget, name: str, key: bytes, *args: Any) -> Exc
     """
     if not target.session:
         yield ("session",)
-    command = ("FCALL", name, 1, key, *target.args(), *args)
+    command = fcall_command(target, name, key, *args)
     with wrongtype_as_immutable(key):
         if not target.replicas:
             return (yield from _fcall(name, (key,), [*target.args(), *args]))
