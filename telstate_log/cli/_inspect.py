@@ -15,8 +15,11 @@ and the last still in the segments) for the span of recording times.  After
 a prune it shows the pruned range of positions (their state is kept, their
 history is not), and says when the head hash belongs to a pruned segment
 and so can no longer be verified from the log.  Counting the events of
-each writing session means reading the whole log, so it is asked for with
-``--count-events`` (and shows a progress line on a terminal).
+each writing session means reading every segment, so it is asked for with
+``--count-events`` (and shows a progress line on a terminal); it reads the
+segments a window at a time and counts from the frames' fixed fields
+(:func:`~telstate_log.storage._frame_walk.count_sessions`), without
+materialising an event.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from ._common import (
     add_json_argument,
     add_log_argument,
     command_parser,
-    iter_events,
     note,
     open_log,
     parse_time,
@@ -171,15 +173,14 @@ def _span(first: float | None, last: float | None) -> dict[str, Any]:
 
 
 def _count_sessions(backend: LogBackend, first: int, last: int) -> Counter[int]:
+    """Events per session, counted from the segments' frame arrays (no event is
+    materialised; memory bounded by a read window)."""
+    from ..storage import OsFileSystem, count_sessions
     from ._progress_bar import Progress
 
-    counts: Counter[int] = Counter()
     with Progress() as progress:
-        for n, event in enumerate(iter_events(backend, first, last), 1):
-            counts[event.session] += 1
-            if n % 4096 == 0:
-                progress("count events", n, last - first + 1)
-    return counts
+        return count_sessions(OsFileSystem(), backend.path, first, last,
+                              lambda n: progress("count events", n, last - first + 1))
 
 
 def _span_text(span: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._checkpoint import list_checkpoints
     from ._fileio import OsFileSystem
+    from ._frame_walk import count_sessions
     from ._lockfile import writer_active
     from ._new_log import NewLog
     from ._recovery import list_segments
@@ -27,6 +28,7 @@ __all__ = [
     "NewLog",
     "OsFileSystem",
     "SealFileError",
+    "count_sessions",
     "list_checkpoints",
     "list_segments",
     "pruned_prefix",
@@ -37,6 +39,7 @@ __all__ = [
 
 _HOMES = {
     "list_checkpoints": "_checkpoint", "OsFileSystem": "_fileio",
+    "count_sessions": "_frame_walk",
     "writer_active": "_lockfile", "NewLog": "_new_log", "list_segments": "_recovery",
     "read_pruned": "_retention", "PRUNED": "_seal", "HeadCheck": "_seal",
     "SealFileError": "_seal", "pruned_prefix": "_seal", "read_seals": "_seal",

@@ -5,7 +5,9 @@ Theory of operation
 :func:`verify_log` reads every segment strictly -- headers, chained CRCs,
 frame structure, consecutive positions, and a full replay so that every event
 is also valid where it stands -- and checks every checkpoint against the
-replayed state at its position.  It changes nothing and reports the first
+replayed state at its position (streamed: a window of one segment at a
+time, each checkpoint loaded and compared when the replay reaches it, see
+:mod:`telstate_log.storage._verify_replay`).  It changes nothing and reports the first
 damage with its file and byte offset.  Each problem has a ``kind``
 (``segment``, ``checkpoint``, ``seal`` or ``log``) and says whether
 ``repair_log`` fixes it (``repairable``): one definition of damage serves
@@ -36,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from numpy import isin as np_isin
-from numpy import searchsorted as np_searchsorted
 
 from ..core import _log_format as fmt
 from ..core._apply import Applier, Tables
@@ -45,7 +46,7 @@ from ..core._state import State
 from ._checkpoint import CHECKPOINT_DIR, CheckpointError, list_checkpoints, load_checkpoint
 from ._fileio import OsFileSystem
 from ._lockfile import acquire_lock, release_lock
-from ._recovery import classify_tail, list_segments
+from ._recovery import list_segments
 from ._retention import read_pruned
 from ._seal import (
     HeadCheck,
@@ -57,6 +58,7 @@ from ._seal import (
     verify_seals,
     write_seals,
 )
+from ._verify_replay import Compared, SegmentRun, replay_segment, scan_segment
 
 __all__ = ["RepairReport", "VerifyReport", "repair_log", "verify_log"]
 
@@ -190,20 +192,6 @@ def _plan_repair(path: str, fs: OsFileSystem, report: VerifyReport,
     return remedy
 
 
-def _state_fingerprint(state: State) -> dict[bytes, Any]:
-    out: dict[bytes, Any] = {}
-    for key, entry in state.items():
-        kind = state.key_type(key)
-        if kind is not None and kind.name == "MUTABLE":
-            col = state.sensor(key)
-            assert col is not None
-            out[key] = (kind.name, col.values(0, len(col)), col.timestamps().tolist(),
-                        col.positions().tolist())
-        else:
-            out[key] = (kind.name if kind else None, state.get(key)[0], entry.created)
-    return out
-
-
 def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
     """Check every checksum and invariant of the log at `path` (read-only)."""
     path = os.fspath(path)
@@ -215,7 +203,7 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
     report.segments = len(segments)
     report.bytes = sum(os.path.getsize(os.path.join(path, name)) for _, name in segments)
     checkpoints = {cp.position: cp for cp in list_checkpoints(path)}
-    snapshots: dict[int, dict[bytes, Any]] = {}
+    compared: dict[int, Compared] = {}  # checkpoints compared when the replay reached them
     state = State(keep_history=True)
     replayer = Applier(state, Tables())
     pruned = read_pruned(fs, path)
@@ -242,11 +230,12 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
     report.pruned_before = pruned
     expected = [segments[0][0] if segments else 1]
     log_id: list[bytes | None] = [None]
+    run = SegmentRun(replayer, checkpoints, compared, apply_from, None)
     try:
         for i, (first, name) in enumerate(segments):
             seg = os.path.join(path, name)
-            _replay_one(fs, seg, first, replayer, checkpoints, snapshots, report, apply_from,
-                        expected, log_id, newest=i == len(segments) - 1)
+            _replay_one(fs, seg, first, run, report, expected, log_id,
+                        newest=i == len(segments) - 1)
     except LogCorruptError as exc:
         report.ok = False
         in_segment = exc.offset is not None and exc.path in {
@@ -274,8 +263,12 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
                     report.problems.append({"file": p["file"], "offset": None, "kind": "seal",
                                             "problem": p["problem"]})
     for pos, cp in sorted(checkpoints.items()):
+        outcome = compared.get(pos)
         try:
-            cp_state, _, _ = load_checkpoint(cp.path, log_id[0])
+            if outcome is None:
+                load_checkpoint(cp.path, log_id[0])  # only whether it loads
+            elif outcome.error is not None:
+                raise outcome.error
         except FileNotFoundError:
             continue  # replaced by a live writer's newer checkpoint since it was listed
         except CheckpointError as exc:
@@ -287,7 +280,7 @@ def verify_log(path: str | os.PathLike[str]) -> VerifyReport:
         if pos > state.position:
             report.problems.append({"file": cp.path, "offset": None, "kind": "checkpoint",
                                     "problem": "checkpoint is ahead of the log (ignored on open)"})
-        elif pos in snapshots and _state_fingerprint(cp_state) != snapshots[pos]:
+        elif outcome is not None and outcome.differs:
             report.ok = False
             report.problems.append({"file": cp.path, "offset": None, "kind": "checkpoint",
                                     "problem": "checkpoint differs from the replayed log"})
@@ -309,91 +302,26 @@ def _oldest_checkpoint(checkpoints: dict[int, Any], first: int) -> Any:
     return None
 
 
-def _replay_one(fs: OsFileSystem, seg: str, first: int, replayer: Applier,
-                checkpoints: dict[int, Any], snapshots: dict[int, dict[bytes, Any]],
-                report: VerifyReport, apply_from: tuple[int, int] | None,
-                expected: list[int], log_id: list[bytes | None], newest: bool = False) -> None:
-    """Check one segment strictly; apply its events from `apply_from` on."""
-    data = fs.read(seg)
-    header = fmt.parse_header(data)
+def _replay_one(fs: OsFileSystem, seg: str, first: int, run: SegmentRun,
+                report: VerifyReport, expected: list[int], log_id: list[bytes | None],
+                newest: bool = False) -> None:
+    """Check one segment strictly; apply its events from `run.apply_from` on
+    (a window at a time: see :mod:`telstate_log.storage._verify_replay`)."""
+    header = fmt.parse_header(fs.read(seg, 0, fmt.HEADER_SIZE))
     if isinstance(header, str):
         raise LogCorruptError(header, seg, 0)
-    state = replayer.state
     if header.first_position != first or first != expected[0]:
         raise LogCorruptError(f"segment should start at position {expected[0]}", seg, 16)
     if log_id[0] is None:
-        log_id[0] = header.log_id
+        log_id[0] = run.log_id = header.log_id
     elif header.log_id != log_id[0]:
         raise LogCorruptError("segment belongs to another log (log id differs)", seg, 32)
-    mv = memoryview(data)
-    scan = fmt.scan_frames(mv, fmt.HEADER_SIZE, len(data), zlib.crc32(mv[:fmt.HEADER_SIZE]))
-    if scan.problem is not None:
-        if not (newest and classify_tail(data, scan)):
-            raise LogCorruptError(scan.problem, seg, scan.problem_offset)
-        # A torn tail (a crash's leftovers, or a frame the writer is writing
-        # now): the next writer truncates it.  Report it; it is not damage.
-        report.torn_tail = {"file": seg, "offset": scan.problem_offset, "problem": scan.problem,
-                            "bytes": len(data) - scan.problem_offset}
-    dec = fmt.decode_frames(mv, scan)
-    is_event = np_isin(dec.kinds, list(fmt.EVENT_KINDS))
-    positions = dec.event["pos"]
-    if is_event.any():
-        expected[0] = int(positions[is_event][-1]) + int(dec.counts[is_event][-1])
-    start = 0
-    if apply_from is not None:
-        seg_first, offset = apply_from
-        if first < seg_first:
-            _check_structure(replayer, mv, scan, seg)
-            return
-        if first == seg_first:
-            start = int(np_searchsorted(scan.offsets, offset))
-            _check_structure(replayer, mv, _sub_scan(scan, 0, start), seg)
-    # Apply in runs that end exactly at each checkpoint position, to compare states.
-    for target in sorted(p for p in checkpoints if state.position <= p):
-        after = (is_event & (positions > target)).nonzero()[0]
-        cut = int(after[0]) if len(after) else len(scan.offsets)
-        if cut < start:
-            continue
-        _apply(replayer, mv, _sub_scan(scan, start, cut), seg)
-        start = cut
-        if state.position == target:
-            snapshots[target] = _state_fingerprint(state)
-    _apply(replayer, mv, _sub_scan(scan, start, len(scan.offsets)), seg)
-
-
-def _check_structure(replayer: Applier, mv: memoryview, scan: fmt.Scan, seg: str) -> None:
-    """Frames before the replay's starting checkpoint: decode them on a scratch state."""
-    scratch = Applier(State(keep_history=False), replayer.tables)
-    dec = fmt.decode_frames(mv, scan)
-    is_event = np_isin(dec.kinds, list(fmt.EVENT_KINDS))
-    if is_event.any():
-        scratch.state.position = int(dec.event["pos"][is_event][0]) - 1
-    scratch.tables = Tables(keys=dict(replayer.tables.keys),
-                            key_ids=dict(replayer.tables.key_ids),
-                            sessions=dict(replayer.tables.sessions))
-    try:
-        scratch.apply(mv, scan)
-    except Exception as exc:  # structural problems only: semantic ones need the prefix
-        from ..core._apply import ReplayError
-
-        if isinstance(exc, ReplayError) and ("position" in exc.reason
-                                             or "kind" in exc.reason
-                                             or "short" in exc.reason):
-            raise LogCorruptError(exc.reason, seg, exc.offset) from None
-
-
-def _sub_scan(scan: fmt.Scan, a: int, b: int) -> fmt.Scan:
-    return fmt.Scan(scan.offsets[a:b], scan.lengths[a:b], scan.kinds[a:b], scan.end, 0, None,
-                    scan.end)
-
-
-def _apply(replayer: Applier, mv: memoryview, scan: fmt.Scan, seg: str) -> None:
-    from ..core._apply import ReplayError
-
-    try:
-        replayer.apply(mv, scan)
-    except ReplayError as exc:
-        raise LogCorruptError(exc.reason, seg, exc.offset) from None
+    windows, torn = scan_segment(fs, seg, newest)
+    if torn is not None:
+        report.torn_tail = torn
+    following = replay_segment(fs, seg, first, run, windows)
+    if following is not None:
+        expected[0] = following
 
 
 @dataclass
