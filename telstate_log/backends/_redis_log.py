@@ -29,10 +29,8 @@ acknowledged it (``WAIT``), else :exc:`~telstate_log.ReplicationError`.
 
 from __future__ import annotations
 
-import getpass
 import math
 import os
-import socket
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -45,12 +43,12 @@ import redis.asyncio.sentinel
 import redis.sentinel
 from redis.retry import Retry
 
-from .._version import __version__
 from ..core._asof import Changes
 from ..core._errors import ConnectionError, HistoryUnavailableError
 from ..core._events import SESSION, Event
 from ..core._stream_format import StreamRecord, entry_id
 from ..core._types import KeyUpdateBase
+from ..storage._identity import writer_identity
 from . import _redis_log_common as lc
 from ._base import PathType
 from ._log_archive import ArchiveReader, exchange_trimmed, touches, trimmed_error
@@ -64,21 +62,11 @@ from ._state_backend import StateBackend
 from ._stream_follower import MaterializedReads, StreamFollower
 from ._stream_replica import StreamReplica
 
-__all__ = ["RedisLogBackend", "client_for_db", "session_info"]
+__all__ = ["RedisLogBackend", "client_for_db"]
 
 _R = TypeVar("_R")
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
-
-
-def session_info(source: str | None) -> dict[str, Any]:
-    """Who is writing: recorded once per writer session, in the stream."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name available (containers)
-        user = ""
-    return {"source": source or "", "host": socket.gethostname(), "pid": os.getpid(),
-            "user": user, "started": time.time(), "version": __version__}
 
 
 @overload
@@ -180,7 +168,7 @@ class RedisLogBackend(MaterializedReads):
         if op[0] == "session":
             with self._session_lock:
                 if not self.target.session:
-                    self._run(lc.exchange_session(self.target, session_info(self.source)))
+                    self._run(lc.exchange_session(self.target, writer_identity(self.source)))
             return None
         if op[0] == "log":
             return self.log_client.execute_command(*op[1:])  # type: ignore[no-untyped-call]

@@ -29,9 +29,6 @@ needless after-step, which re-arms it).  Most writes skip the after-step.
 
 from __future__ import annotations
 
-import getpass
-import os
-import socket
 import struct
 import threading
 import time
@@ -41,7 +38,6 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .._version import __version__
 from ..core import _log_format as fmt
 from ..core._apply import Tables
 from ..core._errors import LogFailedError
@@ -49,7 +45,7 @@ from ..core._values import chunks
 from ._fileio import FileSystem
 from ._segment_files import SegmentAppender, create_segment
 
-__all__ = ["LogWriter", "create_segment", "session_info"]
+__all__ = ["LogWriter", "create_segment"]
 
 # The fast path in LogWriter.commit, built from the format's definitions:
 # fmt.ADD_FRAME (magic u16, kind u8, check u8, body length u32 | position u64,
@@ -81,16 +77,6 @@ assert all(_crc32(_U32_PACK(_crc32(b, s)), _crc32(b, s)) == _RESIDUE
 _TIME_MASK = Tables.TIME_STRIDE - 1
 assert Tables.TIME_STRIDE & _TIME_MASK == 0, "the fast path needs a power-of-two stride"
 _time = time.time
-
-
-def session_info(source: str | None) -> dict[str, object]:
-    """Who is writing: recorded once per session and segment."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name available (containers)
-        user = ""
-    return {"source": source or "", "host": socket.gethostname(), "pid": os.getpid(),
-            "user": user, "started": time.time(), "version": __version__}
 
 
 

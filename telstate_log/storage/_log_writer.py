@@ -23,8 +23,9 @@ from ..core._apply import Tables
 from ..core._state import State
 from ._checkpointer import Checkpointer
 from ._durability import Durability
-from ._event_writer import LogWriter, create_segment, session_info
+from ._event_writer import LogWriter, create_segment
 from ._fileio import FileSystem
+from ._identity import writer_identity
 from ._recovery import Tail
 from ._seal import SealFileError, read_seals
 from ._seal_thread import Sealer
@@ -76,7 +77,7 @@ def open_writer(fs: FileSystem, path: str, lock: threading.RLock, state: State,
         fd = fs.open_append(os.path.join(path, fmt.segment_name(first)))
     writer = writer_class(fs, path, log_id, tables, segment_first=first, fd=fd, offset=offset,
                            crc=crc, segment_bytes=segment_bytes, sync_on_rotate=sync,
-                           session=session_info(source), lock=lock,
+                           session=writer_identity(source), lock=lock,
                            flush_interval=0.0 if fsync == "always" else flush_interval,
                            position=state.position)
     durability = Durability(writer.sync, lambda: writer.position, durable=state.position,
@@ -106,4 +107,4 @@ def _start_sealer(fs: FileSystem, path: str, log_id: bytes, writer: LogWriter,
 
 def start_session(writer: LogWriter, source: str | None) -> None:
     """Record the writer's following events under a new session labelled `source`."""
-    writer.new_session(session_info(source))
+    writer.new_session(writer_identity(source))

@@ -46,12 +46,13 @@ import redis.asyncio
 from anyio.lowlevel import RunVar
 from redis.asyncio.retry import Retry
 
+from ...storage._identity import writer_identity
 from .. import _redis_common as common
 from .. import _redis_log_common as lc
 from .._redis import REDIS_DOWN
 from .._redis_endpoint import pubsub_pool_options
 from .._redis_log import RedisLogBackend as SyncRedisLogBackend
-from .._redis_log import client_for_db, session_info
+from .._redis_log import client_for_db
 from ._redis_threads import MONITOR_THREADS, STEP_SECONDS
 
 __all__ = ["AsyncioLink", "ThreadLink"]
@@ -113,7 +114,7 @@ class AsyncioLink:
                 if not self._target.session:
                     if not self._library_checked:
                         await self.check_library()
-                    await self.run(lc.exchange_session(self._target, session_info(self._source)))
+                    await self.run(lc.exchange_session(self._target, writer_identity(self._source)))
             return None
         if kind == "log_pipeline":
             async with self.log_client.pipeline(transaction=True) as pipe:
