@@ -307,3 +307,15 @@ def test_a_sample_write_reloads_a_lost_library(backend: RedisLogBackend,
     with pytest.raises(ImmutableKeyError):
         backend.add_mutable(b"i", encode_value(2.0), 3.0)
     assert [r.position for r in stream_entries(client) if r.seq == 0] == [1, 2, 3]
+
+
+def test_session_info_reads_the_stream_once_per_session(backend: RedisLogBackend,
+                                                        client: redis.Redis) -> None:
+    backend.set_immutable(b"a", encode_value(1))
+    [event] = backend.events()
+    assert backend.session_info(event.session)["source"] == "test-writer"
+    client.config_resetstat()
+    for _ in range(50):
+        assert backend.session_info(event.session)["source"] == "test-writer"
+    assert "cmdstat_xrange" not in client.info("commandstats")
+    assert backend.session_info(event.session + 1) == {}      # unknown: not cached

@@ -131,6 +131,7 @@ class RedisLogBackend(MaterializedReads):
         self._session_lock = threading.Lock()
         self._replica: StreamReplica | None = None
         self._replica_lock = threading.Lock()
+        self._sessions: dict[int, dict[str, Any]] = {}   # found by session_info
         self.archive = None if archive is None else ArchiveReader(archive)
         self._run(lc.exchange_ensure_library())
         if materialize:  # reads from a materialised follower (MaterializedReads)
@@ -306,10 +307,19 @@ class RedisLogBackend(MaterializedReads):
         return [e for e in self.events(1) if touches(e, key, sub_key)]
 
     def session_info(self, session: int) -> dict[str, Any]:
-        """Who wrote events of `session` (source label, host, pid, user, start)."""
+        """Who wrote events of `session` (source label, host, pid, user, start).
+
+        A session's record never changes, so each one found is kept: asking
+        per event (a history printer) reads the stream once per session.
+        """
+        known = self._sessions.get(session)
+        if known is not None:
+            return dict(known)
         info: dict[str, Any] = self._run(lc.exchange_session_info(self.target, session))
         if not info and self.archive is not None:  # its record may have been trimmed
             info = self.archive.session_info(session)
+        if info:
+            self._sessions[session] = dict(info)
         return info
 
     # ------------------------------------------------------------ time travel

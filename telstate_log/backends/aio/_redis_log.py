@@ -132,6 +132,7 @@ class RedisLogBackend(Backend):
         self._replica = StreamReplica()
         self._replica_face = AsyncStateBackend(self._replica)
         self._replica_lock = anyio.Lock()
+        self._sessions: dict[int, dict[str, Any]] = {}   # found by session_info
 
     @classmethod
     def from_sync(cls, sync: SyncRedisLogBackend) -> RedisLogBackend:
@@ -290,9 +291,16 @@ class RedisLogBackend(Backend):
             lc.exchange_history(self.target, key, sub_key), steps_in_thread=True)
 
     async def session_info(self, session: int) -> dict[str, Any]:
-        """Who wrote events of `session` (source label, host, pid, user, start)."""
-        return await self._run(  # type: ignore[no-any-return]
+        """Who wrote events of `session` (source label, host, pid, user, start);
+        each session found is kept (its record never changes)."""
+        known = self._sessions.get(session)
+        if known is not None:
+            return dict(known)
+        info: dict[str, Any] = await self._run(
             lc.exchange_session_info(self.target, session), steps_in_thread=True)
+        if info:
+            self._sessions[session] = dict(info)
+        return info
 
     # ------------------------------------------------------------- time travel
     async def replica(self) -> StreamReplica:
