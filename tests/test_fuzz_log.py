@@ -480,7 +480,7 @@ def deterministic_writer(seed: int) -> Iterator[None]:
 
     with mock.patch("telstate_log.storage._event_writer._time", lambda: next(clock)), \
             mock.patch("telstate_log.storage._event_writer.time.time", lambda: 1_700_000_000.0), \
-            mock.patch("telstate_log.storage._log_writer.session_info", session), \
+            mock.patch("telstate_log.storage._log_writer.writer_identity", session), \
             mock.patch("telstate_log.storage._log_writer.os.urandom",
                        lambda n: bytes((seed + i) % 256 for i in range(n))):
         yield
