@@ -39,7 +39,8 @@ def make_golden(path: Path) -> None:
                "started": 1_700_000_000.0, "version": "0.1.0"}
     with mock.patch("telstate_log.storage._event_writer._time", lambda: next(clock)), \
             mock.patch("telstate_log.storage._event_writer.time.time", lambda: 1_700_000_000.0), \
-            mock.patch("telstate_log.storage._log_writer.writer_identity", lambda source: session), \
+            mock.patch("telstate_log.storage._log_writer.writer_identity",
+                       lambda source: session), \
             mock.patch("telstate_log.storage._log_writer.os.urandom", lambda n: bytes(range(n))):
         with LogBackend(path, fsync="never", flush_interval=0, segment_bytes=4096,
                         checkpoint_bytes=None, use_checkpoints=False) as b:

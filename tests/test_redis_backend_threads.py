@@ -261,7 +261,7 @@ async def test_monitors_share_a_bounded_pool(monkeypatch: pytest.MonkeyPatch,
                                              writer: telstate_log.TelescopeState,
                                              client: redis.Redis) -> None:
     monkeypatch.setattr(_redis_threads, "MONITOR_THREADS", 2)
-    limiter = _redis_threads._monitor_threads()      # this event loop's (made now: 2 tokens)
+    limiter = _redis_threads.monitor_threads()       # this event loop's (made now: 2 tokens)
     assert limiter.total_tokens == 2
     ts = telstate_log.aio.TelescopeState(backend)
     busiest = waiting = 0

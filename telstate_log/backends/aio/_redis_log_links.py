@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import redis.asyncio
-from anyio.lowlevel import RunVar
 from redis.asyncio.retry import Retry
 
 from ...storage._identity import writer_identity
@@ -53,14 +51,13 @@ from .._redis import REDIS_DOWN
 from .._redis_endpoint import pubsub_pool_options
 from .._redis_log import RedisLogBackend as SyncRedisLogBackend
 from .._redis_log import client_for_db
-from ._redis_threads import MONITOR_THREADS, STEP_SECONDS
+from ._redis_threads import STEP_SECONDS, SyncUsers, monitor_threads
 
 __all__ = ["AsyncioLink", "ThreadLink"]
 
 _T = TypeVar("_T")
 #: Longest a monitor's XREAD blocks on the loop (below the 5 s socket timeout).
 ASYNCIO_BLOCK_MS = 1000
-_monitor_limiter: RunVar[anyio.CapacityLimiter] = RunVar("telstate_log shared-log monitors")
 
 
 async def _aclose(client: Any) -> None:
@@ -155,16 +152,6 @@ class AsyncioLink:
         await asyncio.shield(self._closing)
 
 
-def _monitor_threads() -> anyio.CapacityLimiter:
-    """The current event loop's limiter of monitor threads."""
-    try:
-        return _monitor_limiter.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(MONITOR_THREADS)
-        _monitor_limiter.set(limiter)
-        return limiter
-
-
 class ThreadLink:
     """Exchanges run in worker threads on a sync backend (see the module docstring)."""
 
@@ -173,29 +160,13 @@ class ThreadLink:
     def __init__(self, sync: SyncRedisLogBackend) -> None:
         self.sync = sync
         self.client = sync.client
-        self._lock = threading.Lock()
-        self._busy = 0                      # worker threads using the sync backend
-        self._closing = False
-        self._closed = threading.Event()    # the sync backend has been closed
-
-    def _tracked(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Call `fn` (in a worker thread), counted as a user of the sync backend."""
-        with self._lock:
-            self._busy += 1
-        try:
-            return fn(*args)
-        finally:
-            with self._lock:
-                self._busy -= 1
-                if self._closing and not self._busy:
-                    self._shutdown()
+        self._users = SyncUsers(sync.close)
 
     async def run(self, exchange: common.Exchange[_T], *, steps_in_thread: bool = False,
                   monitor: bool = False) -> _T:
         """Run `exchange` whole in a worker thread (a monitor's: on the monitor limiter)."""
-        limiter = _monitor_threads() if monitor else None
-        return await anyio.to_thread.run_sync(self._tracked, self.sync.run, exchange,
-                                              limiter=limiter)
+        return await self._users.call(self.sync.run, exchange,
+                                      limiter=monitor_threads() if monitor else None)
 
     async def check_library(self) -> None:
         """Load the function library unless the server has this version of it."""
@@ -203,25 +174,10 @@ class ThreadLink:
 
     @property
     def closing(self) -> bool:
-        return self._closing
-
-    def _shutdown(self) -> None:
-        """Close the sync backend (once; with the lock held, no thread using it)."""
-        if not self._closed.is_set():
-            try:
-                self.sync.close()
-                self.sync.log_client.close()
-                self.sync.log_client.connection_pool.disconnect()
-            finally:
-                self._closed.set()
+        return self._users.closing
 
     def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            if not self._busy:
-                self._shutdown()
+        self._users.close()
 
     async def wait_closed(self) -> None:
-        self.close()
-        if not self._closed.is_set():
-            await anyio.to_thread.run_sync(self._closed.wait, abandon_on_cancel=True)
+        await self._users.wait_closed()

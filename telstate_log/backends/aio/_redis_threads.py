@@ -60,7 +60,8 @@ from .._redis import RedisBackend as SyncRedisBackend
 from .._redis_endpoint import describe_pool
 from ._backend import Backend
 
-__all__ = ["MONITOR_THREADS", "STEP_SECONDS", "ThreadedRedisBackend", "async_library"]
+__all__ = ["MONITOR_THREADS", "STEP_SECONDS", "SyncUsers", "ThreadedRedisBackend",
+           "async_library", "monitor_threads"]
 
 _T = TypeVar("_T")
 _SyncMonitor = Generator[KeyUpdateBase | None, float | None, None]
@@ -90,7 +91,7 @@ def async_library() -> str | None:
     return "asyncio"
 
 
-def _monitor_threads() -> anyio.CapacityLimiter:
+def monitor_threads() -> anyio.CapacityLimiter:
     """The current event loop's limiter of monitor threads."""
     try:
         return _monitor_limiter.get()
@@ -98,6 +99,58 @@ def _monitor_threads() -> anyio.CapacityLimiter:
         limiter = anyio.CapacityLimiter(MONITOR_THREADS)
         _monitor_limiter.set(limiter)
         return limiter
+
+
+class SyncUsers:
+    """Worker threads using a sync backend, which is closed once the last is done.
+
+    :meth:`call` runs a function in a worker thread, counted as a user;
+    :meth:`close` closes the backend (with `close`, given at construction) at
+    once if no thread uses it, else when the last one finishes;
+    :meth:`wait_closed` waits for that.
+    """
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+        self._lock = threading.Lock()
+        self._busy = 0                      # worker threads using the sync backend
+        self.closing = False
+        self._closed = threading.Event()    # the sync backend has been closed
+
+    def _tracked(self, fn: Callable[..., _T], *args: Any) -> _T:
+        with self._lock:
+            self._busy += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if self.closing and not self._busy:
+                    self._shutdown()
+
+    async def call(self, fn: Callable[..., _T], *args: Any,
+                   limiter: anyio.CapacityLimiter | None = None) -> _T:
+        """``fn(*args)`` in a worker thread (from `limiter`'s tokens, if given)."""
+        return await anyio.to_thread.run_sync(self._tracked, fn, *args, limiter=limiter)
+
+    def _shutdown(self) -> None:
+        """Close the backend (once; with the lock held, no thread using it)."""
+        if not self._closed.is_set():
+            try:
+                self._close()
+            finally:
+                self._closed.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closing = True
+            if not self._busy:
+                self._shutdown()
+
+    async def wait_closed(self) -> None:
+        self.close()
+        if not self._closed.is_set():
+            await anyio.to_thread.run_sync(self._closed.wait, abandon_on_cancel=True)
 
 
 class _Stepper:
@@ -137,10 +190,7 @@ class ThreadedRedisBackend(Backend):
 
     def __init__(self, sync: SyncRedisBackend) -> None:
         self._sync = sync
-        self._lock = threading.Lock()
-        self._busy = 0                      # worker threads using the sync backend
-        self._closing = False
-        self._closed = threading.Event()    # the sync backend has been closed
+        self._users = SyncUsers(sync.close)
 
     @classmethod
     async def from_url(cls, url: str, *, db: int | None = None) -> ThreadedRedisBackend:
@@ -162,21 +212,9 @@ class ThreadedRedisBackend(Backend):
         return self._sync
 
     # ----------------------------------------------------------------- driver
-    def _tracked(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Call `fn` (in a worker thread), counted as a user of the sync backend."""
-        with self._lock:
-            self._busy += 1
-        try:
-            return fn(*args)
-        finally:
-            with self._lock:
-                self._busy -= 1
-                if self._closing and not self._busy:
-                    self._shutdown()
-
     async def _call(self, fn: Callable[..., _T], *args: Any,
                     limiter: anyio.CapacityLimiter | None = None) -> _T:
-        return await anyio.to_thread.run_sync(self._tracked, fn, *args, limiter=limiter)
+        return await self._users.call(fn, *args, limiter=limiter)
 
     # ------------------------------------------------------------ operations
     async def load_from_file(self, file: PathType | BinaryIO) -> int:
@@ -225,13 +263,13 @@ class ThreadedRedisBackend(Backend):
 
     async def monitor_keys(self, keys: Iterable[bytes]) -> AsyncGenerator[KeyUpdateBase, None]:
         stepper = _Stepper(self._sync.monitor_keys(list(keys)))   # no I/O until stepped
-        limiter = _monitor_threads()
+        limiter = monitor_threads()
         try:
             # The condition may hold already; the subscription's confirmation
             # brings another recheck, covering writes made before it was active.
             yield KeyUpdateBase()
             while True:
-                if self._closing:
+                if self._users.closing:
                     raise ConnectionError("the Redis backend was closed")
                 update = await self._call(stepper.step, limiter=limiter)
                 if update is not None:
@@ -241,25 +279,12 @@ class ThreadedRedisBackend(Backend):
                 await self._call(stepper.close, limiter=limiter)
 
     # ------------------------------------------------------------- lifetime
-    def _shutdown(self) -> None:
-        """Close the sync backend (once; called with the lock held, no thread using it)."""
-        if not self._closed.is_set():
-            try:
-                self._sync.close()
-            finally:
-                self._closed.set()
-
     def close(self) -> None:
         """Start closing: waiting monitors raise ConnectionError (see the module docstring)."""
-        with self._lock:
-            self._closing = True
-            if not self._busy:
-                self._shutdown()
+        self._users.close()
 
     async def wait_closed(self) -> None:
-        self.close()
-        if not self._closed.is_set():
-            await anyio.to_thread.run_sync(self._closed.wait, abandon_on_cancel=True)
+        await self._users.wait_closed()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {describe_pool(self._sync.client.connection_pool)}>"
