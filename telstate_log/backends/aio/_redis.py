@@ -54,9 +54,9 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 
 from ...core._errors import ConnectionError
-from ...core._types import KeyType, KeyUpdateBase
+from ...core._types import KeyUpdateBase
 from .. import _redis_common as common
-from .._base import GetResult, PathType
+from .._base import PathType
 from .._redis import REDIS_DOWN
 from .._redis_connect import connect_async
 from .._redis_endpoint import (
@@ -67,6 +67,7 @@ from .._redis_endpoint import (
 )
 from .._redis_messages import channel_key, update_channel
 from ._backend import Backend
+from ._redis_reads import RedisReads
 from ._redis_threads import ThreadedRedisBackend, async_library
 
 __all__ = ["RedisBackend"]
@@ -239,7 +240,7 @@ class _PubSubHub:
             inbox.put(item)
 
 
-class RedisBackend(Backend):
+class RedisBackend(RedisReads, Backend):
     """Telescope state in Redis, in katsdptelstate's layout (asyncio).
 
     Parameters
@@ -308,26 +309,14 @@ class RedisBackend(Backend):
         return int(await common.run_exchange_async(common.exchange_load(file), self._execute,
                                                anyio.to_thread.run_sync))
 
-    async def exists(self, key: bytes) -> bool:
-        return bool(await self._run(common.exchange_contains(key)))
-
-    async def keys(self, filter: bytes) -> list[bytes]:
-        return list(await self._run(common.exchange_keys(filter)))
-
     async def delete(self, key: bytes) -> None:
         await self._run(common.exchange_delete(key))
 
     async def clear(self) -> None:
         await self._run(common.exchange_clear())
 
-    async def key_type(self, key: bytes) -> KeyType | None:
-        return await self._run(common.exchange_key_type(key))  # type: ignore[no-any-return]
-
     async def set_immutable(self, key: bytes, value: bytes) -> bytes | None:
         return await self._run(common.exchange_set_immutable(key, value))  # type: ignore[no-any-return]
-
-    async def get(self, key: bytes) -> GetResult:
-        return await self._run(common.exchange_get(key))  # type: ignore[no-any-return]
 
     async def add_mutable(self, key: bytes, value: bytes, timestamp: float) -> None:
         await self._run(common.exchange_add_mutable(key, value, timestamp))
@@ -335,19 +324,6 @@ class RedisBackend(Backend):
     async def set_indexed(self, key: bytes, sub_key: bytes, value: bytes) -> bytes | None:
         return await self._run(  # type: ignore[no-any-return]
             common.exchange_set_indexed(key, sub_key, value))
-
-    async def get_indexed(self, key: bytes, sub_key: bytes) -> bytes | None:
-        return await self._run(common.exchange_get_indexed(key, sub_key))  # type: ignore[no-any-return]
-
-    async def get_range(self, key: bytes, start_time: float, end_time: float,
-                        include_previous: bool,
-                        include_end: bool) -> list[tuple[bytes, float]] | None:
-        return await self._run(common.exchange_get_range(  # type: ignore[no-any-return]
-            key, start_time, end_time, include_previous, include_end))
-
-    async def dump(self, key: bytes) -> bytes | None:
-        """The key in Redis's own DUMP format."""
-        return await self._run(common.exchange_dump(key))  # type: ignore[no-any-return]
 
     async def monitor_keys(self, keys: Iterable[bytes]) -> AsyncGenerator[KeyUpdateBase, None]:
         channels = list(dict.fromkeys(update_channel(key) for key in keys))

@@ -56,10 +56,10 @@ from redis.asyncio.retry import Retry
 from ...core._asof import Changes
 from ...core._errors import ConnectionError
 from ...core._events import Event
-from ...core._types import KeyType, KeyUpdateBase
+from ...core._types import KeyUpdateBase
 from .. import _redis_common as common
 from .. import _redis_log_common as lc
-from .._base import GetResult, PathType
+from .._base import PathType
 from .._log_functions import log_db_for
 from .._redis import REDIS_DOWN
 from .._redis_connect import connect_async
@@ -76,6 +76,7 @@ from .._redis_log_load import exchange_log_load, exchange_replicated
 from .._stream_replica import StreamReplica
 from ._backend import Backend
 from ._redis_log_links import AsyncioLink, ThreadLink
+from ._redis_reads import RedisReads
 from ._redis_threads import async_library
 from ._state_backend import AsyncStateBackend
 
@@ -87,7 +88,7 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 
 
-class RedisLogBackend(Backend):
+class RedisLogBackend(RedisReads, Backend):
     """Telescope state in Redis whose every write is an event of one shared log (async).
 
     Parameters
@@ -209,32 +210,7 @@ class RedisLogBackend(Backend):
         if position > self._position:
             self._position = position
 
-    # ----------------------------------------------------------- reads (Redis)
-    async def exists(self, key: bytes) -> bool:
-        return bool(await self._run(common.exchange_contains(key)))
-
-    async def keys(self, filter: bytes) -> list[bytes]:
-        return list(await self._run(common.exchange_keys(filter)))
-
-    async def key_type(self, key: bytes) -> KeyType | None:
-        return await self._run(common.exchange_key_type(key))  # type: ignore[no-any-return]
-
-    async def get(self, key: bytes) -> GetResult:
-        return await self._run(common.exchange_get(key))  # type: ignore[no-any-return]
-
-    async def get_indexed(self, key: bytes, sub_key: bytes) -> bytes | None:
-        return await self._run(common.exchange_get_indexed(key, sub_key))  # type: ignore[no-any-return]
-
-    async def get_range(self, key: bytes, start_time: float, end_time: float,
-                        include_previous: bool,
-                        include_end: bool) -> list[tuple[bytes, float]] | None:
-        return await self._run(common.exchange_get_range(  # type: ignore[no-any-return]
-            key, start_time, end_time, include_previous, include_end))
-
-    async def dump(self, key: bytes) -> bytes | None:
-        """The key in Redis's own DUMP format."""
-        return await self._run(common.exchange_dump(key))  # type: ignore[no-any-return]
-
+    # --------------------------------------- loading (reads: RedisReads)
     async def load_from_file(self, file: PathType | BinaryIO) -> int:
         """Load an RDB file as the sync backend does (parsing in worker threads)."""
         return int(await self._run(exchange_log_load(self.target, file), steps_in_thread=True))
