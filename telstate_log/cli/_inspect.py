@@ -29,6 +29,8 @@ import math
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import KeyType
@@ -39,9 +41,11 @@ from ._common import (
     add_json_argument,
     add_log_argument,
     command_parser,
+    doing,
     note,
     open_log,
     parse_time,
+    require_log,
     state_view,
 )
 from ._output import (
@@ -60,6 +64,7 @@ from ._output import (
 
 if TYPE_CHECKING:
     from ..backends import LogBackend
+    from ..storage import Summary
 
 __all__ = ["add_get_parser", "add_info_parser", "add_keys_parser", "add_range_parser"]
 
@@ -84,8 +89,79 @@ def add_info_parser(subparsers: Any) -> None:
     p.set_defaults(func=run_info)
 
 
+@dataclass
+class _StateFacts:
+    """What ``info`` reports about the state (from an open log or a checkpoint summary)."""
+
+    last: int
+    durable: int
+    log_id: bytes | None
+    by_type: Counter[str]
+    samples: int
+    valid: tuple[float, float] | None
+    sessions: list[tuple[int, dict[str, Any]]]
+    #: (first, last) -> when events `first` and `last` were recorded
+    recorded: Callable[[int, int], list[float | None]]
+
+
+def _backend_facts(backend: LogBackend) -> _StateFacts:
+    by_type: Counter[str] = Counter()
+    samples = 0
+    lo, hi = math.inf, -math.inf
+    for key in backend.keys(b"*"):
+        kind = backend.key_type(key)
+        by_type[type_name(kind)] += 1
+        if kind == KeyType.MUTABLE:
+            rng = backend.get_range_arrays(key, 0.0, math.inf, False, False)
+            if rng is not None and len(rng):
+                samples += len(rng)
+                lo, hi = min(lo, float(rng.timestamps[0])), max(hi, float(rng.timestamps[-1]))
+
+    def recorded(first: int, last: int) -> list[float | None]:
+        return [backend.events(first, first)[0].recorded,
+                backend.events(last, last)[0].recorded]
+
+    return _StateFacts(backend.position, backend.durable_position, backend.log_id, by_type,
+                       samples, (lo, hi) if samples else None,
+                       [(sid, backend.session_info(sid)) for sid in backend.session_ids()],
+                       recorded)
+
+
+def _summary_facts(path: str, summary: Summary) -> _StateFacts:
+    """The facts of a read-only open's state, from the checkpoint summary that
+    describes it (see telstate_log.storage._quick_info)."""
+    from ..storage import OsFileSystem, first_recorded
+
+    def recorded(first: int, last: int) -> list[float | None]:
+        assert last == summary.position
+        return [first_recorded(OsFileSystem(), path, first, summary.log_id), summary.recorded]
+
+    by_type: Counter[str] = Counter(immutable=summary.immutable, indexed=summary.indexed,
+                                    mutable=summary.mutable)
+    # a reader's durable position is its position (it has no durability of its own)
+    return _StateFacts(summary.position, summary.position, summary.log_id, by_type,
+                       summary.samples, summary.valid, sorted(summary.sessions.items()),
+                       recorded)
+
+
 def gather_info(backend: LogBackend, count_events: bool = False) -> dict[str, Any]:
     """Everything ``info`` reports, as JSON-ready data."""
+    return _gather(backend.path, _backend_facts(backend), count_events)
+
+
+def quick_info(path: str, count_events: bool = False) -> dict[str, Any] | None:
+    """What :func:`gather_info` reports for the log at `path` opened read-only,
+    from its newest checkpoint's summary without loading the state; None when
+    that summary does not describe what an open would give (see
+    telstate_log.storage._quick_info): then open the log."""
+    from ..storage import OsFileSystem, current_summary
+
+    summary = current_summary(OsFileSystem(), path)
+    return None if summary is None else _gather(path, _summary_facts(path, summary),
+                                                count_events)
+
+
+def _gather(path: str, facts: _StateFacts, count_events: bool) -> dict[str, Any]:
     from ..storage import (
         OsFileSystem,
         SealFileError,
@@ -96,8 +172,7 @@ def gather_info(backend: LogBackend, count_events: bool = False) -> dict[str, An
         read_seals,
     )
 
-    path = backend.path
-    last = backend.position
+    last = facts.last
     fs = OsFileSystem()
     segments = list_segments(fs, path)
     cut = read_pruned(fs, path)
@@ -115,27 +190,15 @@ def gather_info(backend: LogBackend, count_events: bool = False) -> dict[str, An
     checkpoints = [{"path": cp.path, "position": cp.position,
                     "bytes": os.path.getsize(cp.path)}
                    for cp in reversed(list_checkpoints(path))]
-    by_type: Counter[str] = Counter()
-    samples = 0
-    lo, hi = math.inf, -math.inf
-    for key in backend.keys(b"*"):
-        kind = backend.key_type(key)
-        by_type[type_name(kind)] += 1
-        if kind == KeyType.MUTABLE:
-            rng = backend.get_range_arrays(key, 0.0, math.inf, False, False)
-            if rng is not None and len(rng):
-                samples += len(rng)
-                lo, hi = min(lo, float(rng.timestamps[0])), max(hi, float(rng.timestamps[-1]))
+    by_type = facts.by_type
     recorded: list[float | None] = [None, None]
     if first is not None:
-        recorded = [backend.events(first, first)[0].recorded,
-                    backend.events(last, last)[0].recorded]
+        recorded = facts.recorded(first, last)
     counts: Counter[int] | None = None
     if count_events and first is not None:
-        counts = _count_sessions(backend, first, last)
+        counts = _count_sessions(path, first, last)
     sources = []
-    for sid in backend.session_ids():
-        meta = backend.session_info(sid)
+    for sid, meta in facts.sessions:
         started = meta.get("started")
         sources.append({"session": sid, "source": meta.get("source", ""),
                         "host": meta.get("host"), "pid": meta.get("pid"),
@@ -144,11 +207,11 @@ def gather_info(backend: LogBackend, count_events: bool = False) -> dict[str, An
                         "started_utc": iso_utc(started, "microseconds")
                         if isinstance(started, float) else None,
                         "events": None if counts is None else counts.get(sid, 0)})
-    valid: list[float | None] = [lo, hi] if samples else [None, None]
+    valid: tuple[float | None, float | None] = facts.valid or (None, None)
     return {
         "path": path,
-        "log_id": None if backend.log_id is None else backend.log_id.hex(),
-        "positions": {"first": first, "last": last, "durable": backend.durable_position,
+        "log_id": None if facts.log_id is None else facts.log_id.hex(),
+        "positions": {"first": first, "last": last, "durable": facts.durable,
                       "sealed": seals[-1].last if seals else None,
                       "checkpoint": checkpoints[-1]["position"] if checkpoints else None,
                       "pruned": {"first": 1, "last": min(cut - 1, last)} if cut > 1 else None},
@@ -157,7 +220,7 @@ def gather_info(backend: LogBackend, count_events: bool = False) -> dict[str, An
         "checkpoints": checkpoints,
         "keys": {"total": sum(by_type.values()), "immutable": by_type["immutable"],
                  "indexed": by_type["indexed"], "mutable": by_type["mutable"],
-                 "samples": samples},
+                 "samples": facts.samples},
         "valid_time": _span(*valid),
         "recorded": _span(*recorded),
         "sources": sources,
@@ -172,14 +235,14 @@ def _span(first: float | None, last: float | None) -> dict[str, Any]:
             "last": last, "last_utc": iso_utc(last, "microseconds")}
 
 
-def _count_sessions(backend: LogBackend, first: int, last: int) -> Counter[int]:
+def _count_sessions(path: str, first: int, last: int) -> Counter[int]:
     """Events per session, counted from the segments' frame arrays (no event is
     materialised; memory bounded by a read window)."""
     from ..storage import OsFileSystem, count_sessions
     from ._progress_bar import Progress
 
     with Progress() as progress:
-        return count_sessions(OsFileSystem(), backend.path, first, last,
+        return count_sessions(OsFileSystem(), path, first, last,
                               lambda n: progress("count events", n, last - first + 1))
 
 
@@ -234,8 +297,11 @@ def print_info(info: dict[str, Any]) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    with open_log(args.log) as backend:
-        info = gather_info(backend, args.count_events)
+    with doing("reading log", require_log(args.log)):
+        info = quick_info(args.log, args.count_events)
+    if info is None:
+        with open_log(args.log) as backend:
+            info = gather_info(backend, args.count_events)
     if args.json:
         emit_json(info)
     else:

@@ -2,8 +2,9 @@
 
 The public names here are what the layers above read directly (the command
 line's ``info``, ``verify``, ``seal`` and ``import``): listing a log's
-segments, checkpoints and seals, whether a writer holds it, creating one
-that is removed again on failure.  They are imported on first use, so that
+segments, checkpoints and seals, the summary of what it holds (for
+``info``), whether a writer holds it, creating one that is removed again on
+failure.  They are imported on first use, so that
 importing the package (as every module of it does) loads nothing else.
 """
 
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._checkpoint import list_checkpoints
+    from ._checkpoint_summary import Summary
     from ._fileio import OsFileSystem
     from ._frame_walk import count_sessions
     from ._lockfile import writer_active
     from ._new_log import NewLog
+    from ._quick_info import current_summary, first_recorded
     from ._recovery import list_segments
     from ._retention import read_pruned
     from ._seal import PRUNED, HeadCheck, SealFileError, pruned_prefix, read_seals
@@ -28,7 +31,10 @@ __all__ = [
     "NewLog",
     "OsFileSystem",
     "SealFileError",
+    "Summary",
     "count_sessions",
+    "current_summary",
+    "first_recorded",
     "list_checkpoints",
     "list_segments",
     "pruned_prefix",
@@ -39,7 +45,8 @@ __all__ = [
 
 _HOMES = {
     "list_checkpoints": "_checkpoint", "OsFileSystem": "_fileio",
-    "count_sessions": "_frame_walk",
+    "count_sessions": "_frame_walk", "Summary": "_checkpoint_summary",
+    "current_summary": "_quick_info", "first_recorded": "_quick_info",
     "writer_active": "_lockfile", "NewLog": "_new_log", "list_segments": "_recovery",
     "read_pruned": "_retention", "PRUNED": "_seal", "HeadCheck": "_seal",
     "SealFileError": "_seal", "pruned_prefix": "_seal", "read_seals": "_seal",

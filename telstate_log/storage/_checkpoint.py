@@ -5,7 +5,7 @@ Theory of operation
 Reopening a large log replays only the events after the newest valid
 checkpoint.  A checkpoint file ``checkpoints/<position>.ckpt`` is::
 
-    body: array blobs (8-byte aligned), then the msgpack manifest
+    body: array blobs (8-byte aligned), the summary, then the msgpack manifest
     trailer (the last 80 bytes):
     0   8   magic b"TSLOGCKP"
     8   1   format version (1; 2 if the manifest has a column table)
@@ -26,6 +26,13 @@ The manifest lists every key (type, creation position, values; sensors as
 references to blobs: timestamps, position offsets, values), the graveyard
 (deleted entries kept for time travel), the log's key/session tables, and
 the resume point (segment, byte offset, running CRC) where replay continues.
+The summary just before the manifest (what ``info`` shows: key counts by
+type, samples, time spans, sessions; with its own footer and CRC, and named
+by the manifest's ``"summary"``) can be read and checked without the body
+(:func:`read_summary`, format in :mod:`telstate_log.storage._checkpoint_summary`);
+checkpoints written before it existed have none, and readers of those
+versions ignore it (it is covered by the body CRC and unreferenced by the
+rest of the manifest).
 A state of many short sensors stores them in one column table instead
 (:mod:`telstate_log.storage._checkpoint_table`), and small arrays are written in
 batches of one dtype: the cost per key stays a few Python steps.
@@ -35,19 +42,22 @@ Writing streams the blobs from a snapshot taken under the backend's lock
 ``<name>.tmp``, then fsyncs it, renames it into place and fsyncs the
 directory.  The log is made durable up to the checkpoint's position first,
 so a checkpoint is never ahead of the log.  Loading memory-maps the file,
-checks both CRCs and adopts the arrays without copying; any damage makes the
+checks both CRCs (the body's a chunk at a time, dropping each chunk's pages
+from the process once read, so the check never holds the whole file
+resident) and adopts the arrays without copying; any damage makes the
 checkpoint ignored (a full replay happens instead), never trusted.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import mmap
 import os
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,12 +69,20 @@ from ..core._apply import Tables
 from ..core._gcpause import collector_paused
 from ..core._sensor import SensorColumn
 from ..core._state import Immutable, Indexed, State
+from ._checkpoint_summary import (
+    FOOTER_SIZE,
+    Summary,
+    encode_summary,
+    footer_length,
+    parse_summary,
+    summarise,
+)
 from ._checkpoint_table import TABLE_MIN, CheckpointError, TableWriter, is_short, load_table
 from ._fileio import FileSystem, OsFileSystem, write_all
 from ._recovery import Resume
 
 __all__ = ["CheckpointError", "CheckpointInfo", "checkpoint_version", "list_checkpoints",
-           "load_checkpoint", "write_checkpoint"]
+           "load_checkpoint", "load_checkpoint_paged", "read_summary", "write_checkpoint"]
 
 MAGIC = b"TSLOGCKP"
 VERSION = 1
@@ -302,6 +320,11 @@ def write_checkpoint(path: str, snap: dict[str, Any], resume: Resume, log_id: by
         if table is not None:
             manifest["table"] = table.manifest(w)
         w.flush_small()  # fills in the offsets of the small arrays' references
+        summary = encode_summary(summarise(
+            snap["position"], snap["entries"], snap["sessions"], snap["last_recorded"],
+            (resume.segment_first, resume.offset), log_id))
+        manifest["summary"] = [w.offset, len(summary)]
+        w.write(summary)  # ends where the manifest starts (see _checkpoint_summary)
         packed = msgpack.packb(manifest, use_bin_type=True)
         moff = w.offset
         w.write(packed)
@@ -454,8 +477,92 @@ def _entry(mm: Any, base: int, m: list[Any], position: int,
     return SensorColumn.from_snapshot(snap)
 
 
+def _trailer(data: bytes, tail: int, log_id: bytes | None
+             ) -> tuple[int, int, bytes, int, int, int]:
+    """The checked trailer `data` of a checkpoint whose body is `tail` bytes long:
+    (version, position, log id, manifest offset, manifest length, body CRC)."""
+    head = data[:_HEAD.size]
+    if len(data) != HEAD_SIZE or zlib.crc32(head) != struct.unpack_from("<I", data,
+                                                                         _HEAD.size)[0]:
+        raise CheckpointError("trailer checksum mismatch")
+    magic, version, position, cp_log_id, _created, moff, mlen, blen, bcrc = _HEAD.unpack(head)
+    if magic != MAGIC or version not in (VERSION, TABLE_VERSION):
+        raise CheckpointError(f"not a checkpoint of version {VERSION} or {TABLE_VERSION}")
+    if log_id is not None and cp_log_id != log_id:
+        raise CheckpointError("checkpoint belongs to another log")
+    if blen != tail or moff + mlen != blen:
+        raise CheckpointError("length fields do not match the file")
+    return version, position, cp_log_id, moff, mlen, bcrc
+
+
+def read_summary(cp_path: str, log_id: bytes | None) -> Summary | None:
+    """The summary in the checkpoint at `cp_path` (see _checkpoint_summary), read
+    and checked without the body: None if it has none or it does not check out
+    (CheckpointError if the trailer is damaged)."""
+    with open(cp_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < HEAD_SIZE:
+            raise CheckpointError("file too short")
+        tail = size - HEAD_SIZE
+        _, position, cp_log_id, moff, _, _ = _trailer(os.pread(f.fileno(), HEAD_SIZE, tail),
+                                                      tail, log_id)
+        if moff < FOOTER_SIZE:
+            return None
+        length = footer_length(os.pread(f.fileno(), FOOTER_SIZE, moff - FOOTER_SIZE))
+        if length is None or length > moff - FOOTER_SIZE:
+            return None
+        start = moff - FOOTER_SIZE - length
+        data = os.pread(f.fileno(), length + FOOTER_SIZE, start)
+    return parse_summary(data, position, cp_log_id)
+
+
+_CRC_CHUNK = 8 << 20  # a multiple of every page size
+
+
+def _drop_pages(mm: mmap.mmap, start: int = 0, length: int = 0) -> None:
+    """Drop `length` bytes (0: to the end) of `mm`'s pages from the process: safe
+    for a read-only map of a file, whose pages are read again when used."""
+    drop = getattr(mmap, "MADV_DONTNEED", None)
+    if drop is not None and not mm.closed:
+        mm.madvise(drop, start, length or len(mm) - start)
+
+
+def _body_crc(mm: mmap.mmap, n: int) -> int:
+    """CRC-32 of the first `n` bytes of `mm`, a chunk at a time, each chunk's pages
+    dropped from the process once read (they stay in the page cache): the
+    check does not make the whole file resident at once, only the arrays
+    used later are brought back."""
+    crc = 0
+    with memoryview(mm) as mv:
+        for a in range(0, n, _CRC_CHUNK):
+            b = min(n, a + _CRC_CHUNK)
+            crc = zlib.crc32(mv[a:b], crc)
+            _drop_pages(mm, a, b - a)
+    return crc
+
+
 def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, Resume]:
     """Load and verify a checkpoint; raises CheckpointError if it cannot be trusted."""
+    state, tables, resume, _ = _load(cp_path, log_id, lean=False)
+    return state, tables, resume
+
+
+def load_checkpoint_paged(cp_path: str, log_id: bytes | None
+                          ) -> tuple[State, Tables, Resume, Callable[[], None]]:
+    """:func:`load_checkpoint`, and a function that drops the file's pages from the
+    process (the arrays adopted from it read them again from the page cache as
+    they are used): for a caller that reads the state once, key by key, and
+    would otherwise hold the whole file resident (``verify``).  The pages are
+    also dropped while loading, every :data:`_ENTRIES_PER_DROP` entries."""
+    return _load(cp_path, log_id, lean=True)
+
+
+#: entries loaded between two drops of the file's pages (load_checkpoint_paged)
+_ENTRIES_PER_DROP = 64
+
+
+def _load(cp_path: str, log_id: bytes | None, *, lean: bool
+          ) -> tuple[State, Tables, Resume, Callable[[], None]]:
     with open(cp_path, "rb") as f:
         try:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -466,19 +573,9 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
         if len(mm) < HEAD_SIZE:
             raise CheckpointError("file too short")
         tail = len(mm) - HEAD_SIZE
-        head = mm[tail:tail + _HEAD.size]
-        if zlib.crc32(head) != struct.unpack_from("<I", mm, tail + _HEAD.size)[0]:
-            raise CheckpointError("trailer checksum mismatch")
-        magic, version, position, cp_log_id, _created, moff, mlen, blen, bcrc = \
-            _HEAD.unpack(head)
-        if magic != MAGIC or version not in (VERSION, TABLE_VERSION):
-            raise CheckpointError(f"not a checkpoint of version {VERSION} or {TABLE_VERSION}")
-        if log_id is not None and cp_log_id != log_id:
-            raise CheckpointError("checkpoint belongs to another log")
-        if blen != tail or moff + mlen != blen:
-            raise CheckpointError("length fields do not match the file")
+        version, position, _, moff, mlen, bcrc = _trailer(mm[tail:], tail, log_id)
         body = memoryview(mm)[:tail]
-        if zlib.crc32(body) != bcrc:
+        if _body_crc(mm, tail) != bcrc:
             raise CheckpointError("body checksum mismatch")
         try:
             with collector_paused():  # an object per key: see telstate_log.core._gcpause
@@ -490,6 +587,9 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
                 state = State(keep_history=True)
                 state.position = position
                 table = _Table(mm, man["table"], position) if version == TABLE_VERSION else None
+                if lean:
+                    _drop_pages(mm)
+                loaded = itertools.count(1)
                 at, names, columns = table.live(len(man["entries"])) if table is not None \
                     else ([], [], [])
                 entries = iter(man["entries"])
@@ -504,6 +604,8 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
                         else:
                             key, m = next(entries)
                             yield bytes(key), _entry(mm, 0, m, position, table)
+                            if lean and next(loaded) % _ENTRIES_PER_DROP == 0:
+                                _drop_pages(mm)
 
                 state.restore_entries(live())
                 for key, lst in man["graveyard"]:
@@ -538,7 +640,7 @@ def load_checkpoint(cp_path: str, log_id: bytes | None) -> tuple[State, Tables, 
             raise
         except Exception as exc:  # malformed manifest
             raise CheckpointError(f"malformed manifest: {exc}") from None
-        return state, tables, resume
+        return state, tables, resume, functools.partial(_drop_pages, mm)
     except BaseException:
         del body
         try:

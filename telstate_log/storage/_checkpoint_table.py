@@ -184,10 +184,10 @@ def load_table(table: Any, array: Callable[[Any, str], np.ndarray],
     later = np.flatnonzero(j > 0)  # samples after the first of their column
     if bool((ts[later] < ts[later - 1]).any()):
         raise CheckpointError("sensor samples out of timestamp order")
-    raw = vals.tobytes()
+    raw = memoryview(vals.data)  # values are copied out one at a time: never the whole table
     for i in later[ts[later] == ts[later - 1]].tolist():  # ties: by value, no repeats
         a, c = int(start[i - 1]), int(start[i])
-        if not raw[a:a + int(size[i - 1])] < raw[c:c + int(size[i])]:
+        if not raw[a:a + int(size[i - 1])].tobytes() < raw[c:c + int(size[i])].tobytes():
             raise CheckpointError("sensor samples out of order or repeated")
     back = np.zeros(b, bool)
     back[col[later[pos[later] < pos[later - 1]]]] = True
@@ -197,7 +197,7 @@ def load_table(table: Any, array: Callable[[Any, str], np.ndarray],
 
 def _columns(count: np.ndarray, created: np.ndarray, pos_base: np.ndarray, width: np.ndarray,
              prefix: np.ndarray, prefixes: list[bytes], ts: np.ndarray, pos: np.ndarray,
-             vals: np.ndarray, raw: bytes, start: np.ndarray, size: np.ndarray,
+             vals: np.ndarray, raw: memoryview, start: np.ndarray, size: np.ndarray,
              back: np.ndarray) -> list[SensorColumn]:
     """Build the (checked) columns: views of the table's arrays."""
     stamps = ts.tolist()
@@ -216,12 +216,12 @@ def _columns(count: np.ndarray, created: np.ndarray, pos_base: np.ndarray, width
                 dt = void[w] = np.dtype(f"V{w}")
             pre = prefixes[p]
             out.append(adopt(c, base, ts[a:e], pos[a:e], stamps[e - 1],
-                             pre + raw[last:last + w], not bad,
+                             pre + raw[last:last + w].tobytes(), not bad,
                              vals[starts[a]:last + w].view(dt), pre))
         else:
             intern: dict[bytes, bytes] = {}
             values = [intern.setdefault(v, v) for v in
-                      (raw[s:s + k] for s, k in zip(starts[a:e], sizes[a:e]))]
+                      (raw[s:s + k].tobytes() for s, k in zip(starts[a:e], sizes[a:e]))]
             out.append(adopt(c, base, ts[a:e], pos[a:e], stamps[e - 1], values[-1], not bad,
                              None, values=values, intern=intern))
         a = e

@@ -15,7 +15,14 @@ byte is applied that was not checked) and applies it.
 
 A checkpoint is compared with the replay when the replay reaches its
 position (:func:`compare_checkpoint`): it is loaded then, compared key by
-key and dropped, so no copy of a whole state is ever kept.
+key and dropped, so no copy of a whole state is ever kept; the heap the
+replay freed is given back to the system first, and the file's
+pages are dropped from the process as the comparison goes (they are read
+again from the page cache when used), so verify holds the replayed state
+plus the checkpoint's Python objects, not the whole file as well.  Its
+summary (what ``info`` reads instead of the state:
+:mod:`~telstate_log.storage._checkpoint_summary`) must be the summary of the
+replayed state, or the checkpoint differs.
 
 Before a pruned log's starting checkpoint, frames are only decoded on a
 scratch state (one per segment) for structural problems, as before.
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +43,11 @@ from ..core import _log_format as fmt
 from ..core._apply import Applier, ReplayError, Tables
 from ..core._errors import LogCorruptError
 from ..core._state import State
-from ._checkpoint import CheckpointError, load_checkpoint
+from ._checkpoint import CheckpointError, load_checkpoint_paged, read_summary, snapshot_state
+from ._checkpoint_summary import encode_summary, parse_summary, summarise
 from ._fileio import FileSystem
 from ._frame_walk import segment_windows
-from ._recovery import classify_tail
+from ._recovery import Resume, classify_tail
 
 __all__ = ["Compared", "compare_checkpoint", "replay_segment"]
 
@@ -59,13 +68,40 @@ def _key_fingerprint(state: State, key: bytes) -> Any:
     return (kind.name if kind else None, state.get(key)[0], entry.created)
 
 
-def same_state(a: State, b: State) -> bool:
+#: keys compared between two drops of the checkpoint's pages (see compare_checkpoint)
+_KEYS_PER_DROP = 64
+
+
+def same_state(a: State, b: State, every: Callable[[], None] | None = None) -> bool:
     """Whether two states hold the same keys with the same fingerprints, compared
-    one key at a time (never a copy of a whole state)."""
+    one key at a time (never a copy of a whole state); `every` is called after
+    each :data:`_KEYS_PER_DROP` keys."""
     keys = {key for key, _ in a.items()}
     if keys != {key for key, _ in b.items()}:
         return False
-    return all(_key_fingerprint(a, key) == _key_fingerprint(b, key) for key in keys)
+    for i, key in enumerate(keys, 1):
+        if _key_fingerprint(a, key) != _key_fingerprint(b, key):
+            return False
+        if every is not None and i % _KEYS_PER_DROP == 0:
+            every()
+    return True
+
+
+def same_summary(cp_path: str, log_id: bytes | None, state: State, tables: Tables,
+                 cp_tables: Tables, resume: Resume) -> bool:
+    """Whether the summary of the checkpoint at `cp_path` (if it has one) is that of
+    `state` and `tables` (the replay at its position), of the checkpoint's
+    session table `cp_tables.sessions` and of its `resume` point.  (The
+    replay's session table may already hold sessions recorded after the
+    position: their records come before the next event.)"""
+    found = read_summary(cp_path, log_id)
+    if found is None:
+        return True  # written before summaries (a damaged one fails the body CRC)
+    expected = summarise(state.position, snapshot_state(state, tables)["entries"],
+                         sorted(cp_tables.sessions.items()), tables.last_recorded,
+                         (resume.segment_first, resume.offset), found.log_id)
+    # through the encoding, as `found` went (msgpack turns tuples into lists)
+    return parse_summary(encode_summary(expected), found.position, found.log_id) == found
 
 
 @dataclass
@@ -76,12 +112,35 @@ class Compared:
     differs: bool = False
 
 
-def compare_checkpoint(cp_path: str, log_id: bytes | None, state: State) -> Compared:
+def compare_checkpoint(cp_path: str, log_id: bytes | None, state: State,
+                       tables: Tables) -> Compared:
+    """Load the checkpoint at `cp_path` and compare it (state and summary) with
+    the replay at its position, `state` and `tables`.  The checkpoint's
+    pages are dropped from the process after loading and every few keys
+    compared, so the comparison adds about the checkpoint's Python objects
+    to the replay's state, not the whole file as well."""
+    _trim_heap()
     try:
-        cp_state, _, _ = load_checkpoint(cp_path, log_id)
+        cp_state, cp_tables, resume, drop_pages = load_checkpoint_paged(cp_path, log_id)
+        drop_pages()
+        if not same_summary(cp_path, log_id, state, tables, cp_tables, resume):
+            return Compared(differs=True)
     except (FileNotFoundError, CheckpointError) as exc:
         return Compared(error=exc)
-    return Compared(differs=not same_state(cp_state, state))
+    return Compared(differs=not same_state(cp_state, state, drop_pages))
+
+
+def _trim_heap() -> None:
+    """Give the memory the replay freed back to the system before a checkpoint is
+    loaded beside its state (glibc keeps freed heap otherwise: about a third
+    of a large replay's); nothing where the C library has no malloc_trim."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 @dataclass
@@ -166,7 +225,7 @@ def replay_segment(fs: FileSystem, seg: str, first: int, run: SegmentRun,
             start = cut
             if state.position == target and target not in run.compared:
                 run.compared[target] = compare_checkpoint(run.checkpoints[target].path,
-                                                          run.log_id, state)
+                                                          run.log_id, state, replayer.tables)
         _apply(replayer, mv, _sub_scan(scan, start, len(scan.offsets)), seg, w.base)
     return following
 
