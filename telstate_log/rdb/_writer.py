@@ -24,12 +24,17 @@ is also the smallest encoding for telstate members (3 bytes of overhead per
 member, against 4 for a ziplist and 9 for binary scores), needs no per-entry
 back-links, and suits bulk ``bytes.join`` encoding: when all members of a
 zset have the same length (typical for a sensor), a whole chunk of members is
-encoded by a single join.  Strings are never LZF-compressed or
-integer-encoded, which keeps the output byte-for-byte predictable.
+encoded by a single join, and members given as fixed-width numpy columns
+(:meth:`RdbWriter.write_zset_columns`, :mod:`._zset_columns`) are encoded as
+a byte matrix with no Python object per member.  Strings are never
+LZF-compressed or integer-encoded, which keeps the output byte-for-byte
+predictable.
 
 Memory stays flat: records are appended to a buffer that is joined,
 checksummed (the CRC is carried from chunk to chunk) and written whenever it
-exceeds `buffer_size`; large zsets and hashes are encoded in chunks.  Inputs
+exceeds `buffer_size`; a piece of 64 KiB or more (an encoded chunk of a large
+zset, a big value) is checksummed and written as it is, after the buffer,
+without the copy of a join; large zsets and hashes are encoded in chunks.  Inputs
 are validated before anything reaches the file: keys must be unique per
 database, zset members strictly increasing with valid timestamps, hashes and
 zsets non-empty (Redis drops empty keys on load).  If a write fails part-way,
@@ -50,11 +55,13 @@ from ..core._types import KeyType
 from . import _format as fmt
 from ._crc64 import Crc64
 from ._format import Value
+from ._zset_columns import ColumnMembers, column_members_problem, column_zset_body
 
 __all__ = ["RdbWriter", "hash_body", "zset_body"]
 
 _ZERO_SCORE = b"\x01" + b"0"          # text score: 1-byte length, then "0"
 _CHUNK = 1 << 14                      # members (or fields) encoded per bulk join
+_DIRECT = 1 << 16                     # pieces this big are written without buffering
 _prefix = fmt.length_prefix
 
 
@@ -142,6 +149,10 @@ class RdbWriter:
     # -- buffering -------------------------------------------------------------
 
     def _emit(self, data: bytes) -> None:
+        if len(data) >= _DIRECT:             # a big piece skips the buffer (and its copy)
+            self._flush()
+            self._write(data)
+            return
         self._parts.append(data)
         self._pending += len(data)
         if self._pending >= self._buffer_size:
@@ -153,6 +164,9 @@ class RdbWriter:
         data = b"".join(self._parts)
         self._parts.clear()
         self._pending = 0
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         self._flushes += 1
         self._crc.update(data)
         self._file.write(data)
@@ -178,6 +192,14 @@ class RdbWriter:
         if problem is not None:
             raise ValueError(f"cannot write key {key!r}: {problem}")
         self._record(key, fmt.TYPE_ZSET, zset_body(members))
+
+    def write_zset_columns(self, key: bytes, members: ColumnMembers) -> None:
+        """Write a mutable key whose members are fixed-width columns (the same bytes as
+        :meth:`write_zset` of the packed members; see :mod:`._zset_columns`)."""
+        problem = column_members_problem(members)
+        if problem is not None:
+            raise ValueError(f"cannot write key {key!r}: {problem}")
+        self._record(key, fmt.TYPE_ZSET, column_zset_body(members))
 
     def write_hash(self, key: bytes, mapping: Mapping[bytes, bytes]) -> None:
         """Write an indexed key: a non-empty mapping of encoded sub-key to value."""

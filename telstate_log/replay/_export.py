@@ -14,21 +14,24 @@ given, through :class:`~._rdb_writer.RdbWriter`, which owns the byte format
 this module supplies the content.
 
 A zset member is the sample's 8-byte big-endian timestamp followed by its
-encoded value.  Members are built in blocks of :data:`CHUNK` samples:
+encoded value.  How the members reach the writer depends on the values:
 
 * fixed-width values (float sensors via ``floats()``, or any sensor column
-  in the fixed layout) are assembled as a ``(rows, width)`` byte matrix --
-  timestamp bytes, shared prefix, value bytes -- and split into ``bytes``
-  by one numpy ``tolist`` per block, with no Python work per sample;
-* variable-width values are concatenated to their timestamp bytes;
+  in the fixed layout) go to the writer as columns -- timestamps, shared
+  prefix, ``(count, width)`` byte matrix of the rest -- which it validates
+  and encodes block by block with numpy
+  (:meth:`~telstate_log.rdb._writer.RdbWriter.write_zset_columns`), with no
+  Python object per sample;
+* variable-width values are concatenated to their timestamp bytes, in blocks
+  of :data:`CHUNK` samples;
 * sensors of at most :data:`FEW` samples are packed sample by sample, which
   for a handful of samples costs less than setting up numpy arrays.
 
-Sensors up to :data:`LIST_LIMIT` samples are handed to the writer as one
-list; larger ones as a lazy sequence that rebuilds blocks on demand (the
-writer walks it a few times: validation, then encoding), so memory stays at
-a few blocks whatever the size of the log.  The sample columns themselves
-are the snapshot's views, never copies.
+Variable-width sensors up to :data:`LIST_LIMIT` samples are handed to the
+writer as one list; larger ones as a lazy sequence that rebuilds blocks on
+demand (the writer walks it a few times: validation, then encoding), so
+memory stays at a few blocks whatever the size of the log.  The sample
+columns themselves are the snapshot's views, never copies.
 
 The file is written to ``<out>.tmp``, fsync'ed and renamed over `out` only
 when complete, so an error never leaves a partial RDB file behind.
@@ -50,6 +53,7 @@ from ..core._progress import ProgressCallback
 from ..core._sensor_range import SensorRange
 from ..core._types import KeyType
 from ..rdb._writer import RdbWriter
+from ..rdb._zset_columns import ColumnMembers
 
 __all__ = ["CHUNK", "FEW", "LIST_LIMIT", "ExportStats", "export_backend", "export_rdb"]
 
@@ -82,56 +86,40 @@ class _Snapshotting(Protocol):
     def snapshot_items(self, pattern: bytes = b"*") -> list[tuple[bytes, KeyType, Any]]: ...
 
 
-def _fixed_layout(columns: Any, count: int) -> tuple[bytes, np.ndarray] | None:
-    """``(shared prefix, (count, width) uint8 matrix of the rest)`` of fixed-width values.
+def _column_members(columns: Any) -> ColumnMembers | None:
+    """The members of fixed-width values as columns (see :mod:`~telstate_log.rdb._zset_columns`).
 
-    Float sensors go through ``floats()``, other fixed-width
-    :class:`SensorRange` columns through ``fixed()``, so no per-sample list
-    is built.
+    Sensor columns in the fixed layout go through ``fixed()``, other float
+    sensors through ``floats()``, so no per-sample list is built; None for
+    variable-width values.
     """
-    floats = columns.floats() if hasattr(columns, "floats") else None
-    if floats is not None:
-        body = np.ascontiguousarray(floats, ">f8")
-        return _FLOAT_PREFIX, body.view(np.uint8).reshape(count, 8)
     if isinstance(columns, SensorRange):
         fixed = columns.fixed()
         if fixed is not None and fixed[1].dtype.itemsize > 0:
-            prefix, values = fixed
-            body = np.ascontiguousarray(values)
-            return prefix, body.view(np.uint8).reshape(count, values.dtype.itemsize)
+            return ColumnMembers.of(columns.timestamps, *fixed)
+    floats = columns.floats() if hasattr(columns, "floats") else None
+    if floats is not None:
+        body = np.ascontiguousarray(floats, ">f8")
+        return ColumnMembers.of(columns.timestamps, _FLOAT_PREFIX,
+                                body.view(np.uint8).reshape(len(body), 8))
     return None
 
 
 class _Members:
-    """Builds the packed zset members of rows ``[i, j)`` of one sensor."""
+    """Builds the packed zset members of rows ``[i, j)`` of one sensor of variable-width
+    values."""
 
     def __init__(self, columns: Any) -> None:
         self.timestamps = np.asarray(columns.timestamps, np.float64)
         self.count = len(self.timestamps)
-        fixed = _fixed_layout(columns, self.count)
-        self._values: list[bytes] | None = None
-        if fixed is None:
-            self._values = list(columns.encoded())
-            if len(self._values) != self.count:
-                raise ValueError("sensor columns hold different numbers of timestamps "
-                                 "and values")
-        else:
-            self._prefix = np.frombuffer(fixed[0], np.uint8)
-            self._body = fixed[1]
+        self._values: list[bytes] = list(columns.encoded())
+        if len(self._values) != self.count:
+            raise ValueError("sensor columns hold different numbers of timestamps "
+                             "and values")
 
     def rows(self, i: int, j: int) -> list[bytes]:
-        m = j - i
         stamps = (self.timestamps[i:j] + 0.0).astype(">f8")   # + 0.0: -0.0 becomes 0.0
-        if self._values is not None:
-            return list(map(bytes.__add__, stamps.view("V8").tolist(), self._values[i:j]))
-        plen = len(self._prefix)
-        width = 8 + plen + self._body.shape[1]
-        block = np.empty((m, width), np.uint8)
-        block[:, :8] = stamps.view(np.uint8).reshape(m, 8)
-        block[:, 8:8 + plen] = self._prefix
-        block[:, 8 + plen:] = self._body[i:j]
-        result: list[bytes] = block.view(f"V{width}").reshape(m).tolist()
-        return result
+        return list(map(bytes.__add__, stamps.view("V8").tolist(), self._values[i:j]))
 
 
 class _LazyMembers(Sequence[bytes]):
@@ -191,12 +179,18 @@ def _few_members(columns: Any) -> list[bytes]:
     return [pack(t + 0.0) + v for t, v in zip(stamps, values)]   # + 0.0: -0.0 becomes 0.0
 
 
-def _zset_members(value: Any) -> tuple[Sequence[bytes], int]:
+def _zset_members(value: Any) -> tuple[Sequence[bytes] | ColumnMembers, int]:
     """Members to hand to the writer for a mutable key, and the sample count."""
     if hasattr(value, "timestamps"):
-        if len(value.timestamps) <= FEW:
-            members_list = _few_members(value)
-            return members_list, len(members_list)
+        count = len(value.timestamps)
+        if count <= FEW:
+            return _few_members(value), count
+        columns = _column_members(value)
+        if columns is not None:
+            if len(columns) != count:
+                raise ValueError("sensor columns hold different numbers of timestamps "
+                                 "and values")
+            return columns, count
         members = _Members(value)
         if members.count <= LIST_LIMIT:
             return members.rows(0, members.count), members.count
@@ -212,7 +206,10 @@ def _write_item(writer: RdbWriter, key: bytes, kind: Any, value: Any) -> int:
     kind = KeyType.coerce(kind)
     if kind == KeyType.MUTABLE:
         members, count = _zset_members(value)
-        writer.write_zset(key, members)
+        if isinstance(members, ColumnMembers):
+            writer.write_zset_columns(key, members)
+        else:
+            writer.write_zset(key, members)
         return count
     if kind == KeyType.IMMUTABLE:
         if not isinstance(value, (bytes, bytearray, memoryview)):
