@@ -266,8 +266,12 @@ def _disk_full(after: int) -> FaultyFileSystem:
 
 @pytest.mark.parametrize("after", [0, 1, 3])
 def test_full_disk_import_into_a_new_log_leaves_nothing(tmp_path: Path, after: int) -> None:
-    """0: the new log's first segment cannot be written; 1, 3: events can't."""
-    rdb = _sensors_rdb(tmp_path / "in.rdb", keys=50)
+    """0: the new log's first segment cannot be written; 1, 3: events can't (the
+    small sensors are created in one append: the long ones, a write each, come first)."""
+    state = {b"s%04d" % i: (KeyType.MUTABLE, sensor(20)) for i in range(50)}
+    state.update({b"long%d" % i: (KeyType.MUTABLE, sensor(300)) for i in range(4)})
+    rdb = tmp_path / "in.rdb"
+    rdb.write_bytes(write_state(state))
     fs = _disk_full(after)
     with pytest.raises((TelstateError, OSError)) as info:
         import_rdb_to_log(rdb, tmp_path / "new" / "log", fs=fs, fsync="always")

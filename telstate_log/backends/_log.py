@@ -117,6 +117,7 @@ class LogBackend(StateBackend):
         # The write path calls the log's own methods: no call in between.
         self._commit = log.append
         self._commit_batch = log.append_batch
+        self._commit_batches = log.append_batches
         self._after_write = log.after_append  # type: ignore[method-assign]
         self._after_write_async = log.after_append_async  # type: ignore[method-assign]
         # The segment log's writer flags when after_append has work; any other

@@ -43,6 +43,7 @@ from ..core._types import KeyUpdateBase
 if TYPE_CHECKING:
     from ..core._sensor import SensorColumn
     from ..core._state import CommitBatch
+    from ..storage._event_log import CommitBatches
     from ._state_writer import StateWriter
 
 __all__ = ["BULK_MIN", "Samples", "apply_bulk", "new_samples", "record_layout"]
@@ -191,9 +192,54 @@ def _create(writer: StateWriter, keys: list[bytes], items: list[Samples], width:
     if not keys:
         return last
     state = writer.state
+    many = writer.commit_batches if hook is not None else None
+    if many is not None:
+        hook = _Runs(many, keys, ts, mat, sizes.tolist())
     state.add_new_sensors(keys, ts, mat, sizes, hook)
     hub = writer.hub
     if hub.active:
         for key in keys:
             hub.publish(key, KeyUpdateBase)
     return state.position
+
+
+class _Runs:
+    """The commit hook :meth:`~telstate_log.core._state.State.add_new_sensors` calls
+    once per key, recording the keys in runs through a many-keys hook instead.
+
+    ``add_new_sensors`` validates every key before its first commit and calls
+    the hook for each key in order, with consecutive positions, applying to
+    the state only the keys whose call returned.  So at the first key of a
+    run, this hook records that key and as many of the following ones as the
+    many-keys hook takes in one append (all or none), and for the others it
+    only checks they were recorded: if an append fails, the keys before the
+    failing run are both recorded and applied, and none after -- the state
+    never differs from the log.  The samples recorded are those
+    ``add_new_sensors`` commits (timestamps ``+ 0.0``, values as one
+    ``V<width>`` array).
+    """
+
+    __slots__ = ("_keys", "_many", "_next", "_recorded", "_sizes", "_starts", "_ts",
+                 "_values")
+
+    def __init__(self, many: CommitBatches, keys: list[bytes], ts: np.ndarray,
+                 mat: np.ndarray, sizes: list[int]) -> None:
+        self._many = many
+        self._keys = keys
+        self._ts = ts + 0.0                      # -0.0 -> 0.0, as add_new_sensors commits
+        self._values = np.ascontiguousarray(mat).view(f"V{mat.shape[1]}").reshape(len(mat))
+        self._sizes = sizes
+        self._starts = list(itertools.accumulate(sizes, initial=0))
+        self._next = 0                           # index of the key of the next call
+        self._recorded = 0                       # keys recorded so far
+
+    def __call__(self, first: int, key: bytes, ts: np.ndarray,
+                 values: list[bytes] | np.ndarray) -> None:
+        i = self._next
+        if i >= len(self._keys) or key != self._keys[i] or len(ts) != self._sizes[i]:
+            raise ValueError("add_new_sensors committed keys out of the planned order")
+        if i >= self._recorded:
+            a = self._starts[i]
+            self._recorded = i + self._many(first, self._keys[i:], self._ts[a:],
+                                            self._values[a:], self._sizes[i:])
+        self._next = i + 1

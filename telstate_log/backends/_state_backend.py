@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Iterable, Sequence
-from typing import Any, BinaryIO, Protocol, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from ..core._values import chunks
 from ._base import Backend, GetResult, PathType
 from ._notify import Hub, ThreadSubscription
 from ._state_writer import StateWriter
+
+if TYPE_CHECKING:
+    from ..storage._event_log import CommitBatches
 
 __all__ = ["ALWAYS_AFTER", "NEVER_AFTER", "AfterFlag", "AsOfBackend", "StateBackend"]
 
@@ -75,6 +78,7 @@ class StateBackend(Backend):
 
     _commit: Commit | None = None
     _commit_batch: CommitBatch | None = None
+    _commit_batches: CommitBatches | None = None
     _readonly = False
     #: False once writes must be refused (read-only, closed); checked first
     _writable = True
@@ -233,7 +237,8 @@ class StateBackend(Backend):
             add_mutable=self._w_add_mutable, set_indexed=self._w_set_indexed,
             delete=self._w_delete, clear=self._w_clear,
             add_mutable_many=self._w_add_mutable_many, after_write=self._after_write,
-            after_write_async=self._after_write_async, commit_batch=lambda: self._commit_batch)
+            after_write_async=self._after_write_async, commit_batch=lambda: self._commit_batch,
+            commit_batches=lambda: self._commit_batches)
 
     def _w_set_immutable(self, key: bytes, value: bytes) -> tuple[bytes | None, int]:
         with self._lock:

@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core._state import CommitBatch, State
 from ._notify import Hub
+
+if TYPE_CHECKING:
+    from ..storage._event_log import CommitBatches
 
 __all__ = ["StateWriter"]
 
@@ -55,9 +58,9 @@ class StateWriter:
     ``after_write_async(position)``), without holding :attr:`lock`.
     """
 
-    __slots__ = ("_commit_batch", "_state", "add_mutable", "add_mutable_many", "after_write",
-                 "after_write_async", "check_writable", "clear", "delete", "hub", "lock",
-                 "set_immutable", "set_indexed")
+    __slots__ = ("_commit_batch", "_commit_batches", "_state", "add_mutable",
+                 "add_mutable_many", "after_write", "after_write_async", "check_writable",
+                 "clear", "delete", "hub", "lock", "set_immutable", "set_indexed")
 
     #: the backend's lock (re-entrant; every read and locked step takes it)
     lock: threading.RLock
@@ -84,9 +87,11 @@ class StateWriter:
                                             tuple[int, int]],
                  after_write: Callable[[int], None],
                  after_write_async: Callable[[int], Awaitable[None]],
-                 commit_batch: Callable[[], CommitBatch | None] = lambda: None) -> None:
+                 commit_batch: Callable[[], CommitBatch | None] = lambda: None,
+                 commit_batches: Callable[[], CommitBatches | None] = lambda: None) -> None:
         self.lock = lock
         self._commit_batch = commit_batch
+        self._commit_batches = commit_batches
         self.hub = hub
         self._state = state
         self.check_writable = check_writable
@@ -117,3 +122,11 @@ class StateWriter:
         (the RDB import): it records them through this hook as the backend's
         own ``add_mutable_many`` would."""
         return self._commit_batch()
+
+    @property
+    def commit_batches(self) -> CommitBatches | None:
+        """The hook that records the batches of many new keys in one append
+        (:data:`~telstate_log.storage.CommitBatches`), or None (then record
+        them key by key through :attr:`commit_batch`).  The RDB import uses it
+        for many new small sensors (:mod:`._rdb_samples`)."""
+        return self._commit_batches()

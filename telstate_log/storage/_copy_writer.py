@@ -81,6 +81,10 @@ class CopyWriter(LogWriter):
     def commit_batch(self, first: int, key: bytes, ts: Any, values: Any) -> None:
         self._refuse()
 
+    def commit_many_batches(self, first: int, keys: list[bytes], ts: Any, values: Any,
+                            sizes: list[int]) -> int:
+        self._refuse()
+
     def new_session(self, session: dict[str, object]) -> int:
         self._refuse()
 

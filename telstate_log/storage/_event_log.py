@@ -13,6 +13,9 @@ backend by providing these members:
 * ``append`` / ``append_batch`` -- the State's commit hooks
   (:data:`~telstate_log.core._state.Commit`): record one event / a batch of
   samples before the State applies it (raise to refuse the write);
+* ``append_batches`` -- records the batches of many new keys in one append
+  (:data:`CommitBatches`), or None where the log has no such step (the
+  backend then records them key by key through ``append_batch``);
 * ``after_append`` / ``after_append_async`` -- called once the lock is
   released: wait for durability, do deferred work;
 * positions (``position``, ``durable_position``, ``sync``), ``log_id``;
@@ -31,14 +34,23 @@ backend by providing these members:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
+
+import numpy as np
 
 from ..core._events import Event
 from ..core._state import Commit, CommitBatch
 from ._follow import OnApplied, OnReplaced
 from ._retention import PruneReport
 
-__all__ = ["EventLog", "NonBlocking"]
+__all__ = ["CommitBatches", "EventLog", "NonBlocking"]
+
+#: ``append_batches(first, keys, timestamps, values, sizes) -> keys recorded``: key
+#: ``i`` takes the next ``sizes[i]`` samples (`values` a ``V<width>`` array) at
+#: consecutive positions from `first`; the first ``r`` keys (at least one) are
+#: recorded all or none and ``r`` is returned (see ``LogWriter.commit_many_batches``)
+CommitBatches = Callable[[int, list[bytes], np.ndarray, np.ndarray, list[int]], int]
 
 
 class NonBlocking(Protocol):
@@ -56,6 +68,7 @@ class EventLog(Protocol):
     lock: threading.RLock
     append: Commit
     append_batch: CommitBatch
+    append_batches: CommitBatches | None
 
     def after_append(self, position: int) -> None: ...
 

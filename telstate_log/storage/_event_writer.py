@@ -42,6 +42,16 @@ from ..core import _log_format as fmt
 from ..core._apply import Tables
 from ..core._errors import LogFailedError
 from ..core._values import chunks
+from ._batch_frames import (
+    BATCH_BODY,
+    BATCH_HEAD,
+    KEY_META,
+    MATRIX_RUN,
+    fitting,
+    frame_head,
+    matrix_records,
+    uniform_run,
+)
 from ._fileio import FileSystem
 from ._segment_files import SegmentAppender, create_segment
 
@@ -111,6 +121,19 @@ class LogWriter(SegmentAppender):
                          crc=crc, segment_bytes=segment_bytes, sync_on_rotate=sync_on_rotate,
                          lock=lock, flush_interval=flush_interval)
 
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the writer refuses writes (None while it accepts them)."""
+        return self._failed
+
+    @failed.setter
+    def failed(self, exc: BaseException | None) -> None:
+        # Setting it (anywhere in the appender) also empties the fast path's
+        # table, so commit's fast path needs no check of its own.
+        self._failed = exc
+        if exc is not None:
+            self._fast = {}
+
     def _segment_started(self) -> None:
         # a new segment defines its keys and session afresh
         self._seg_keys = set()
@@ -130,37 +153,37 @@ class LogWriter(SegmentAppender):
     def commit(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
                ts: float) -> None:
         """State commit hook: make event `pos` part of the log."""
-        if self.failed is not None:
-            raise LogFailedError(f"the log writer has failed: {self.failed}")
         tables = self._tables
         rec = _time()
         if rec < tables.last_recorded:  # never before an earlier event's
             rec = tables.last_recorded
-        if kind == _ADD:
-            ids = self._fast.get(key)
-            if ids is not None:
-                # Fast path: a buffered sample of a key this segment already defines
-                # (fmt.encode_event without the dispatch and the check_byte call).
-                length = _ADD_HEAD + len(value)
-                offset = self.offset
-                end = offset + length + _OVERHEAD
-                if end <= self._segment_bytes and length < _FAST_LENGTH:
-                    frame = _ADD_FAST(_ADD_HEADER[length], pos, rec, ids, ts) + value
-                    cb = _U32_PACK(_crc32(frame, self._crc))
-                    self._crc = _RESIDUE  # zlib.crc32(cb, that CRC)
-                    buf = self._buf
-                    buf += frame
-                    buf += cb
-                    self.offset = end
-                    tables.last_recorded = rec
-                    self.position = pos
-                    if (pos - 1) & _TIME_MASK == 0:
-                        self._note_time(pos, rec, offset)
-                    if end >= self._after_at:
-                        self.after_due = True
-                    if rec >= self._flush_due or len(buf) >= _FLUSH_BYTES:
-                        self._flush_cycle(rec)
-                    return
+        # The fast path: a buffered sample of a key this segment already defines
+        # (fmt.encode_event without the dispatch and the check_byte call).  Its
+        # table is empty once the writer has failed (see `failed`), and the
+        # running CRC at a frame boundary is always CRC-32's residue (see
+        # _RESIDUE), so neither is looked at here.
+        ids = self._fast.get(key) if kind == _ADD else None
+        if ids is not None:
+            length = _ADD_HEAD + len(value)
+            offset = self.offset
+            end = offset + length + _OVERHEAD
+            if end <= self._segment_bytes and length < _FAST_LENGTH:
+                frame = _ADD_FAST(_ADD_HEADER[length], pos, rec, ids, ts) + value
+                buf = self._buf
+                buf += frame
+                buf += _U32_PACK(_crc32(frame, _RESIDUE))
+                self.offset = end
+                tables.last_recorded = rec
+                self.position = pos
+                if (pos - 1) & _TIME_MASK == 0:
+                    self._note_time(pos, rec, offset)
+                if end >= self._after_at:
+                    self.after_due = True
+                if rec >= self._flush_due or len(buf) >= _FLUSH_BYTES:
+                    self._flush_cycle(rec)
+                return
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
         self._commit_general(kind, pos, key, sub_key, value, ts, rec,
                              self._key_ids.get(key))
 
@@ -277,7 +300,7 @@ class LogWriter(SegmentAppender):
         self.position = last
         if kid is not None:
             self._seg_keys.add(kid)
-            if self._buffered:
+            if self._buffered and self._failed is None:
                 self._fast[key] = self.session_id | kid << 32
             if new_key:
                 tables.keys[kid] = key
@@ -304,3 +327,139 @@ class LogWriter(SegmentAppender):
             return False
         self._rotate(self.position + 1)
         return True
+
+    # ------------------------------------------------ many keys' batches at once
+    def commit_many_batches(self, first: int, keys: list[bytes], ts: np.ndarray,
+                            values: np.ndarray, sizes: list[int]) -> int:
+        """Batch hook for many keys at once: key ``i`` takes the next ``sizes[i]`` (at
+        least 1) samples of `ts` and `values` (a ``V<width>`` array), at positions
+        first, first + 1, ... across the keys in order.
+
+        Records what :meth:`commit_batch` of each key in turn would (its KEY
+        definition if the segment lacks it, then its ADD_BATCH frame, all with
+        one recorded time), but framed in one pass and written as one append:
+        the keys ``[0, r)`` are recorded all or none, and ``r`` (at least 1) is
+        returned.  ``r`` is short of ``len(keys)`` only where the segment fills
+        up (the keys that fit go into the current segment or, if not even one
+        does and the segment holds events, into a new one; the caller commits
+        the rest by calling again), or where a key's batch takes more than one
+        frame (it is then committed alone, by :meth:`commit_batch`).  The RDB
+        import creates many small sensors through it.
+        """
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
+        n = len(keys)
+        width = values.dtype.itemsize
+        if n != len(sizes) or not n or len(ts) != len(values) or sum(sizes) > len(values) \
+                or min(sizes) < 1 or width < 1:
+            raise ValueError("commit_many_batches: keys, sizes and samples disagree")
+        tables = self._tables
+        if sizes[0] * (12 + width) > self.MAX_BATCH_BODY:   # more than one frame
+            self.commit_batch(first, keys[0], ts[:sizes[0]], values[:sizes[0]])
+            return 1
+        room = self._segment_bytes - self.offset - 16 - len(self._session_payload)
+        count = fitting(keys, sizes, width, room, self.MAX_BATCH_BODY)
+        if count == 0:                           # not even the first key fits
+            if self._seg_events:
+                self._rotate(first)              # (commit_batch would too)
+                room = self._segment_bytes - self.offset - 16 - len(self._session_payload)
+            count = max(1, fitting(keys, sizes, width, room, self.MAX_BATCH_BODY))
+        rec = _time()
+        if rec < tables.last_recorded:
+            rec = tables.last_recorded
+        key_ids, known = tables.key_ids, tables.keys
+        kids: list[int] = []
+        free = tables.next_key_id()
+        for key in keys[:count]:
+            kid = key_ids.get(key)
+            if kid is None:
+                while free in known:
+                    free += 1
+                if free >= fmt.NO_KEY:
+                    break
+                kid = free
+                free += 1
+            kids.append(kid)
+        count = len(kids)
+        if count == 0:
+            self.commit_batch(first, keys[0], ts[:sizes[0]], values[:sizes[0]])
+            return 1
+        total = sum(sizes[:count])
+        stamps = np.ascontiguousarray(ts[:total], "<f8").tobytes()
+        raw = values[:total].tobytes()
+        session, seg_keys = self.session_id, self._seg_keys
+        crc = self._crc
+        out: list[bytes] = []
+        if not self._seg_session:
+            meta = fmt.encode_meta(fmt.SESSION, session, self._session_payload)
+            out += (meta, _U32_PACK(_crc32(meta, crc)))
+            crc = _RESIDUE
+        offset = self.offset + sum(map(len, out))
+        at: list[int] = []
+        firsts: list[int] = []
+        a = i = 0
+        pos = first
+        sample = 8 + width
+        shape = width << 32
+        while i < count:
+            key, kid, size = keys[i], kids[i], sizes[i]
+            run = uniform_run(keys, kids, sizes, i, count, seg_keys)
+            if run >= MATRIX_RUN:               # keys alike: framed as a byte matrix
+                b = a + run * size
+                block, step = matrix_records(keys[i:i + run], kids[i:i + run], size, width,
+                                              pos, rec, session, stamps[8 * a:8 * b],
+                                              raw[width * a:width * b], crc)
+                out.append(block)
+                crc = _RESIDUE
+                at += range(offset + 16 + len(key), offset + run * step, step)
+                firsts += range(pos, pos + run * size, size)
+                offset += run * step
+                pos += run * size
+                a = b
+                i += run
+                continue
+            if kid not in seg_keys:
+                meta_frame = KEY_META(frame_head(fmt.KEY, 4 + len(key)), kid) + key
+                out += (meta_frame, _U32_PACK(_crc32(meta_frame, crc)))
+                crc = _RESIDUE
+                offset += len(meta_frame) + 4
+            b = a + size
+            length = BATCH_BODY + size * sample
+            frame = BATCH_HEAD(frame_head(fmt.ADD_BATCH, length), pos, rec, session | kid << 32,
+                                size | shape) + stamps[8 * a:8 * b] + raw[width * a:width * b]
+            out += (frame, _U32_PACK(_crc32(frame, crc)))
+            crc = _RESIDUE
+            at.append(offset)
+            firsts.append(pos)
+            offset += length + _OVERHEAD
+            pos += size
+            a = b
+            i += 1
+        saved = self._crc
+        self._crc = crc
+        try:
+            self._append(b"".join(out))
+        except BaseException:
+            self._crc = saved
+            raise
+        # Book-keeping as _committed and _note_time do per key, for all at once.
+        last = first + total - 1
+        self._seg_events += total
+        self._seg_session = True
+        self.position = last
+        seg_keys.update(kids)
+        if self._buffered and self._failed is None:
+            self._fast.update(zip(keys, [session | kid << 32 for kid in kids]))
+        new = [(kid, key) for kid, key in zip(kids, keys) if kid not in known]
+        known.update(new)
+        key_ids.update((key, kid) for kid, key in new)
+        if session not in tables.sessions:
+            tables.sessions[session] = msgpack.unpackb(self._session_payload, raw=False)
+        tables.time_pos += firsts
+        tables.time_rec += [rec] * count
+        tables.time_seg += [self.segment_first] * count
+        tables.time_off += at
+        tables.last_recorded = rec
+        if self.offset >= self._after_at:
+            self.after_due = True
+        return count

@@ -59,6 +59,7 @@ from ._checkpointer import Checkpointer
 from ._copy_writer import CopyWriter
 from ._dir_watch import Follower
 from ._durability import Durability
+from ._event_log import CommitBatches
 from ._event_writer import LogWriter
 from ._fileio import FileSystem, OsFileSystem
 from ._follow import FollowCursor, OnApplied, OnReplaced
@@ -91,6 +92,7 @@ class Log:
 
     append: Commit
     append_batch: CommitBatch
+    append_batches: CommitBatches | None
 
     def __init__(self, fs: FileSystem, path: str, *, fsync: str, readonly: bool,
                  lock: threading.RLock) -> None:
@@ -114,6 +116,7 @@ class Log:
         self._follower: Follower | None = None
         self._sync_each = fsync == "always"
         self.append = self.append_batch = _refuse
+        self.append_batches = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, fsync: str = "interval",
@@ -173,6 +176,7 @@ class Log:
                 self._ckpt, self._sealer = parts.checkpointer, parts.sealer
                 self.append = parts.writer.commit
                 self.append_batch = parts.writer.commit_batch
+                self.append_batches = parts.writer.commit_many_batches
                 with self._lock:
                     parts.writer.expect_after(parts.checkpointer.due, always=self._sync_each)
         except BaseException:

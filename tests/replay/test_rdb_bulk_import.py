@@ -3,6 +3,7 @@ import one key at a time gives, into memory and into a log (events, reopening)."
 
 from __future__ import annotations
 
+import errno
 import math
 import struct
 from pathlib import Path
@@ -11,9 +12,12 @@ from typing import Any
 import pytest
 from _import_export_helpers import full_range, log_events, open_log
 from _rdb_helpers import float_value, ragged_sensor, sensor, write_state
+from test_faults import FaultyFileSystem
 
+from telstate_log import TelstateError
 from telstate_log.backends import LogBackend, MemoryBackend, _rdb_import, _rdb_samples
 from telstate_log.backends._state_backend import StateBackend
+from telstate_log.backends._state_writer import StateWriter
 from telstate_log.core._types import KeyType
 from telstate_log.rdb._format import pack_member
 from telstate_log.replay._rdb_load import import_rdb
@@ -108,3 +112,79 @@ def test_bulk_import_notifies_monitors(tmp_path: Path) -> None:
     assert watch.send(0.0) is not None
     assert watch.send(0.0) is None                     # one update for the key
     watch.close()
+
+
+def _small_sensors(n: int) -> dict[bytes, tuple[KeyType, Any]]:
+    """`n` new small float sensors of a few lengths of key and sample count, then as
+    many alike (keys of one length, one sample count: framed as a matrix)."""
+    state = {b"k%d_" % (i % 3) + b"x" * (i % 5) + b"%04d" % i:
+             (KeyType.MUTABLE, sensor(i % 4 + 1, start=1.7e9 + i)) for i in range(n)}
+    state.update({b"kalike%05d" % i: (KeyType.MUTABLE, sensor(3, start=1.8e9 + i))
+                  for i in range(n)})
+    return state
+
+
+def _frames(path: Path) -> list[tuple[Any, ...]]:
+    """The log's event frames without their recorded times."""
+    return [tuple(sorted((k, v) for k, v in e.items() if k != "rec"))
+            for e in log_events(path)]
+
+
+@pytest.mark.parametrize("segment_bytes", [1 << 26, 4096])
+def test_keys_recorded_together_as_one_key_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, segment_bytes: int) -> None:
+    """The log's many-keys hook writes the frames commit_batch of each key would (in
+    runs that fill each segment: small segments take many runs)."""
+    rdb = tmp_path / "in.rdb"
+    rdb.write_bytes(write_state(_small_sensors(300)))
+    runs: list[int] = []
+    record = StateWriter.commit_batches.fget   # type: ignore[attr-defined]
+
+    def counted(writer: StateWriter) -> Any:
+        hook = record(writer)
+
+        def run(*args: Any) -> int:
+            runs.append(hook(*args))
+            return runs[-1]
+        return run
+    for name, many in (("one", False), ("many", True)):
+        if not many:
+            monkeypatch.setattr(StateWriter, "commit_batches", property(lambda self: None))
+        else:
+            monkeypatch.undo()
+            monkeypatch.setattr(StateWriter, "commit_batches", property(counted))
+        with open_log(tmp_path / name, segment_bytes=segment_bytes) as backend:
+            import_rdb(backend, str(rdb))
+            contents = _contents(backend)
+        with LogBackend(tmp_path / name, readonly=True, follow=False) as reopened:
+            assert _contents(reopened) == contents
+            assert reopened.position == sum(len(v) for _, v in _small_sensors(300).values())
+    assert _frames(tmp_path / "many") == _frames(tmp_path / "one")
+    assert sum(runs) == 600
+    assert len(runs) == 1 if segment_bytes > 1 << 20 else len(runs) > 5
+    segments = len(list((tmp_path / "many").glob("*.seg")))
+    assert segments == len(list((tmp_path / "one").glob("*.seg")))
+
+
+@pytest.mark.parametrize("after", [1, 2])
+def test_keys_recorded_together_all_or_none(tmp_path: Path, after: int) -> None:
+    """A failed append of many keys records none of them, and the state holds what the
+    log holds (reopened: the same)."""
+    rdb = tmp_path / "in.rdb"
+    state = _small_sensors(30)
+    state.update({b"long%d" % i: (KeyType.MUTABLE, sensor(300)) for i in range(2)})
+    rdb.write_bytes(write_state(state))
+    fs = FaultyFileSystem()
+    backend = open_log(tmp_path / "log", fsync="always", fs=fs)
+    fs.arm("write", ".seg", err=errno.ENOSPC, after=after, times=None)
+    with pytest.raises(TelstateError):
+        import_rdb(backend, str(rdb))
+    kept = _contents(backend)
+    position = backend.position
+    assert fs.rules[0].fired >= 1
+    fs.disarm()
+    backend.close()
+    with LogBackend(tmp_path / "log", readonly=True, follow=False) as reopened:
+        assert (_contents(reopened), reopened.position) == (kept, position)
+    assert not any(key.startswith(b"k") for key in kept)   # created together: none
+    assert sum(key.startswith(b"long") for key in kept) == after   # written before them
