@@ -148,3 +148,46 @@ def test_flush_cycles_hand_every_write_to_the_os(tmp_path: Path, fsync: str) -> 
         assert writer is not None
         wait_for(lambda: len(segment_bytes_of(path)) - fmt.HEADER_SIZE
                  == writer.bytes_appended)
+
+
+def test_a_failed_writer_refuses_samples_of_keys_on_its_fast_path(tmp_path: Path) -> None:
+    """The fast path (a buffered sample of a key the segment defines) has no
+    failure check of its own: failing the writer empties its table."""
+    from telstate_log import LogFailedError
+
+    b = LogBackend(str(tmp_path / "log"), fsync="interval", fsync_interval=60.0)
+    try:
+        for i in range(3):
+            b.add_mutable(b"k", encode_value(float(i)), 1.0 + i)  # the last two: fast path
+        b.log.writer.fail(OSError(5, "simulated"))
+        with pytest.raises(LogFailedError):
+            b.add_mutable(b"k", encode_value(9.0), 10.0)
+        assert b.position == 3
+        assert len(b.get_range(b"k", 0.0, math.inf, False, False)) == 3
+    finally:
+        b.close()
+
+
+def test_front_end_key_cache_respects_views_and_stays_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full keys are cached per front end (its prefixes never change): a view
+    writes under its own prefix, and the cache is emptied when it is full."""
+    import telstate_log
+    from telstate_log.frontend import _writes
+
+    monkeypatch.setattr(_writes, "KEY_CACHE_MAX", 8)
+    ts = telstate_log.TelescopeState(MemoryBackend())
+    view = ts.view("cbf")
+    ts.add("x", 1.0, ts=1.0)
+    view.add("x", 2.0, ts=1.0)
+    ts.add(b"y", 3.0, ts=1.0)
+    view.add(b"y", 4.0, ts=1.0)
+    assert ts.backend.get_range(b"x", 0.0, math.inf, False, False)[0][0] == encode_value(1.0)
+    assert ts.backend.get_range(b"cbf_x", 0.0, math.inf, False, False)[0][0] == \
+        encode_value(2.0)
+    assert ts.backend.get_range(b"cbf_y", 0.0, math.inf, False, False)[0][0] == \
+        encode_value(4.0)
+    for i in range(50):                      # more distinct keys than the cache holds
+        ts.add(f"s{i}", float(i), ts=1.0)
+        assert len(ts._key_cache) <= 8
+    assert ts.get("s49") == 49.0 and ts.get("x") == 1.0

@@ -79,6 +79,7 @@ class TelescopeStateBase(HistoryPlans, OneCallWrites, Generic[_B]):
         else:
             raise ValueError("must specify either base or backend")
         object.__setattr__(self, "_prefixes", tuple(ensure_binary(p) for p in prefixes))
+        object.__setattr__(self, "_key_cache", {})  # see OneCallWrites
         object.__setattr__(self, "_columnar", hasattr(self._backend, "get_range_arrays"))
 
     @property

@@ -48,23 +48,49 @@ _time = time.time
 _inf = math.inf
 
 
+#: full keys a front end keeps (see OneCallWrites._full_key); the cache is emptied
+#: when it holds this many, so a stream of distinct keys costs no more memory
+KEY_CACHE_MAX = 1 << 16
+
+
 class OneCallWrites:
-    """Step 1 of the one-call writes: the backend call's arguments."""
+    """Step 1 of the one-call writes: the backend call's arguments.
+
+    The full key of a ``str`` or ``bytes`` key is cached per front end (its
+    prefixes never change): a sensor's key is prepared once, not at every
+    sample, and the backend gets the same bytes object each time, whose hash
+    Python has already computed for the state's dictionaries.
+    """
 
     _prefixes: tuple[bytes, ...]
+    _key_cache: dict[str | bytes, bytes]
 
     def _full_key(self, key: Key) -> bytes:
+        full_key = self._key_cache.get(key) if type(key) is str or type(key) is bytes \
+            else None  # (other keys may not even be hashable)
+        if full_key is None:
+            full_key = self._new_full_key(key)
+        return full_key
+
+    def _new_full_key(self, key: Key) -> bytes:
         if type(key) is str:
-            return self._prefixes[0] + key.encode("utf-8", "surrogateescape")
-        return self._prefixes[0] + (key if type(key) is bytes else ensure_binary(key))
+            full_key = self._prefixes[0] + key.encode("utf-8", "surrogateescape")
+        elif type(key) is bytes:
+            full_key = self._prefixes[0] + key
+        else:
+            return self._prefixes[0] + ensure_binary(key)
+        cache = self._key_cache
+        if len(cache) >= KEY_CACHE_MAX:
+            cache.clear()
+        cache[key] = full_key
+        return full_key
 
     def _sample_args(self, key: Key, value: Any, ts: float | None,
                      encoding: bytes) -> tuple[bytes, bytes, float]:
         """``add_mutable``'s arguments: full key, encoded value, valid timestamp."""
-        if type(key) is str:       # _full_key inlined: this is the hot path
-            full_key = self._prefixes[0] + key.encode("utf-8", "surrogateescape")
-        else:
-            full_key = self._prefixes[0] + (key if type(key) is bytes else ensure_binary(key))
+        full_key = self._key_cache.get(key) if type(key) is str else None  # _full_key
+        if full_key is None:                                             # inlined: hot path
+            full_key = self._full_key(key)
         str_val = encode_value(value, encoding)
         if type(ts) is not float:
             ts = _time() if ts is None else float(ts)
