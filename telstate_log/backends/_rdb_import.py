@@ -14,8 +14,9 @@ three steps, so that a bad file or a conflict changes *nothing*:
    (katsdptelstate writes a zero CRC, so the checksum alone proves
    nothing); any problem raises :exc:`RdbParseError` with the offset before
    the backend is touched.  Zsets are kept compactly
-   (:class:`~._rdb_samples.Samples`: when all members have one length they
-   are joined into one blob, split with numpy when applied).  Peak
+   (:class:`~._rdb_samples.Samples`: a small zset whose members all have one
+   length comes from the reader as one joined blob, checked whole, and is
+   split with numpy when applied).  Peak
    memory is about the file size plus the member list of the largest key,
    roughly what the imported state holds anyway; a validation-only first
    pass would keep memory lower but parse the file twice (parsing is about
@@ -163,23 +164,26 @@ def _read(source: Source, filename: str | None, size: int, db: int | None,
     others: set[int] = set()
     samples = expired = expiry_dropped = 0
     now_ms = math.floor(clock() * 1000)     # what redis-server compares expiry times with
+    append = entries.append
+    mutable = KeyType.MUTABLE
     with RdbReader(source, filename=filename) as reader:
-        for entry in reader:
-            if entry.expires is not None:
-                if entry.expires < now_ms:
-                    expired += entry.db == wanted
+        for entry_db, key, kind, raw, expires in reader.blocks(Samples):
+            if expires is not None:
+                if expires < now_ms:
+                    expired += entry_db == wanted
                     continue
-                expiry_dropped += entry.db == wanted
-            if entry.db != wanted:
-                others.add(entry.db)
+                expiry_dropped += entry_db == wanted
+            if entry_db != wanted:
+                others.add(entry_db)
                 continue
             value: _Payload
-            if entry.kind is KeyType.MUTABLE:
-                value = Samples(cast("list[bytes]", entry.value))
+            if kind is mutable:
+                value = raw if isinstance(raw, Samples) else Samples.of_members(
+                    cast("list[bytes]", raw))
                 samples += value.count
             else:
-                value = cast("bytes | dict[bytes, bytes]", entry.value)
-            entries.append((entry.key, entry.kind, value))
+                value = cast("bytes | dict[bytes, bytes]", raw)
+            append((key, kind, value))
             if progress is not None and len(entries) % _PROGRESS_KEYS == 0:
                 progress("read", len(entries), None)
     if db is None and others:

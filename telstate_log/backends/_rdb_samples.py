@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 :mod:`._rdb_import` keeps each zset of the file as :class:`Samples`: when all
-members have one length (a float sensor) they are joined into one blob and
-split later with a numpy record view -- timestamps as ``>f8``, values as
-bytes -- instead of one Python slice per sample.
+members have one length (a float sensor) they are kept as one blob of the
+members joined -- made by the reader itself for the small packed zsets of
+most files (``RdbReader.blocks``), else joined here -- and split later with
+a numpy record view -- timestamps as ``>f8``, values as bytes -- instead of
+one Python slice per sample.
 
 A file of many small sensors (10,000 keys of 10 samples) would spend most of
 its import in fixed costs per key: a locked step, the chunking of the batch,
@@ -68,14 +70,21 @@ class Samples:
 
     __slots__ = ("blob", "count", "members", "width")
 
-    def __init__(self, members: list[bytes]) -> None:
-        self.count = len(members)
+    def __init__(self, blob: bytes, width: int, count: int,
+                 members: list[bytes] | None = None) -> None:
+        """`count` members of `width` bytes joined in `blob` in increasing order
+        (how ``RdbReader.blocks`` hands over a zset), or, if `members` is given,
+        those members of several lengths (`blob` empty, `width` 0)."""
+        self.blob, self.width, self.count, self.members = blob, width, count, members
+
+    @classmethod
+    def of_members(cls, members: list[bytes]) -> Samples:
+        """The zset of `members` (sorted, non-empty), joined if they have one length."""
         width = len(members[0])
         blob = b"".join(members)
-        if len(blob) == width * self.count and max(map(len, members)) == width:
-            self.blob, self.width, self.members = blob, width, None
-        else:
-            self.blob, self.width, self.members = b"", 0, members
+        if len(blob) == width * len(members) and max(map(len, members)) == width:
+            return cls(blob, width, len(members))
+        return cls(b"", 0, len(members), members)
 
     def columns(self) -> tuple[np.ndarray, list[bytes] | np.ndarray]:
         """``(float64 timestamps, encoded values)`` of the samples, in member order.
@@ -93,6 +102,7 @@ class Samples:
         members = self.members
         stamps = b"".join([m[:8] for m in members])
         return np.frombuffer(stamps, ">f8").astype(np.float64), [m[8:] for m in members]
+
 
 def new_samples(col: SensorColumn, samples: Samples) -> tuple[np.ndarray, list[bytes]]:
     """The samples not already stored in `col` (compared over the overlapping time span)."""

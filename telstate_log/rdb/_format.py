@@ -35,7 +35,6 @@ key that the reader returns and the writer accepts.
 
 from __future__ import annotations
 
-import functools
 import mmap
 import operator
 import struct
@@ -54,7 +53,8 @@ __all__ = [
     "RdbEntry",
     "Value", "encode_length", "encode_string", "is_zero_score", "length_prefix",
     "listpack_entries", "member_problem", "pack_member", "split_member", "uniform_packed_zset",
-    "uniform_records", "ziplist_entries", "zipmap_entries",
+    "uniform_records", "uniform_zset_members", "valid_in_order", "ziplist_entries",
+    "zipmap_entries",
 ]
 
 MAGIC = b"REDIS"
@@ -245,6 +245,18 @@ def member_problem(members: Sequence[bytes]) -> str | None:
     return None
 
 
+def valid_in_order(members: Sequence[bytes]) -> bool:
+    """True if `members` (non-empty, all of one length) are a telescope-state zset (see
+    :func:`member_problem`) in increasing order as given.
+
+    The cheap check of a zset read whole by a fast path, whose members are
+    in order unless the file is malformed: one C pass, no sort.  False says
+    nothing more (the caller sorts and asks :func:`member_problem`).
+    """
+    return len(members[0]) >= 9 and members[-1][:8] < TS_LIMIT \
+        and all(map(operator.lt, members, members[1:]))
+
+
 # --- Compact encodings (ziplist, listpack) -----------------------------------
 #
 # Small hashes and zsets are stored as one RDB string holding a packed list of
@@ -365,72 +377,106 @@ def _backlen(size: int) -> bytes:
 
 
 _WHOLE_STRUCT = 128  # uniform packed zsets up to this many members: one struct call
+_KNOWN_LIMIT = 512   # layouts kept by uniform_zset_members (then it starts over)
 
 
-@functools.lru_cache(maxsize=512)
-def _uniform_layout(ziplist: bool, width: int, n: int) -> tuple[int, struct.Struct, bytes]:
-    """How :func:`uniform_packed_zset` reads `n` records of a `width`-byte member:
-    ``(offset of the second fixed byte, struct of the members, fixed bytes)``.
+class _Layout(NamedTuple):
+    """How :func:`uniform_zset_members` reads a blob of `size` bytes holding
+    `width`-byte members: where the records start (after the header) and the
+    first member, the bytes between two members and after the last one
+    (ending with the terminator), and the struct that splits out the members
+    from the records (every one at once up to :data:`_WHOLE_STRUCT` members,
+    else one record at a time)."""
 
-    The fixed bytes are what the four fixed positions of every record hold,
-    position by position (see the layouts there).  The struct splits out
-    every member at once (one record at a time beyond :data:`_WHOLE_STRUCT`
-    members, where the result is not cached either).
-    """
+    size: int
+    head: int
+    start: int
+    between: bytes
+    after: bytes
+    members: struct.Struct
+
+
+#: Layouts seen, by the blob's first bytes -- its header and the fixed bytes
+#: before the first member, which fix everything else given the blob's size.
+_KNOWN: tuple[dict[bytes, _Layout], dict[bytes, _Layout]] = ({}, {})
+
+
+def _uniform_layout(blob: bytes, ziplist: bool) -> _Layout | None:
+    """The layout of `blob` if its header and first record are those of a
+    uniform packed zset (see :func:`uniform_zset_members`) and its size fits."""
+    size = len(blob)
+    head = _ZL_HEADER.size if ziplist else _LP_HEADER.size
+    if size < head + 5:
+        return None
+    width = blob[head + 1] if ziplist else blob[head] ^ 0x80
+    if width >= 0x40:
+        return None
+    n, extra = divmod(size - head - 1, width + 4)
+    if extra:
+        return None
     if ziplist:
-        second, record = 1, f"2x{width}s2x"
-        fixed = b"\x00" + b"\x02" * (n - 1) + bytes((width,)) * n + bytes((width + 2,)) * n \
-            + b"\xf1" * n
+        total, tail, count = _ZL_HEADER.unpack_from(blob)
+        if tail != size - 3 or blob[head] != 0:
+            return None
+        between = bytes((width + 2, 0xF1, 2, width))
+        after, record = bytes((width + 2, 0xF1, 0xFF)), f"2x{width}s2x"
     else:
-        second, record = width + 1, f"x{width}s3x"
-        fixed = bytes((width | 0x80,)) * n + bytes((width + 1,)) * n + b"\x00" * n + b"\x01" * n
-    return second, struct.Struct(record * n if n <= _WHOLE_STRUCT else record), fixed
+        total, count = _LP_HEADER.unpack_from(blob)
+        between = bytes((width + 1, 0, 1, width | 0x80))
+        after, record = bytes((width + 1, 0, 1, 0xFF)), f"x{width}s3x"
+    if total != size or (count != 2 * n and count != _UNKNOWN_COUNT):
+        return None
+    layout = struct.Struct(record * n if n <= _WHOLE_STRUCT else record)
+    return _Layout(size, head, head + 2 if ziplist else head + 1, between, after, layout)
 
 
-def uniform_packed_zset(blob: bytes, ziplist: bool) -> list[bytes] | None:
+def uniform_zset_members(blob: bytes, ziplist: bool) -> tuple[bytes, ...] | None:
     """Fast path for small zsets: the members of a ziplist (`ziplist`) or
     listpack holding only members of one length below 64, each followed by
     the score 0 as a one-byte integer -- what Redis and katsdptelstate write
     for a small float sensor.
 
-    Every byte of such a blob is fixed by its length and the member width
-    except the member data, so it is checked with a few strided slices and
-    split in one struct pass.  Returns the members (in blob order) only if
-    the whole blob is laid out exactly like that, which makes it valid;
-    otherwise None, and the caller decodes it entry by entry (which reports
-    any problem).
+    Records of width + 4 bytes, fixed except for the member::
+
+        ziplist   <prevlen: 0 first, else 2> <width> member <width + 2> <0xF1: integer 0>
+        listpack  <0x80 | width> member <backlen width + 1> <0x00: integer 0> <backlen 1>
+
+    So every byte of such a blob is fixed by its size and the member width
+    except the member data: the header and the bytes before the first member
+    are checked (or found among the layouts seen before: they are the same
+    for every zset of a sensor type and length), the members split out in
+    one struct pass, and the rest of the blob checked whole against them:
+    joined with the fixed bytes between them, they must give it back
+    exactly.  Returns the members (in blob order) only if the whole blob is
+    laid out exactly like that, which makes it valid; otherwise None, and
+    the caller decodes it entry by entry (which reports any problem).
     """
-    size = len(blob)
-    head = _ZL_HEADER.size if ziplist else _LP_HEADER.size
-    if size < head + 5 or blob[-1] != 0xFF:
-        return None
-    # Records of width + 4 bytes, fixed except for the member:
-    #   ziplist   <prevlen: 0 first, else 2> <width> member <width + 2> <0xF1: integer 0>
-    #   listpack  <0x80 | width> member <backlen width + 1> <0x00: integer 0> <backlen 1>
-    width = blob[head + 1] if ziplist else blob[head] ^ 0x80
-    if width >= 0x40:
-        return None
-    stride = width + 4
-    n, extra = divmod(size - head - 1, stride)
-    if extra:
-        return None
-    if ziplist:
-        total, tail, count = _ZL_HEADER.unpack_from(blob)
-        if tail != size - 3:
+    known = _KNOWN[ziplist]
+    prefix = blob[:12 if ziplist else 7]          # header, then the bytes before a member
+    layout = known.get(prefix)
+    if layout is None or layout.size != len(blob):
+        layout = _uniform_layout(blob, ziplist)
+        if layout is None:
             return None
+        if layout.members.size != layout.size - layout.head - 1:     # too many members
+            members = tuple(map(_first, layout.members.iter_unpack(blob[layout.head:-1])))
+        else:
+            if len(known) >= _KNOWN_LIMIT:
+                known.clear()
+            known[prefix] = layout
+            members = layout.members.unpack_from(blob, layout.head)
     else:
-        total, count = _LP_HEADER.unpack_from(blob)
-    if total != size or (count != 2 * n and count != _UNKNOWN_COUNT):
-        return None
-    layout_of = _uniform_layout if n <= _WHOLE_STRUCT else _uniform_layout.__wrapped__
-    second, layout, fixed = layout_of(ziplist, width, n)
-    region = blob[head:size - 1]
-    if region[0::stride] + region[second::stride] + region[width + 2::stride] \
-            + region[width + 3::stride] != fixed:
-        return None
-    if layout.size == len(region):
-        return list(layout.unpack(region))
-    return list(map(_first, layout.iter_unpack(region)))
+        members = layout.members.unpack_from(blob, layout.head)
+    if blob.endswith(layout.after) and blob.startswith(layout.between.join(members),
+                                                        layout.start):
+        return members
+    return None
+
+
+def uniform_packed_zset(blob: bytes, ziplist: bool) -> list[bytes] | None:
+    """:func:`uniform_zset_members` as a list."""
+    members = uniform_zset_members(blob, ziplist)
+    return None if members is None else list(members)
 
 
 def listpack_entries(blob: bytes) -> list[bytes]:

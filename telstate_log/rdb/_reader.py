@@ -36,13 +36,20 @@ unique.  Every failure is an :exc:`RdbParseError` carrying the byte offset.
 
 Small zsets are usually a ziplist or listpack of equal-width members with
 integer-0 scores (what katsdptelstate and Redis write for a short float
-sensor); :func:`._rdb_format.uniform_packed_zset` recognises such a blob
+sensor); :func:`._rdb_format.uniform_zset_members` recognises such a blob
 whole, and anything else -- every malformed blob included -- goes through
-the entry-by-entry decoders, which report the problem.
+the entry-by-entry decoders, which report the problem.  Such members are
+usually already in order: :func:`._rdb_format.valid_in_order` checks them
+in one pass, and only if that fails are they sorted and
+:func:`._rdb_format.member_problem` names what is wrong.
 
 A path is memory-mapped, a file object read whole, bytes parsed in place.
 Values are copied out as ``bytes``; zset members are returned sorted (Redis
-stores skiplist zsets in descending order).
+stores skiplist zsets in descending order).  Iterating the reader gives
+:class:`RdbEntry` items; :meth:`RdbReader.blocks` gives the same fields as
+plain tuples, with each zset taken by that fast path handed over as its
+members joined in one blob (what an import keeps) -- the same checks, the
+same errors, without a list of members or a named tuple per key.
 """
 
 from __future__ import annotations
@@ -52,8 +59,8 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Generator, Iterator
-from typing import IO, Any, NoReturn, TypeAlias
+from collections.abc import Callable, Generator, Iterator
+from typing import IO, Any, NoReturn, TypeAlias, TypeVar, cast
 
 from ..core._errors import RdbAofPreambleError, RdbParseError, RdbUnsupportedTypeError
 from ..core._types import KeyType
@@ -62,10 +69,14 @@ from ._crc64 import crc64
 from ._format import RdbEntry, Value
 from ._lzf import MAX_RATIO, LzfError, lzf_decompress
 
-__all__ = ["RdbEntry", "RdbReader", "Source", "Value", "decode_value", "iter_rdb"]
+__all__ = ["Block", "RdbEntry", "RdbReader", "Source", "Value", "decode_value", "iter_rdb"]
 
 Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
 _Buffer: TypeAlias = "bytes | mmap.mmap"
+_T = TypeVar("_T")
+#: What :meth:`RdbReader.blocks` makes of a zset of equal-length members:
+#: ``block(members joined in increasing order, member width, number of members)``.
+Block: TypeAlias = "Callable[[bytes, int, int], _T]"
 
 _LE64 = struct.Struct("<Q")
 _LE_I64 = struct.Struct("<q")
@@ -255,16 +266,36 @@ def _packed_entries(cur: _Cursor, rdb_type: int, start: int, blob: bytes,
     return entries
 
 
-def _decode_value(cur: _Cursor, rdb_type: int, key: bytes | None,
-                  record: int) -> tuple[KeyType, Value]:
-    """Decode one value of `rdb_type` at the cursor (the record starts at `record`)."""
+def _decode_value(cur: _Cursor, rdb_type: int, key: bytes | None, record: int,
+                  block: Block[_T] | None = None) -> tuple[KeyType, Value | _T]:
+    """Decode one value of `rdb_type` at the cursor (the record starts at `record`).
+
+    With `block`, a zset read whole by the packed fast path is ``block(members
+    joined, width, count)`` instead of a list of members.
+    """
     start = cur.pos
     members: list[bytes]
-    if rdb_type == fmt.TYPE_STRING:
+    if rdb_type == fmt.TYPE_ZSET_ZIPLIST or rdb_type == fmt.TYPE_ZSET_LISTPACK:
+        blob, at = cur.raw_string()
+        uniform = fmt.uniform_zset_members(blob, rdb_type == fmt.TYPE_ZSET_ZIPLIST)
+        if uniform is not None:
+            if fmt.valid_in_order(uniform):       # the usual case: nothing to sort
+                if block is not None:
+                    return KeyType.MUTABLE, block(b"".join(uniform), len(uniform[0]),
+                                                  len(uniform))
+                return KeyType.MUTABLE, list(uniform)
+            members = list(uniform)
+        else:
+            entries = _packed_entries(cur, rdb_type, start, blob, at)
+            scores = entries[1::2]
+            if scores.count(b"0") != len(scores) and not all(map(fmt.is_zero_score, scores)):
+                cur.fail("zset score is not 0", start)
+            members = entries[0::2]
+    elif rdb_type == fmt.TYPE_STRING:
         return KeyType.IMMUTABLE, cur.string()
-    if rdb_type == fmt.TYPE_HASH:
+    elif rdb_type == fmt.TYPE_HASH:
         return KeyType.INDEXED, _read_hash(cur)
-    if rdb_type in (fmt.TYPE_ZSET, fmt.TYPE_ZSET_2):
+    elif rdb_type in (fmt.TYPE_ZSET, fmt.TYPE_ZSET_2):
         members = _read_zset(cur, rdb_type == fmt.TYPE_ZSET_2)
     elif rdb_type in _PACKED_HASHES:
         entries = _read_packed(cur, rdb_type)
@@ -272,17 +303,6 @@ def _decode_value(cur: _Cursor, rdb_type: int, key: bytes | None,
         if len(result) * 2 != len(entries):
             cur.fail("duplicate hash field", start)
         return KeyType.INDEXED, result
-    elif rdb_type in (fmt.TYPE_ZSET_ZIPLIST, fmt.TYPE_ZSET_LISTPACK):
-        blob, at = cur.raw_string()
-        uniform = fmt.uniform_packed_zset(blob, rdb_type == fmt.TYPE_ZSET_ZIPLIST)
-        if uniform is not None:
-            members = uniform
-        else:
-            entries = _packed_entries(cur, rdb_type, start, blob, at)
-            scores = entries[1::2]
-            if scores.count(b"0") != len(scores) and not all(map(fmt.is_zero_score, scores)):
-                cur.fail("zset score is not 0", start)
-            members = entries[0::2]
     else:
         name = fmt.TYPE_NAMES.get(rdb_type, "unknown")
         what = f" of key {key!r}" if key is not None else ""
@@ -402,7 +422,7 @@ class RdbReader:
         self.filename = filename if filename is not None else default_name
         self._buf: _Buffer | None = buf
         self.aux: dict[bytes, bytes] = {}
-        self._generator: Generator[RdbEntry, None, None] | None = None
+        self._generator: Generator[Any, None, None] | None = None
         try:
             self.version, end, self.checksum_verified = self._check_header(buf)
         except BaseException:
@@ -434,19 +454,31 @@ class RdbReader:
         return version, size - 8, bool(stored)
 
     def __iter__(self) -> Iterator[RdbEntry]:
+        return cast("Iterator[RdbEntry]", self._start(None))
+
+    def blocks(self, block: Block[_T]) -> Iterator[tuple[int, bytes, KeyType, Value | _T,
+                                                        int | None]]:
+        """Iterate (instead of ``iter(reader)``) over plain tuples of the fields of
+        each :class:`RdbEntry`, where a zset of equal-length members read by the
+        packed fast path is ``block(members joined in increasing order, width,
+        count)`` (validated like any other): no list of members and no named
+        tuple per key."""
+        return self._start(block)
+
+    def _start(self, block: Block[Any] | None) -> Generator[Any, None, None]:
         if self._generator is not None or self._buf is None:
             raise RuntimeError("an RdbReader can be iterated only once, before close()")
-        self._generator = self._guarded(self._cursor)
+        self._generator = self._guarded(self._cursor, block)
         return self._generator
 
-    def _guarded(self, cur: _Cursor) -> Generator[RdbEntry, None, None]:
+    def _guarded(self, cur: _Cursor, block: Block[Any] | None) -> Generator[Any, None, None]:
         try:
-            yield from self._entries(cur)
+            yield from self._entries(cur, block)
         except _BACKSTOP as exc:
             # Backstop: every path is bounds-checked, but never leak a bare error.
             raise RdbParseError(self.filename, f"malformed data ({exc})", cur.pos) from exc
 
-    def _entries(self, cur: _Cursor) -> Iterator[RdbEntry]:
+    def _entries(self, cur: _Cursor, block: Block[Any] | None) -> Iterator[Any]:
         db = 0
         seen: dict[int, set[bytes]] = {}
         keys = seen.setdefault(db, set())         # the keys of database `db` so far
@@ -461,13 +493,19 @@ class RdbReader:
             else:
                 op = cur.byte("opcode (file truncated before EOF?)")  # raises
             if op < fmt.OP_SLOT_INFO:
-                key = cur.raw_string()[0]
-                kind, value = _decode_value(cur, op, key, at)
+                size = buf[at + 1] if at + 1 < cur.end else 0xFF
+                if size < 0x40 and at + 2 + size <= cur.end:   # a short plain key
+                    key = buf[at + 2:at + 2 + size]
+                    cur.pos = at + 2 + size
+                else:
+                    key = cur.raw_string()[0]
+                kind, value = _decode_value(cur, op, key, at, block)
                 if key in keys:
                     cur.fail(f"duplicate key {key!r} in database {db}", at)
                 keys.add(key)
                 metadata_at = -1
-                yield RdbEntry(db, key, kind, value, expires)
+                entry = (db, key, kind, value, expires)
+                yield entry if block is not None else RdbEntry._make(entry)
                 expires = None
                 continue
             if metadata_at >= 0 and op not in (fmt.OP_IDLE, fmt.OP_FREQ):

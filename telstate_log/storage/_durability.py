@@ -28,8 +28,9 @@ quarter of an fsync, paid in full only when a released writer does not come
 back) and lets about N writes share each fsync; a lone writer never gathers,
 so it pays nothing.  (A tenth was too short for Python threads: eight
 writers released together take a few hundred microseconds to write again on
-two cores, and with a 2 ms fsync a tenth let only about 7 of 8 share it.)  The contract is unchanged: a write returns
-only once an fsync that began after it was committed has ended.
+two cores, and with a 2 ms fsync a tenth let only about 7 of 8 share it.)
+The contract is unchanged: a write returns only once an fsync that began
+after it was committed has ended.
 
 Sync threads wait on a condition variable; async tasks run the leader's
 gather and fsync in a worker thread and followers wait on anyio events woken

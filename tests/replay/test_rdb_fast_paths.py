@@ -1,9 +1,12 @@
 """The reader's shortcuts for small keys decode exactly what the general code does.
 
 * ``uniform_packed_zset``: ziplists/listpacks of equal-width members with
-  integer-0 scores are checked with strided slices; anything else (including
-  any corruption) must fall back to the entry-by-entry decoders, so a blob
-  the shortcut accepts must be one the decoders accept with the same members.
+  integer-0 scores are checked whole against their members (layouts seen
+  before are remembered); anything else (including any corruption) must
+  fall back to the entry-by-entry decoders, so a blob the shortcut accepts
+  must be one the decoders accept with the same members.
+* ``RdbReader.blocks``: the same entries and errors as iterating the
+  reader, with such zsets as one joined blob.
 * ``_Cursor.raw_string``: plain strings with 6- and 14-bit lengths are read
   inline; errors still come from the general path, with the same offsets.
 * ``_rdb_load``: short zsets are handed to the write path as lists.
@@ -18,6 +21,9 @@ import struct
 import numpy as np
 import pytest
 from _rdb_helpers import (
+    GOLDEN_KATSDPTELSTATE,
+    GOLDEN_OURS,
+    GOLDEN_REDIS7,
     listpack,
     lp_int,
     lp_str,
@@ -34,7 +40,7 @@ from telstate_log.backends import MemoryBackend
 from telstate_log.core._errors import RdbParseError
 from telstate_log.rdb import _format as fmt
 from telstate_log.rdb._format import pack_member
-from telstate_log.rdb._reader import decode_value, iter_rdb
+from telstate_log.rdb._reader import RdbReader, decode_value, iter_rdb
 
 
 def members(n: int, width: int, seed: int = 0) -> list[bytes]:
@@ -172,3 +178,74 @@ def test_import_of_short_and_long_zsets(n: int) -> None:
     before = backend.position
     assert backend.load_from_file(io.BytesIO(rdb_file(body))) == 3          # re-import: no-op
     assert backend.position == before
+
+
+def _outcome(data: bytes, blocks: bool) -> object:
+    """The entries of `data` (blocks split back into members) or the error."""
+    try:
+        with RdbReader(data) as reader:
+            if not blocks:
+                return [tuple(entry) for entry in reader]
+            found = []
+            for db, key, kind, value, expires in reader.blocks(lambda *block: block):
+                if isinstance(value, tuple):
+                    joined, width, count = value
+                    assert len(joined) == width * count and count > 0
+                    value = [joined[i:i + width] for i in range(0, len(joined), width)]
+                found.append((db, key, kind, value, expires))
+            return found
+    except RdbParseError as exc:
+        return type(exc), str(exc), exc.offset
+
+
+def _sensors_file(rng: random.Random) -> bytes:
+    body = b""
+    for k in range(6):
+        ms = [pack_member(10.0 * k + i, b"\xff\xcb" + rng.randbytes(8)) for i in range(4)]
+        zip_ = k % 2 == 0
+        body += packed_record(12 if zip_ else 17, b"s%d" % k, packed(ms, zip_))
+    return rdb_file(body, crc=False)
+
+
+def test_blocks_give_what_iteration_gives() -> None:
+    rng = random.Random(11)
+    corpus = [GOLDEN_OURS.read_bytes(), GOLDEN_REDIS7.read_bytes(),
+              GOLDEN_KATSDPTELSTATE.read_bytes(), _sensors_file(rng)]
+    corpus[:2] = [data[:-8] + bytes(8) for data in corpus[:2]]       # no CRC: flips parse
+    for data in corpus:
+        assert _outcome(data, True) == _outcome(data, False)
+        for _ in range(400):
+            damaged = bytearray(data)
+            for _ in range(rng.choice((1, 1, 2))):
+                damaged[rng.randrange(9, len(data))] ^= rng.randrange(1, 256)
+            assert _outcome(bytes(damaged), True) == _outcome(bytes(damaged), False)
+
+
+def test_blocks_only_for_valid_ordered_zsets() -> None:
+    good = [pack_member(1.0 + i, b"\xff\xcb" + bytes(8)) for i in range(5)]
+    body = packed_record(12, b"ordered", packed(good, True)) \
+        + packed_record(17, b"reversed", packed(good[::-1], False))
+    with RdbReader(rdb_file(body)) as reader:
+        values = {key: value for _, key, _, value, _ in reader.blocks(lambda *b: b)}
+    assert values == {b"ordered": (b"".join(good), 18, 5), b"reversed": good}
+    negative = [*good, struct.pack(">d", -1.0) + b"\xff\xcb" + bytes(8)]   # in byte order
+    body += packed_record(12, b"negative", packed(negative, True))
+    with pytest.raises(RdbParseError, match="negative or non-finite timestamp"), \
+            RdbReader(rdb_file(body)) as reader:
+        list(reader.blocks(lambda *b: b))
+
+
+@pytest.mark.parametrize("zip_", [True, False])
+def test_remembered_layout_still_checks_every_byte(zip_: bool) -> None:
+    ms = members(3, 18, seed=5)
+    blob = packed(ms, zip_)
+    assert fmt.uniform_packed_zset(blob, zip_) == ms           # the layout is now known
+    prefix = 12 if zip_ else 7
+    for at in range(prefix, len(blob)):
+        for flip in (1, 0x80):
+            damaged = bytearray(blob)
+            damaged[at] ^= flip
+            fast = fmt.uniform_packed_zset(bytes(damaged), zip_)
+            starts = range(prefix, len(blob) - 1, 22)     # first byte of each member
+            member = any(s <= at < s + 18 for s in starts)
+            assert (fast is not None) == member, at
