@@ -216,8 +216,9 @@ def set_allow_pickle(allow: bool, warn: bool = False) -> None:
 # --------------------------------------------------------------------------
 
 
-_FLOAT_HEADER: Final = b"\xff\xcb"
-_pack_float64 = struct.Struct(">d").pack
+#: our header byte and msgpack's float64 marker, then the big-endian double, in one
+#: pack call (b"\xff\xcb" + struct.pack(">d", value))
+_pack_float_value = struct.Struct(">Hd").pack
 # msgpack positive fixint (0..127) and negative fixint (-32..-1), with our header
 _SMALL_INTS: Final[list[bytes]] = [b"\xff" + struct.pack("b", i) if i < 0 else b"\xff" + bytes((i,))
                       for i in range(-32, 128)]
@@ -245,8 +246,8 @@ def encode_value(value: Any, encoding: bytes = ENCODING_DEFAULT) -> bytes:
         # what msgpack produces (a Python float is always packed as float64).
         t = type(value)
         if t is float:
-            packed: bytes = _pack_float64(value)
-            return _FLOAT_HEADER + packed
+            packed: bytes = _pack_float_value(0xFFCB, value)
+            return packed
         if t is int and -32 <= value < 128:
             small: bytes = _SMALL_INTS[value + 32]
             return small

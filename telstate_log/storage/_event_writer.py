@@ -25,6 +25,8 @@ write (``Log.after_append``) has work: always under ``fsync="always"``,
 otherwise once the log reaches the byte count at which a checkpoint is due
 (:meth:`~LogWriter.expect_after`; a stale, earlier count only costs one
 needless after-step, which re-arms it).  Most writes skip the after-step.
+The write that reaches that count, or the end of the segment, takes the
+general path, so the fast path compares its frame's end with one offset.
 """
 
 from __future__ import annotations
@@ -113,6 +115,10 @@ class LogWriter(SegmentAppender):
         self.after_due = True
         self._after_bytes = 0  # bytes_appended from which after_due is set
         self._after_at = 0  # the same as an offset in the current segment
+        #: the fast path takes a frame only if it ends by this offset: before the
+        #: segment is full and before the offset at which after_due is set (the
+        #: general path sets it), so the fast path checks neither on its own
+        self._fast_end = -1
         self.session_id = tables.next_session_id()
         self._session_payload = msgpack.packb(session, use_bin_type=True)
         #: last position committed (buffered or written)
@@ -141,12 +147,14 @@ class LogWriter(SegmentAppender):
         self._seg_session = False
         self._seg_events = 0
         self._after_at = self._after_bytes - (self.bytes_appended - self.offset)
+        self._fast_end = min(self._segment_bytes, self._after_at - 1)
 
     def expect_after(self, due_bytes: int, *, always: bool = False) -> None:
         """Under the lock: the step after a write next has work once
         :attr:`bytes_appended` reaches `due_bytes` (after every write if `always`)."""
         self._after_bytes = due_bytes
         self._after_at = due_bytes - (self.bytes_appended - self.offset)
+        self._fast_end = min(self._segment_bytes, self._after_at - 1)
         self.after_due = always or self.offset >= self._after_at
 
     # ------------------------------------------------------------------ hook
@@ -167,7 +175,7 @@ class LogWriter(SegmentAppender):
             length = _ADD_HEAD + len(value)
             offset = self.offset
             end = offset + length + _OVERHEAD
-            if end <= self._segment_bytes and length < _FAST_LENGTH:
+            if end <= self._fast_end and length < _FAST_LENGTH:
                 frame = _ADD_FAST(_ADD_HEADER[length], pos, rec, ids, ts) + value
                 buf = self._buf
                 buf += frame
@@ -177,8 +185,6 @@ class LogWriter(SegmentAppender):
                 self.position = pos
                 if (pos - 1) & _TIME_MASK == 0:
                     self._note_time(pos, rec, offset)
-                if end >= self._after_at:
-                    self.after_due = True
                 if rec >= self._flush_due or len(buf) >= _FLUSH_BYTES:
                     self._flush_cycle(rec)
                 return
