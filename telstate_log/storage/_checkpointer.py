@@ -34,9 +34,15 @@ event), so with SPACING = 1 checkpoints take at most about 2-8% of the
 write work however long the run.  The price is replay: after kill -9 a
 reopen replays at most ``max(checkpoint_bytes, min(SPACING x state size,
 SPACING_MAX))`` of log (plus what was written while the last checkpoint
-was being written), about 11 ms per MB.  The state stays below the default 256 MiB
-checkpoint_bytes until about 7 h at 64 dishes, so a 4 h log keeps its
-bound (a tail of at most 256 MiB: about 3 s).  Past that the replay after
+was being written), about 11 ms per MB.  The state stays below the default 128 MiB
+checkpoint_bytes until about 3.5 h at 64 dishes, so a 4 h log keeps about
+that bound.  The worst case is a writer killed while it writes a checkpoint:
+the replay starts from the one before (the first checkpoint: from the start
+of the log).  With 256 MiB a 4 h log (about 410 MB) had one checkpoint,
+written near its end, and a writer killed before it was done replayed the
+whole log (3.6 s); with 128 MiB it has three, and the tail is at most about
+128 MiB plus what was written while a checkpoint was being written (about
+1.5-2 s).  Past that the replay after
 kill -9 grows like the state (about as long as replaying a log the size of
 the state; a larger SPACING would halve the checkpoint work and double
 that), up to :data:`SPACING_MAX` (1 GiB of log, about 12 s, reached at a

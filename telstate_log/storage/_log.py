@@ -76,7 +76,9 @@ __all__ = ["DEFAULT_CHECKPOINT_BYTES", "DEFAULT_SEGMENT_BYTES", "FSYNC_POLICIES"
 
 FSYNC_POLICIES = ("always", "interval", "never")
 DEFAULT_SEGMENT_BYTES = 64 << 20
-DEFAULT_CHECKPOINT_BYTES = 256 << 20
+#: log between two background checkpoints while the state is smaller (see the spacing
+#: in telstate_log.storage._checkpointer: it bounds the replay after kill -9)
+DEFAULT_CHECKPOINT_BYTES = 128 << 20
 
 
 def _refuse(*args: object) -> NoReturn:
