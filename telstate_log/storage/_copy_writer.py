@@ -159,7 +159,7 @@ class CopyWriter(LogWriter):
         within its :meth:`room`.  One write: all of them are appended, or none."""
         if self.failed is not None:
             raise LogFailedError(f"the log writer has failed: {self.failed}")
-        crc = saved = self._crc
+        crc = self._crc
         start = offset = self.offset
         out: list[bytes] = []
         notes = []
@@ -174,12 +174,7 @@ class CopyWriter(LogWriter):
             if (first + i - 1) % stride == 0:
                 notes.append((first + i, recs[i], offset))
             offset += len(frame) + 4
-        self._crc = crc
-        try:
-            self._append(b"".join(out))
-        except BaseException:
-            self._crc = saved
-            raise
+        self._append_chained(b"".join(out), crc)
         assert self.offset == offset, (start, offset, self.offset)
         for pos, rec, where in notes:
             self._note_time(pos, rec, where)

@@ -287,10 +287,15 @@ class LogWriter(SegmentAppender):
             crc = zlib.crc32(cb, c)
             out.append(piece)
             out.append(cb)
+        self._append_chained(b"".join(out), crc)
+
+    def _append_chained(self, data: bytes, crc: int) -> None:
+        """Append checksummed records `data`, after which the running CRC is `crc`
+        (left as it was if the append fails: nothing was recorded)."""
         saved = self._crc
         self._crc = crc
         try:
-            self._append(b"".join(out))
+            self._append(data)
         except BaseException:
             self._crc = saved
             raise
@@ -441,13 +446,7 @@ class LogWriter(SegmentAppender):
             pos += size
             a = b
             i += 1
-        saved = self._crc
-        self._crc = crc
-        try:
-            self._append(b"".join(out))
-        except BaseException:
-            self._crc = saved
-            raise
+        self._append_chained(b"".join(out), crc)
         # Book-keeping as _committed and _note_time do per key, for all at once.
         last = first + total - 1
         self._seg_events += total
