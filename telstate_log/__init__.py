@@ -6,7 +6,7 @@ The synchronous API is here; the asynchronous one is :mod:`telstate_log.aio`;
 backends are in :mod:`telstate_log.backends`.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .core._asof import Changes
@@ -47,6 +47,7 @@ from .core._errors import (
     TimeoutError,
 )
 from .core._events import Event
+from .core._lazy import lazy_names
 from .core._types import KeyType
 from .frontend._frontend import HistoryEvent
 from .frontend._telescope_state import TelescopeState
@@ -106,12 +107,4 @@ _LAZY = {"RepairReport": "_repair", "VerifyReport": "_repair", "repair_log": "_r
          "verify_log": "_repair", "PruneReport": "_retention"}
 
 
-def __getattr__(name: str) -> Any:
-    home = _LAZY.get(name)
-    if home is not None:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.storage.{home}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, {name: f".storage.{home}" for name, home in _LAZY.items()})

@@ -6,11 +6,11 @@ Redis backends are imported on first use (so that the storage engine and
 redis-py load only for them).
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..backends.aio._backend import Backend
 from ..backends.aio._memory import MemoryBackend
+from ..core._lazy import lazy_names
 from ..frontend._aio_telescope_state import TelescopeState
 
 if TYPE_CHECKING:
@@ -28,11 +28,4 @@ _LAZY = {"LogBackend": "..backends.aio._log", "RedisBackend": "..backends.aio._r
          "RedisLogBackend": "..backends.aio._redis_log",
          "ThreadedRedisBackend": "..backends.aio._redis_threads"}
 
-
-def __getattr__(name: str) -> Any:
-    home = _LAZY.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -5,8 +5,9 @@ that a program pays for loading the storage engine or redis-py only when it
 uses them (``import telstate_log`` stays fast for every command-line run).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..core._lazy import lazy_names
 from ..core._types import (
     ImmutableKeyUpdate,
     IndexedKeyUpdate,
@@ -45,36 +46,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "LogBackend":
-        from ._log import LogBackend
-
-        globals()[name] = LogBackend
-        return LogBackend
-    if name == "RedisBackend":
-        from ._redis import RedisBackend
-
-        globals()[name] = RedisBackend
-        return RedisBackend
-    if name == "RedisLogBackend":
-        from ._redis_log import RedisLogBackend
-
-        globals()[name] = RedisLogBackend
-        return RedisLogBackend
-    if name == "StreamFollower":
-        from ._stream_follower import StreamFollower
-
-        globals()[name] = StreamFollower
-        return StreamFollower
-    if name == "StreamReplica":
-        from ._stream_replica import StreamReplica
-
-        globals()[name] = StreamReplica
-        return StreamReplica
-    if name in ("connection_error", "redact_url"):  # for the command line's messages
-        from . import _redis_endpoint
-
-        value = getattr(_redis_endpoint, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, {
+    "LogBackend": "._log", "RedisBackend": "._redis", "RedisLogBackend": "._redis_log",
+    "StreamFollower": "._stream_follower", "StreamReplica": "._stream_replica",
+    # for the command line's messages
+    "connection_error": "._redis_endpoint", "redact_url": "._redis_endpoint"})

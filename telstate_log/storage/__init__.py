@@ -10,8 +10,9 @@ importing the package (as every module of it does) loads nothing else.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..core._lazy import lazy_names
 
 if TYPE_CHECKING:
     from ._checkpoint import list_checkpoints
@@ -53,10 +54,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, {name: f".{home}" for name, home in _HOMES.items()})

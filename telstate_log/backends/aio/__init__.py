@@ -4,8 +4,9 @@
 :class:`RedisLogBackend` is imported on first use (it loads redis-py).
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ...core._lazy import lazy_names
 
 if TYPE_CHECKING:
     from ._redis_log import RedisLogBackend
@@ -14,11 +15,4 @@ __all__ = ["RedisLogBackend"]
 
 _LAZY = {"RedisLogBackend": "._redis_log"}
 
-
-def __getattr__(name: str) -> Any:
-    home = _LAZY.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
