@@ -28,8 +28,8 @@ from telstate_log.cli._common import open_log
 from telstate_log.cli._inspect import gather_info, quick_info
 from telstate_log.core._encoding import encode_value
 from telstate_log.storage import OsFileSystem, _checkpoint, current_summary
-from telstate_log.storage._checkpoint import (
-    list_checkpoints,
+from telstate_log.storage._checkpoint import list_checkpoints
+from telstate_log.storage._checkpoint_load import (
     load_checkpoint,
     load_checkpoint_paged,
     read_summary,

@@ -31,8 +31,9 @@ from telstate_log.backends import LogBackend
 from telstate_log.core._encoding import encode_value
 from telstate_log.core._sensor import SensorColumn
 from telstate_log.core._state import Immutable, Indexed, State
-from telstate_log.storage import _checkpoint
-from telstate_log.storage._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from telstate_log.storage import _checkpoint, _checkpoint_load
+from telstate_log.storage._checkpoint import CheckpointError, list_checkpoints
+from telstate_log.storage._checkpoint_load import load_checkpoint
 from telstate_log.storage._checkpoint_table import SHORT, TABLE_MIN
 
 VALUES = [encode_value(1.5), encode_value(3), encode_value("x"), encode_value("yyy"),
@@ -164,7 +165,7 @@ def check_columns(state: State, position: int) -> None:
         if isinstance(e, SensorColumn):
             assert id(e) not in seen
             seen.add(id(e))
-            _checkpoint._check_column(e.snapshot(), position)
+            _checkpoint_load._check_column(e.snapshot(), position)
 
 
 def test_damaged_tables_are_refused(tmp_path: Path) -> None:

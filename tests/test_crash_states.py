@@ -44,7 +44,8 @@ from telstate_log import LogCorruptError
 from telstate_log.backends import LogBackend
 from telstate_log.core import _log_format as fmt
 from telstate_log.core._encoding import encode_value
-from telstate_log.storage._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from telstate_log.storage._checkpoint import CheckpointError, list_checkpoints
+from telstate_log.storage._checkpoint_load import load_checkpoint
 from telstate_log.storage._fileio import OsFileSystem
 from telstate_log.storage._recovery import list_segments, read_synced
 from telstate_log.storage._repair import repair_log, verify_log

@@ -128,7 +128,8 @@ from telstate_log.core._errors import (
     RdbParseError,
 )
 from telstate_log.rdb._reader import iter_rdb
-from telstate_log.storage._checkpoint import CheckpointError, load_checkpoint
+from telstate_log.storage._checkpoint import CheckpointError
+from telstate_log.storage._checkpoint_load import load_checkpoint
 from telstate_log.storage._recovery import classify_tail
 from telstate_log.storage._repair import verify_log
 

@@ -14,10 +14,10 @@ from telstate_log.core._encoding import encode_value
 from telstate_log.core._log_format import HEADER_SIZE, parse_header
 from telstate_log.storage._checkpoint import (
     list_checkpoints,
-    load_checkpoint,
     snapshot_state,
     write_checkpoint,
 )
+from telstate_log.storage._checkpoint_load import load_checkpoint
 from telstate_log.storage._fileio import OsFileSystem
 from telstate_log.storage._recovery import list_segments
 from telstate_log.storage._repair import repair_log, verify_log

@@ -22,7 +22,8 @@ from ..core import _log_format as fmt
 from ..core._apply import Applier, Tables
 from ..core._errors import LogCorruptError
 from ..core._state import State
-from ._checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ._checkpoint import CheckpointError, list_checkpoints
+from ._checkpoint_load import load_checkpoint
 from ._fileio import FileSystem
 from ._recovery import Tail, finish_recovery, list_segments, replay_segments
 from ._retention import read_pruned

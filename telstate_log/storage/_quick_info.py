@@ -26,7 +26,8 @@ import os
 
 from ..core import _log_format as fmt
 from ..core._apply import Tables
-from ._checkpoint import CheckpointError, list_checkpoints, read_summary
+from ._checkpoint import CheckpointError, list_checkpoints
+from ._checkpoint_load import read_summary
 from ._checkpoint_summary import Summary
 from ._fileio import FileSystem
 from ._history import EventReader

@@ -43,7 +43,8 @@ from ..core import _log_format as fmt
 from ..core._apply import Applier, Tables
 from ..core._errors import LogCorruptError, LogError
 from ..core._state import State
-from ._checkpoint import CHECKPOINT_DIR, CheckpointError, list_checkpoints, load_checkpoint
+from ._checkpoint import CHECKPOINT_DIR, CheckpointError, list_checkpoints
+from ._checkpoint_load import load_checkpoint
 from ._fileio import OsFileSystem
 from ._lockfile import acquire_lock, release_lock
 from ._recovery import list_segments

@@ -43,7 +43,8 @@ from ..core import _log_format as fmt
 from ..core._apply import Applier, ReplayError, Tables
 from ..core._errors import LogCorruptError
 from ..core._state import State
-from ._checkpoint import CheckpointError, load_checkpoint_paged, read_summary, snapshot_state
+from ._checkpoint import CheckpointError, snapshot_state
+from ._checkpoint_load import load_checkpoint_paged, read_summary
 from ._checkpoint_summary import encode_summary, parse_summary, summarise
 from ._fileio import FileSystem
 from ._frame_walk import segment_windows
