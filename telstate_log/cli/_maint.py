@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import VerifyReport, repair_log, verify_log
-from ..storage import PRUNED, HeadCheck
+if TYPE_CHECKING:
+    from .. import VerifyReport
+    from ..storage import HeadCheck
 from ._common import (
     CliError,
     UsageError,
@@ -118,6 +119,8 @@ def _head_check_text(check: HeadCheck) -> str:
                           f"{check.covered_from}..{check.last}) are unchanged; positions " \
                           f"before {check.covered_from} were pruned and are not covered"
         return text + "nothing sealed up to it changed"
+    from ..storage import PRUNED  # imported on use: see run_verify
+
     if check.status == PRUNED:
         return f"{check.hash} cannot be verified: pruned ({where} belongs to a pruned " \
                "segment; its seal is taken as given from the seals file, the bytes it " \
@@ -139,6 +142,8 @@ def _verdict(path: str, report: VerifyReport, check: HeadCheck | None) -> str:
                    f"{_RESTORE}"
         return f"DAMAGED: {plural(n, 'problem')}; 'telstate-log repair {path}' fixes " \
                f"{fixable}, the other {n - fixable} cannot be repaired: {_RESTORE}"
+    from ..storage import PRUNED
+
     if check is not None and check.status == PRUNED:
         return "FAILED: the head hash cannot be verified: pruned"
     if check is not None and not check.ok:
@@ -147,6 +152,10 @@ def _verdict(path: str, report: VerifyReport, check: HeadCheck | None) -> str:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    # The storage engine is imported only by the command that uses it: the
+    # parser imports this module for every command.
+    from .. import verify_log
+
     path = require_log(args.log)
     report = verify_log(path)
     check = None if args.head is None else report.check_head(args.head)
@@ -207,6 +216,8 @@ def add_repair_parser(subparsers: Any) -> None:
 
 
 def run_repair(args: argparse.Namespace) -> int:
+    from .. import repair_log, verify_log
+
     path = require_log(args.log)
     report = repair_log(path, dry_run=args.dry_run)
     after = None if args.dry_run else verify_log(path)
