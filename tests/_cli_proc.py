@@ -11,8 +11,11 @@ the Popen reach the command itself).
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 _EXEC = ("import os, signal, sys; "
@@ -34,3 +37,22 @@ def ignores_sigint(pid: int) -> bool:
         if line.startswith("SigIgn:"):
             return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
     raise AssertionError(f"/proc/{pid}/status has no SigIgn line")
+
+
+@contextlib.contextmanager
+def killed_on_error(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """Kill `proc` on leaving the block if it is still running (a failed wait)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def terminate(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Stop a following command with SIGTERM, as a service manager would; returns its
+    stdout and stderr once it has exited, which it must do with status 0."""
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out, err

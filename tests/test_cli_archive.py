@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from contextlib import closing
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from _cli_proc import cli_command
+from _cli_proc import cli_command, killed_on_error, terminate
 from _waiting import DEADLINE, wait_for
 from test_cli import cli
 
@@ -97,17 +96,12 @@ def test_archive_follow_stops_cleanly_on_sigterm(redis_url: str, tmp_path: Path)
         proc = subprocess.Popen(cli_command("archive", redis_url, str(path), "--follow",
                                             "--json"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        with killed_on_error(proc):
             wait_for(lambda: position_of(path) == 1, what="the archive to start")
             for i in range(50):
                 writer.add_mutable(b"s", b"\x01%d" % i, float(i))
             wait_for(lambda: position_of(path) == 51, what="the archive to follow")
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=DEADLINE)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 0, err
+            out, _ = terminate(proc, DEADLINE)
         summary = json.loads(out)
         assert summary["stopped"] is True and summary["position"] == summary["events"] == 51
         assert events_of(path) == writer.events(1)

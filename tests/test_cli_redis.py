@@ -18,7 +18,7 @@ pytest.importorskip("katsdptelstate")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "replay"))
 
-from _cli_proc import cli_command, ignores_sigint
+from _cli_proc import cli_command, ignores_sigint, killed_on_error, terminate
 from _import_export_helpers import fill, marker_view, redis_view, theirs, view
 from _waiting import DEADLINE, wait_for
 from test_cli import cli
@@ -192,17 +192,12 @@ def test_record_until_sigterm(tmp_path: Path, client: redis.Redis, redis_url: st
     path = tmp_path / "recorded"
     proc = subprocess.Popen(command("record", redis_url, str(path), "--json"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with killed_on_error(proc):
         wait_for(lambda: _position(path) == 1)
         fill(k, big=200)
         expected = len(view(k))
         wait_for(lambda: len(log_view(path)) == expected and _position(path) >= 410)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        out, _ = terminate(proc, DEADLINE)
     summary = json.loads(out)
     assert summary["command"] == "record" and summary["deletes_visible"] is False
     assert summary["recorded"] == summary["position"] and summary["resyncs"] == 1

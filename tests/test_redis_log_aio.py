@@ -54,13 +54,6 @@ async def backend(redis_url: str) -> AsyncIterator[RedisLogBackend]:
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def aof_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private redis-server whose every write is in its append-only file."""
     require_redis()

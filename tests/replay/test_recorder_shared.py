@@ -10,7 +10,6 @@ under their own.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 from collections import Counter
@@ -23,7 +22,7 @@ import redis
 pytest.importorskip("katsdptelstate")
 
 import katsdptelstate
-from _cli_proc import cli_command
+from _cli_proc import cli_command, killed_on_error, terminate
 from _import_export_helpers import backend_state
 from _waiting import DEADLINE, wait_for
 from katsdptelstate.encoding import encode_value
@@ -362,17 +361,12 @@ def test_record_command_into_a_stream(redis_url: str, client: redis.Redis,
     proc = subprocess.Popen(cli_command("record", redis_url, "--stream", "telstate-log",
                                         "--json"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with killed_on_error(proc):
         wait_for(lambda: log.position == 1, what="the baseline")
         for i in range(50):
             k.add("sensor", i, ts=T0 + i)
         wait_for(lambda: log.position == 51, what="the samples")
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        out, _ = terminate(proc, DEADLINE)
     summary = json.loads(out)
     assert summary["stream"] == "telstate-log" and summary["log"] is None
     assert summary["recorded"] == summary["position"] == 51
