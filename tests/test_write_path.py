@@ -189,5 +189,5 @@ def test_front_end_key_cache_respects_views_and_stays_bounded(
         encode_value(4.0)
     for i in range(50):                      # more distinct keys than the cache holds
         ts.add(f"s{i}", float(i), ts=1.0)
-        assert len(ts._key_cache) <= 8
+        assert len(ts._writes.cache) <= 8
     assert ts.get("s49") == 49.0 and ts.get("x") == 1.0

@@ -135,18 +135,18 @@ class TelescopeState(TelescopeStateBase[Backend]):
         if immutable:
             await self._set_immutable(key, value, encoding)
             return
-        full_key, str_val, ts = self._sample_args(key, value, ts, encoding)
+        writes = self._writes
         try:
-            await self._backend.add_mutable(full_key, str_val, ts)
+            await writes.add(key, value, ts, encoding)
         except ImmutableKeyError:
-            raise type_clash(full_key, "mutable") from None
+            raise type_clash(writes.full_key(key), "mutable") from None
 
     async def set(self, key: Key, value: Any) -> None:
         """Set an immutable key."""
         await self._set_immutable(key, value, ENCODING_DEFAULT)
 
     async def _set_immutable(self, key: Key, value: Any, encoding: bytes) -> None:
-        full_key, str_val = self._immutable_args(key, value, encoding)
+        full_key, str_val = self._writes.immutable_args(key, value, encoding)
         try:
             old = await self._backend.set_immutable(full_key, str_val)
         except ImmutableKeyError:
@@ -157,7 +157,7 @@ class TelescopeState(TelescopeStateBase[Backend]):
     async def set_indexed(self, key: Key, sub_key: Any, value: Any,
                           encoding: bytes = ENCODING_DEFAULT) -> None:
         """Set sub-key `sub_key` of indexed key `key`."""
-        full_key, sub_key_enc, str_val = self._indexed_args(key, sub_key, value, encoding)
+        full_key, sub_key_enc, str_val = self._writes.indexed_args(key, sub_key, value, encoding)
         try:
             old = await self._backend.set_indexed(full_key, sub_key_enc, str_val)
         except ImmutableKeyError:

@@ -59,7 +59,7 @@ _B = TypeVar("_B")
 _T = TypeVar("_T", bound="TelescopeStateBase[Any]")
 
 
-class TelescopeStateBase(HistoryPlans, OneCallWrites, Generic[_B]):
+class TelescopeStateBase(HistoryPlans, Generic[_B]):
     """Prefixes, views, the shared plans and write steps of both front ends."""
 
     SEPARATOR = "_"
@@ -67,6 +67,7 @@ class TelescopeStateBase(HistoryPlans, OneCallWrites, Generic[_B]):
     _backend: _B
     _prefixes: tuple[bytes, ...]
     _columnar: bool
+    _writes: OneCallWrites
 
     def _init_base(self, backend: _B | None, prefixes: tuple[Key, ...],
                    base: TelescopeStateBase[_B] | None) -> None:
@@ -79,7 +80,7 @@ class TelescopeStateBase(HistoryPlans, OneCallWrites, Generic[_B]):
         else:
             raise ValueError("must specify either base or backend")
         object.__setattr__(self, "_prefixes", tuple(ensure_binary(p) for p in prefixes))
-        object.__setattr__(self, "_key_cache", {})  # see OneCallWrites
+        object.__setattr__(self, "_writes", OneCallWrites(self._backend, self._prefixes))
         object.__setattr__(self, "_columnar", hasattr(self._backend, "get_range_arrays"))
 
     @property

@@ -245,18 +245,18 @@ class TelescopeState(TelescopeStateBase[Backend]):
         if immutable:
             self._set_immutable(key, value, encoding)
             return
-        full_key, str_val, ts = self._sample_args(key, value, ts, encoding)
+        writes = self._writes
         try:
-            self._backend.add_mutable(full_key, str_val, ts)
+            writes.add(key, value, ts, encoding)
         except ImmutableKeyError:
-            raise type_clash(full_key, "mutable") from None
+            raise type_clash(writes.full_key(key), "mutable") from None
 
     def set(self, key: Key, value: Any) -> None:
         """Set an immutable key (same as ``add(key, value, immutable=True)``)."""
         self._set_immutable(key, value, ENCODING_DEFAULT)
 
     def _set_immutable(self, key: Key, value: Any, encoding: bytes) -> None:
-        full_key, str_val = self._immutable_args(key, value, encoding)
+        full_key, str_val = self._writes.immutable_args(key, value, encoding)
         try:
             old = self._backend.set_immutable(full_key, str_val)
         except ImmutableKeyError:
@@ -267,7 +267,7 @@ class TelescopeState(TelescopeStateBase[Backend]):
     def set_indexed(self, key: Key, sub_key: Any, value: Any,
                     encoding: bytes = ENCODING_DEFAULT) -> None:
         """Set sub-key `sub_key` (hashable, msgpack-encodable) of indexed key `key`."""
-        full_key, sub_key_enc, str_val = self._indexed_args(key, sub_key, value, encoding)
+        full_key, sub_key_enc, str_val = self._writes.indexed_args(key, sub_key, value, encoding)
         try:
             old = self._backend.set_indexed(full_key, sub_key_enc, str_val)
         except ImmutableKeyError:
