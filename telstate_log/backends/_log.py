@@ -116,6 +116,7 @@ class LogBackend(StateBackend):
         self._writable = not log.readonly
         # The write path calls the log's own methods: no call in between.
         self._commit = log.append
+        self._commit_sample = log.append_sample
         self._commit_batch = log.append_batch
         self._commit_batches = log.append_batches
         self._after_write = log.after_append  # type: ignore[method-assign]

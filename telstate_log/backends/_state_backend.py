@@ -6,9 +6,9 @@ Theory of operation
 are shared by threads), key-update notifications, and two hooks for
 subclasses:
 
-* ``_commit`` -- passed to the state's write methods; called with each new
-  event before the state changes (the log backend writes the record here;
-  the memory backend has none).
+* ``_commit`` (and ``_commit_sample`` for samples) -- passed to the state's
+  write methods; called with each new event before the state changes (the
+  log backend writes the record here; the memory backend has none).
 * ``_after_write(position)`` -- called after the lock is released for a write
   that produced an event, while ``_after.after_due`` is set (the log backend
   waits for durability here, so that concurrent writers share fsyncs, and
@@ -36,7 +36,7 @@ from ..core._asof import AsOfState, Changes, changes_between
 from ..core._errors import HistoryUnavailableError, ReadOnlyError
 from ..core._events import Event
 from ..core._sensor_range import SensorRange
-from ..core._state import Commit, CommitBatch, State
+from ..core._state import Commit, CommitBatch, CommitSample, State
 from ..core._types import (
     ImmutableKeyUpdate,
     IndexedKeyUpdate,
@@ -77,6 +77,7 @@ class StateBackend(Backend):
     """A :class:`Backend` serving reads and writes from an in-memory State."""
 
     _commit: Commit | None = None
+    _commit_sample: CommitSample | None = None
     _commit_batch: CommitBatch | None = None
     _commit_batches: CommitBatches | None = None
     _readonly = False
@@ -255,7 +256,7 @@ class StateBackend(Backend):
         with self._lock:
             if not self._writable:
                 self._check_writable()
-            pos = self._state.add_mutable(key, value, timestamp, self._commit)
+            pos = self._state.add_mutable(key, value, timestamp, self._commit_sample)
             if not pos:
                 return 0
             hub = self._hub

@@ -54,6 +54,7 @@ from ._types import KeyType
 __all__ = [
     "Commit",
     "CommitBatch",
+    "CommitSample",
     "Immutable",
     "Indexed",
     "State",
@@ -62,6 +63,10 @@ __all__ = [
 #: commit(kind, position, key, sub_key, value, timestamp); kind is one of the event kinds
 #: of :mod:`._events`
 Commit = Callable[[int, int, bytes, bytes, bytes, float], None]
+#: commit_sample(position, key, value, timestamp): the commonest event, an ADD
+#: (a sample), as its own hook: the same as commit(ADD, position, key, b"", value,
+#: timestamp), with no kind to pass and dispatch on
+CommitSample = Callable[[int, bytes, bytes, float], None]
 #: commit_batch(first position, key, timestamps, values): samples at consecutive positions
 CommitBatch = Callable[[int, bytes, np.ndarray, "list[bytes] | np.ndarray"], None]
 
@@ -157,7 +162,7 @@ class State:
         return None
 
     def add_mutable(self, key: bytes, value: bytes, ts: float,
-                    commit: Commit | None = None) -> int:
+                    commit: CommitSample | None = None) -> int:
         """Add a sample; returns its event's position, or 0 (no event) if it is
         already stored."""
         if not 0.0 <= ts < _INF:
@@ -171,11 +176,11 @@ class State:
             if ts <= entry.last_ts and entry.contains(ts, value):
                 return 0
             if commit is not None:
-                commit(ADD, pos, key, b"", value, ts)
+                commit(pos, key, value, ts)
             entry.add(ts, value, pos)
         elif entry is None:
             if commit is not None:
-                commit(ADD, pos, key, b"", value, ts)
+                commit(pos, key, value, ts)
             col = SensorColumn(pos, value)
             col.add(ts, value, pos)
             self._keys[key] = col

@@ -78,6 +78,9 @@ class CopyWriter(LogWriter):
                ts: float) -> None:
         self._refuse()
 
+    def commit_sample(self, pos: int, key: bytes, value: bytes, ts: float) -> None:
+        self._refuse()
+
     def commit_batch(self, first: int, key: bytes, ts: Any, values: Any) -> None:
         self._refuse()
 

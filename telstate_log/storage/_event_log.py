@@ -10,9 +10,10 @@ backend by providing these members:
 
 * ``lock`` -- held by the backend around every change of the State (and by
   the log's own threads when they touch it);
-* ``append`` / ``append_batch`` -- the State's commit hooks
-  (:data:`~telstate_log.core._state.Commit`): record one event / a batch of
-  samples before the State applies it (raise to refuse the write);
+* ``append`` / ``append_sample`` / ``append_batch`` -- the State's commit
+  hooks (:data:`~telstate_log.core._state.Commit`, ``CommitSample``,
+  ``CommitBatch``): record one event / one sample / a batch of samples
+  before the State applies it (raise to refuse the write);
 * ``append_batches`` -- records the batches of many new keys in one append
   (:data:`CommitBatches`), or None where the log has no such step (the
   backend then records them key by key through ``append_batch``);
@@ -40,7 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..core._events import Event
-from ..core._state import Commit, CommitBatch
+from ..core._state import Commit, CommitBatch, CommitSample
 from ._follow import OnApplied, OnReplaced
 from ._retention import PruneReport
 
@@ -67,6 +68,7 @@ class EventLog(Protocol):
     readonly: bool
     lock: threading.RLock
     append: Commit
+    append_sample: CommitSample
     append_batch: CommitBatch
     append_batches: CommitBatches | None
 

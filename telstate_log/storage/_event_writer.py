@@ -161,6 +161,19 @@ class LogWriter(SegmentAppender):
     def commit(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
                ts: float) -> None:
         """State commit hook: make event `pos` part of the log."""
+        if kind == _ADD:
+            self.commit_sample(pos, key, value, ts)
+            return
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
+        rec = _time()
+        last = self._tables.last_recorded
+        self._commit_general(kind, pos, key, sub_key, value, ts, rec if rec >= last else last,
+                             self._key_ids.get(key))
+
+    def commit_sample(self, pos: int, key: bytes, value: bytes, ts: float) -> None:
+        """State commit hook for a sample (an ADD event): make event `pos` part of
+        the log."""
         tables = self._tables
         rec = _time()
         if rec < tables.last_recorded:  # never before an earlier event's
@@ -170,7 +183,7 @@ class LogWriter(SegmentAppender):
         # table is empty once the writer has failed (see `failed`), and the
         # running CRC at a frame boundary is always CRC-32's residue (see
         # _RESIDUE), so neither is looked at here.
-        ids = self._fast.get(key) if kind == _ADD else None
+        ids = self._fast.get(key)
         if ids is not None:
             length = _ADD_HEAD + len(value)
             offset = self.offset
@@ -178,20 +191,19 @@ class LogWriter(SegmentAppender):
             if end <= self._fast_end and length < _FAST_LENGTH:
                 frame = _ADD_FAST(_ADD_HEADER[length], pos, rec, ids, ts) + value
                 buf = self._buf
-                buf += frame
-                buf += _U32_PACK(_crc32(frame, _RESIDUE))
+                buf.append(frame)
+                buf.append(_U32_PACK(_crc32(frame, _RESIDUE)))
                 self.offset = end
                 tables.last_recorded = rec
                 self.position = pos
                 if (pos - 1) & _TIME_MASK == 0:
                     self._note_time(pos, rec, offset)
-                if rec >= self._flush_due or len(buf) >= _FLUSH_BYTES:
+                if rec >= self._flush_due or end - self._flushed >= _FLUSH_BYTES:
                     self._flush_cycle(rec)
                 return
         if self.failed is not None:
             raise LogFailedError(f"the log writer has failed: {self.failed}")
-        self._commit_general(kind, pos, key, sub_key, value, ts, rec,
-                             self._key_ids.get(key))
+        self._commit_general(_ADD, pos, key, b"", value, ts, rec, self._key_ids.get(key))
 
     def _commit_general(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
                         ts: float, rec: float, kid: int | None) -> None:

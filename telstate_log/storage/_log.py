@@ -54,7 +54,7 @@ from typing import Any, NoReturn
 from ..core._apply import Tables
 from ..core._errors import HistoryUnavailableError, LogError, ReadOnlyError
 from ..core._events import Event
-from ..core._state import Commit, CommitBatch, State
+from ..core._state import Commit, CommitBatch, CommitSample, State
 from ._checkpointer import Checkpointer
 from ._copy_writer import CopyWriter
 from ._dir_watch import Follower
@@ -88,11 +88,13 @@ def _refuse(*args: object) -> NoReturn:
 class Log:
     """The segment files of a log directory (see module docstring).
 
-    Create with :meth:`open`.  ``append`` and ``append_batch`` are the
-    State's commit hooks (:data:`~telstate_log.core._state.Commit`).
+    Create with :meth:`open`.  ``append``, ``append_sample`` and
+    ``append_batch`` are the State's commit hooks
+    (:data:`~telstate_log.core._state.Commit`).
     """
 
     append: Commit
+    append_sample: CommitSample
     append_batch: CommitBatch
     append_batches: CommitBatches | None
 
@@ -117,7 +119,7 @@ class Log:
         self._cursor: FollowCursor | None = None
         self._follower: Follower | None = None
         self._sync_each = fsync == "always"
-        self.append = self.append_batch = _refuse
+        self.append = self.append_sample = self.append_batch = _refuse
         self.append_batches = None
 
     @classmethod
@@ -177,6 +179,7 @@ class Log:
                 self._writer, self._durability = parts.writer, parts.durability
                 self._ckpt, self._sealer = parts.checkpointer, parts.sealer
                 self.append = parts.writer.commit
+                self.append_sample = parts.writer.commit_sample
                 self.append_batch = parts.writer.commit_batch
                 self.append_batches = parts.writer.commit_many_batches
                 with self._lock:

@@ -104,7 +104,9 @@ class SegmentAppender:
         # bytes_appended - offset: the appends need not count (see bytes_appended)
         self._appended_before = -offset
         self._lock = lock
-        self._buf = bytearray()
+        #: appended bytes not yet handed to the OS, as the pieces appended (joined
+        #: when flushed: appending to a list costs less than growing a bytearray)
+        self._buf: list[bytes] = []
         self._buffered = flush_interval > 0
         #: guards the descriptor against a concurrent fsync while rotating
         self.fd_lock = threading.Lock()
@@ -136,10 +138,10 @@ class SegmentAppender:
         """Buffer or write `data` (the caller holds the lock)."""
         n = len(data)
         if self._buffered:
-            self._buf += data
+            self._buf.append(data)
             self.offset += n
             now = time.time()
-            if now >= self._flush_due or len(self._buf) >= self.FLUSH_BYTES:
+            if now >= self._flush_due or self.offset - self._flushed >= self.FLUSH_BYTES:
                 self._flush_cycle(now)
             return
         try:
@@ -176,7 +178,7 @@ class SegmentAppender:
         self._flush_due = 0.0
         if not self._buf:
             return
-        data = bytes(self._buf)
+        data = b"".join(self._buf)
         self._buf.clear()
         try:
             write_all(self._fs, self._fd, data)
