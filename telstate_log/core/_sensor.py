@@ -314,32 +314,36 @@ class SensorColumn:
         hi = int(tsa.searchsorted(ts, "right"))
         return any(self.value_at(i) == value for i in range(lo, hi))
 
+    def append(self, ts: float, value: bytes, pos: int) -> None:
+        """Add a sample that sorts after every stored one (the hot path of every
+        write: one call, no helper)."""
+        self.last_ts = ts
+        self._last_val = value
+        n = self._n
+        if n == self._cap:
+            self._grow(n + 1)
+        vals = self._vals
+        if vals is not None and not (len(value) == self._vlen
+                                     and value.startswith(self._prefix)):
+            self._fit(value)
+            vals = self._vals
+        if vals is not None:
+            vals[n] = value[len(self._prefix):]
+        else:
+            assert self._list is not None
+            self._list.append(self._interned(value))
+        self._ts[n] = ts
+        try:
+            self._pos[n] = pos - self._pos_base
+        except OverflowError:
+            self._set_pos(n, pos)
+        self._n = n + 1
+
     def add(self, ts: float, value: bytes, pos: int) -> None:
         """Add a sample that :meth:`contains` said is new."""
         last = self.last_ts
         if ts > last or (ts == last and value > self._last_val):
-            # Appended in order (the hot path of every write: one call, no helper).
-            self.last_ts = ts
-            self._last_val = value
-            n = self._n
-            if n == self._cap:
-                self._grow(n + 1)
-            vals = self._vals
-            if vals is not None and not (len(value) == self._vlen
-                                         and value.startswith(self._prefix)):
-                self._fit(value)
-                vals = self._vals
-            if vals is not None:
-                vals[n] = value[len(self._prefix):]
-            else:
-                assert self._list is not None
-                self._list.append(self._interned(value))
-            self._ts[n] = ts
-            try:
-                self._pos[n] = pos - self._pos_base
-            except OverflowError:
-                self._set_pos(n, pos)
-            self._n = n + 1
+            self.append(ts, value, pos)
         else:
             pend, pend_set = self._pend, self._pend_set
             if not isinstance(pend, list) or not isinstance(pend_set, set):

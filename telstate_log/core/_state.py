@@ -173,16 +173,21 @@ class State:
         entry = self._keys.get(key)
         pos = self.position + 1
         if type(entry) is SensorColumn:
-            if ts <= entry.last_ts and entry.contains(ts, value):
-                return 0
-            if commit is not None:
-                commit(pos, key, value, ts)
-            entry.add(ts, value, pos)
+            if ts > entry.last_ts:  # the newest sample (the hot path)
+                if commit is not None:
+                    commit(pos, key, value, ts)
+                entry.append(ts, value, pos)
+            else:
+                if entry.contains(ts, value):
+                    return 0
+                if commit is not None:
+                    commit(pos, key, value, ts)
+                entry.add(ts, value, pos)
         elif entry is None:
             if commit is not None:
                 commit(pos, key, value, ts)
             col = SensorColumn(pos, value)
-            col.add(ts, value, pos)
+            col.append(ts, value, pos)
             self._keys[key] = col
         else:
             raise _type_error(key, entry, "mutable")
