@@ -70,6 +70,21 @@ class Tables:
             self.time_seg.extend([segment] * int(pick.sum()))
             self.last_recorded = float(rec[-1])
 
+    def index_frames(self, positions: list[int], rec: float, segment: int,
+                     offsets: list[int]) -> None:
+        """Add frames recorded at `rec` in `segment` to the sparse index: the
+        frame at ``offsets[i]`` holds event ``positions[i]``."""
+        self.time_pos += positions
+        self.time_rec += [rec] * len(positions)
+        self.time_seg += [segment] * len(positions)
+        self.time_off += offsets
+        self.last_recorded = rec
+
+    def add_keys(self, new: list[tuple[int, bytes]]) -> None:
+        """Define new keys, as ``(key id, key)`` pairs."""
+        self.keys.update(new)
+        self.key_ids.update((key, kid) for kid, key in new)
+
     def locate(self, position: int) -> tuple[int, int, int] | None:
         """(segment, offset, position) of an indexed event at or before `position`."""
         i = bisect.bisect_right(self.time_pos, position) - 1

@@ -9,7 +9,9 @@ one key length, one sample count, all new to the segment -- are framed here
 as rows of one numpy structured array instead (:func:`matrix_records`), each
 row a KEY record and an ADD_BATCH frame with their CRCs, which are exactly
 the bytes ``encode_meta`` and ``encode_batch`` give (checked by the asserts
-below when the module loads).  Pure: bytes and arrays in, bytes out.
+below when the module loads).  :func:`frame_batches` frames a whole call:
+runs of keys alike as matrices, the others one by one.  Pure: bytes and
+arrays in, bytes out.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from ..core import _log_format as fmt
 
 __all__ = ["BATCH_BODY", "BATCH_HEAD", "KEY_COST", "KEY_META", "MATRIX_RUN", "fitting",
-           "frame_head", "matrix_records", "uniform_run"]
+           "frame_batches", "frame_head", "key_ids_for", "matrix_records", "uniform_run"]
 
 _crc32 = zlib.crc32
 _OVERHEAD = fmt.FRAME_OVERHEAD
@@ -119,3 +121,88 @@ def matrix_records(keys: list[bytes], kids: list[int], size: int, width: int, po
     rows["crc1"] = crc1
     rows["crc2"] = crc2
     return rows.tobytes(), step
+
+
+def key_ids_for(keys: list[bytes], key_ids: dict[bytes, int], known: dict[int, bytes],
+                free: int) -> list[int]:
+    """The key id of each of `keys` (id by key: `key_ids`; key by id: `known`): its
+    own if it has one, else the next unused id from `free` on.  Stops early if
+    the ids run out (at ``fmt.NO_KEY``)."""
+    kids: list[int] = []
+    for key in keys:
+        kid = key_ids.get(key)
+        if kid is None:
+            while free in known:
+                free += 1
+            if free >= fmt.NO_KEY:
+                break
+            kid = free
+            free += 1
+        kids.append(kid)
+    return kids
+
+
+_U32_PACK = fmt.FRAME_CRC.pack
+
+
+def frame_batches(keys: list[bytes], kids: list[int], sizes: list[int], width: int,
+                  stamps: bytes, raw: bytes, first: int, rec: float, session: int,
+                  seg_keys: set[int], head: bytes, crc: int, offset: int
+                  ) -> tuple[list[bytes], int, list[int], list[int]]:
+    """The records of ``commit_many_batches`` for the keys ``[0, len(kids))``.
+
+    Key ``i`` (id ``kids[i]``) takes the next ``sizes[i]`` samples: `stamps`
+    (little-endian float64 bytes) and `raw` (values of `width` bytes), at
+    positions from `first`; a KEY definition precedes its frame unless its id
+    is in `seg_keys`, and `head` (a SESSION record, or ``b""``) precedes them
+    all.  `crc` is the running CRC before them and `offset` the segment offset
+    they start at.  Returns the checksummed records (to be joined), the
+    running CRC after them, and each key's frame offset and first position.
+    """
+    out: list[bytes] = []
+    if head:
+        out += (head, _U32_PACK(_crc32(head, crc)))
+        crc = _RESIDUE
+        offset += len(head) + 4
+    at: list[int] = []
+    firsts: list[int] = []
+    count = len(kids)
+    a = i = 0
+    pos = first
+    sample = 8 + width
+    shape = width << 32
+    while i < count:
+        key, kid, size = keys[i], kids[i], sizes[i]
+        run = uniform_run(keys, kids, sizes, i, count, seg_keys)
+        if run >= MATRIX_RUN:               # keys alike: framed as a byte matrix
+            b = a + run * size
+            block, step = matrix_records(keys[i:i + run], kids[i:i + run], size, width,
+                                          pos, rec, session, stamps[8 * a:8 * b],
+                                          raw[width * a:width * b], crc)
+            out.append(block)
+            crc = _RESIDUE
+            at += range(offset + 16 + len(key), offset + run * step, step)
+            firsts += range(pos, pos + run * size, size)
+            offset += run * step
+            pos += run * size
+            a = b
+            i += run
+            continue
+        if kid not in seg_keys:
+            meta_frame = KEY_META(frame_head(fmt.KEY, 4 + len(key)), kid) + key
+            out += (meta_frame, _U32_PACK(_crc32(meta_frame, crc)))
+            crc = _RESIDUE
+            offset += len(meta_frame) + 4
+        b = a + size
+        length = BATCH_BODY + size * sample
+        frame = BATCH_HEAD(frame_head(fmt.ADD_BATCH, length), pos, rec, session | kid << 32,
+                           size | shape) + stamps[8 * a:8 * b] + raw[width * a:width * b]
+        out += (frame, _U32_PACK(_crc32(frame, crc)))
+        crc = _RESIDUE
+        at.append(offset)
+        firsts.append(pos)
+        offset += length + _OVERHEAD
+        pos += size
+        a = b
+        i += 1
+    return out, crc, at, firsts

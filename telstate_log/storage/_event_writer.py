@@ -44,16 +44,7 @@ from ..core import _log_format as fmt
 from ..core._apply import Tables
 from ..core._errors import LogFailedError
 from ..core._values import chunks
-from ._batch_frames import (
-    BATCH_BODY,
-    BATCH_HEAD,
-    KEY_META,
-    MATRIX_RUN,
-    fitting,
-    frame_head,
-    matrix_records,
-    uniform_run,
-)
+from ._batch_frames import fitting, frame_batches, key_ids_for
 from ._fileio import FileSystem
 from ._segment_files import SegmentAppender, create_segment
 
@@ -89,7 +80,6 @@ assert all(_crc32(_U32_PACK(_crc32(b, s)), _crc32(b, s)) == _RESIDUE
 _TIME_MASK = Tables.TIME_STRIDE - 1
 assert Tables.TIME_STRIDE & _TIME_MASK == 0, "the fast path needs a power-of-two stride"
 _time = time.time
-
 
 
 class LogWriter(SegmentAppender):
@@ -164,8 +154,6 @@ class LogWriter(SegmentAppender):
         if kind == _ADD:
             self.commit_sample(pos, key, value, ts)
             return
-        if self.failed is not None:
-            raise LogFailedError(f"the log writer has failed: {self.failed}")
         rec = _time()
         last = self._tables.last_recorded
         self._commit_general(kind, pos, key, sub_key, value, ts, rec if rec >= last else last,
@@ -201,12 +189,12 @@ class LogWriter(SegmentAppender):
                 if rec >= self._flush_due or end - self._flushed >= _FLUSH_BYTES:
                     self._flush_cycle(rec)
                 return
-        if self.failed is not None:
-            raise LogFailedError(f"the log writer has failed: {self.failed}")
         self._commit_general(_ADD, pos, key, b"", value, ts, rec, self._key_ids.get(key))
 
     def _commit_general(self, kind: int, pos: int, key: bytes, sub_key: bytes, value: bytes,
                         ts: float, rec: float, kid: int | None) -> None:
+        if self.failed is not None:
+            raise LogFailedError(f"the log writer has failed: {self.failed}")
         tables = self._tables
         if kind == fmt.CLEAR:
             kid = fmt.NO_KEY
@@ -326,8 +314,7 @@ class LogWriter(SegmentAppender):
             if self._buffered and self._failed is None:
                 self._fast[key] = self.session_id | kid << 32
             if new_key:
-                tables.keys[kid] = key
-                tables.key_ids[key] = kid
+                tables.add_keys([(kid, key)])
         if self.session_id not in tables.sessions:
             tables.sessions[self.session_id] = msgpack.unpackb(self._session_payload, raw=False)
         if self.offset >= self._after_at:
@@ -335,12 +322,7 @@ class LogWriter(SegmentAppender):
 
     def _note_time(self, pos: int, rec: float, offset: int) -> None:
         """Add an entry to the sparse position/time/offset index."""
-        t = self._tables
-        t.time_pos.append(pos)
-        t.time_rec.append(rec)
-        t.time_seg.append(self.segment_first)
-        t.time_off.append(offset)
-        t.last_recorded = rec
+        self._tables.index_frames([pos], rec, self.segment_first, [offset])
 
     def rotate_now(self) -> bool:
         """Finish the current segment now (if it holds any event); returns whether it did."""
@@ -390,74 +372,20 @@ class LogWriter(SegmentAppender):
         rec = _time()
         if rec < tables.last_recorded:
             rec = tables.last_recorded
-        key_ids, known = tables.key_ids, tables.keys
-        kids: list[int] = []
-        free = tables.next_key_id()
-        for key in keys[:count]:
-            kid = key_ids.get(key)
-            if kid is None:
-                while free in known:
-                    free += 1
-                if free >= fmt.NO_KEY:
-                    break
-                kid = free
-                free += 1
-            kids.append(kid)
+        known = tables.keys
+        kids = key_ids_for(keys[:count], tables.key_ids, known, tables.next_key_id())
         count = len(kids)
         if count == 0:
             self.commit_batch(first, keys[0], ts[:sizes[0]], values[:sizes[0]])
             return 1
         total = sum(sizes[:count])
-        stamps = np.ascontiguousarray(ts[:total], "<f8").tobytes()
-        raw = values[:total].tobytes()
         session, seg_keys = self.session_id, self._seg_keys
-        crc = self._crc
-        out: list[bytes] = []
-        if not self._seg_session:
-            meta = fmt.encode_meta(fmt.SESSION, session, self._session_payload)
-            out += (meta, _U32_PACK(_crc32(meta, crc)))
-            crc = _RESIDUE
-        offset = self.offset + sum(map(len, out))
-        at: list[int] = []
-        firsts: list[int] = []
-        a = i = 0
-        pos = first
-        sample = 8 + width
-        shape = width << 32
-        while i < count:
-            key, kid, size = keys[i], kids[i], sizes[i]
-            run = uniform_run(keys, kids, sizes, i, count, seg_keys)
-            if run >= MATRIX_RUN:               # keys alike: framed as a byte matrix
-                b = a + run * size
-                block, step = matrix_records(keys[i:i + run], kids[i:i + run], size, width,
-                                              pos, rec, session, stamps[8 * a:8 * b],
-                                              raw[width * a:width * b], crc)
-                out.append(block)
-                crc = _RESIDUE
-                at += range(offset + 16 + len(key), offset + run * step, step)
-                firsts += range(pos, pos + run * size, size)
-                offset += run * step
-                pos += run * size
-                a = b
-                i += run
-                continue
-            if kid not in seg_keys:
-                meta_frame = KEY_META(frame_head(fmt.KEY, 4 + len(key)), kid) + key
-                out += (meta_frame, _U32_PACK(_crc32(meta_frame, crc)))
-                crc = _RESIDUE
-                offset += len(meta_frame) + 4
-            b = a + size
-            length = BATCH_BODY + size * sample
-            frame = BATCH_HEAD(frame_head(fmt.ADD_BATCH, length), pos, rec, session | kid << 32,
-                                size | shape) + stamps[8 * a:8 * b] + raw[width * a:width * b]
-            out += (frame, _U32_PACK(_crc32(frame, crc)))
-            crc = _RESIDUE
-            at.append(offset)
-            firsts.append(pos)
-            offset += length + _OVERHEAD
-            pos += size
-            a = b
-            i += 1
+        head = b"" if self._seg_session else \
+            fmt.encode_meta(fmt.SESSION, session, self._session_payload)
+        out, crc, at, firsts = frame_batches(
+            keys, kids, sizes, width, np.ascontiguousarray(ts[:total], "<f8").tobytes(),
+            values[:total].tobytes(), first, rec, session, seg_keys, head, self._crc,
+            self.offset)
         self._append_chained(b"".join(out), crc)
         # Book-keeping as _committed and _note_time do per key, for all at once.
         last = first + total - 1
@@ -467,16 +395,10 @@ class LogWriter(SegmentAppender):
         seg_keys.update(kids)
         if self._buffered and self._failed is None:
             self._fast.update(zip(keys, [session | kid << 32 for kid in kids]))
-        new = [(kid, key) for kid, key in zip(kids, keys) if kid not in known]
-        known.update(new)
-        key_ids.update((key, kid) for kid, key in new)
+        tables.add_keys([(kid, key) for kid, key in zip(kids, keys) if kid not in known])
         if session not in tables.sessions:
             tables.sessions[session] = msgpack.unpackb(self._session_payload, raw=False)
-        tables.time_pos += firsts
-        tables.time_rec += [rec] * count
-        tables.time_seg += [self.segment_first] * count
-        tables.time_off += at
-        tables.last_recorded = rec
+        tables.index_frames(firsts, rec, self.segment_first, at)
         if self.offset >= self._after_at:
             self.after_due = True
         return count
