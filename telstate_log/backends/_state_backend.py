@@ -73,6 +73,12 @@ ALWAYS_AFTER: AfterFlag = _Flag(True)
 NEVER_AFTER: AfterFlag = _Flag(False)
 
 
+def _publish_sample(hub: Hub, key: bytes, value: bytes, timestamp: float) -> None:
+    """Tell `key`'s monitors about a new sample."""
+    update = MutableKeyUpdate(key, value, float(timestamp) + 0.0)
+    hub.publish(key, lambda: update)
+
+
 class StateBackend(Backend):
     """A :class:`Backend` serving reads and writes from an in-memory State."""
 
@@ -255,7 +261,9 @@ class StateBackend(Backend):
     def _w_add_mutable(self, key: bytes, value: bytes, timestamp: float) -> int:
         # acquire/release instead of `with`: the hot path of every sample, and a
         # `with` costs twice as much (it looks up and calls __enter__ and
-        # __exit__, which the lock types take through their slow calling path)
+        # __exit__, which the lock types take through their slow calling path).
+        # No closure either (a lambda here would make cells of the arguments
+        # at every call): the update is made by _publish_sample.
         lock = self._lock
         lock.acquire()
         try:
@@ -266,8 +274,7 @@ class StateBackend(Backend):
                 return 0
             hub = self._hub
             if key in hub.by_key or hub.wildcard:
-                ts = float(timestamp) + 0.0
-                hub.publish(key, lambda: MutableKeyUpdate(key, value, ts))
+                _publish_sample(hub, key, value, timestamp)
             return pos if self._after.after_due else 0
         finally:
             lock.release()
