@@ -3,10 +3,12 @@
 Theory of operation
 -------------------
 :class:`LogWriter` is the State's commit hook.  Its :meth:`~LogWriter.commit`
-frames an event (with the KEY and SESSION definitions the current segment
-still lacks, so every segment can be read on its own), computes the chained
-CRCs and appends the bytes through :class:`~._segment_files.SegmentAppender`,
-which it extends (buffering, rotation, rollback, sync).  Only when the
+(:meth:`~LogWriter.commit_sample` for a sample, the commonest event, with no
+kind to dispatch on) frames an event (with the KEY and SESSION definitions
+the current segment still lacks, so every segment can be read on its own),
+computes the chained CRCs and appends the bytes through
+:class:`~._segment_files.SegmentAppender`, which it extends (buffering,
+rotation, rollback, sync).  Only when the
 append succeeds does the State apply the event, so memory never runs ahead
 of the file; if it fails, the key and session tables and the running CRC
 are left as they were.
