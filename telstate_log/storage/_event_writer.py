@@ -156,17 +156,23 @@ class LogWriter(SegmentAppender):
         if kind == _ADD:
             self.commit_sample(pos, key, value, ts)
             return
+        self._commit_general(kind, pos, key, sub_key, value, ts, self._recorded_now(),
+                             self._key_ids.get(key))
+
+    def _recorded_now(self) -> float:
+        """The recorded time of an event committed now: the clock, but never before
+        an earlier event's (commit_sample has its own copy of these lines: the
+        hot path of every sample makes no extra call)."""
         rec = _time()
         last = self._tables.last_recorded
-        self._commit_general(kind, pos, key, sub_key, value, ts, rec if rec >= last else last,
-                             self._key_ids.get(key))
+        return rec if rec >= last else last
 
     def commit_sample(self, pos: int, key: bytes, value: bytes, ts: float) -> None:
         """State commit hook for a sample (an ADD event): make event `pos` part of
         the log."""
         tables = self._tables
         rec = _time()
-        if rec < tables.last_recorded:  # never before an earlier event's
+        if rec < tables.last_recorded:  # never before an earlier event's (_recorded_now)
             rec = tables.last_recorded
         # The fast path: a buffered sample of a key this segment already defines
         # (fmt.encode_event without the dispatch and the check_byte call).  Its
@@ -249,9 +255,7 @@ class LogWriter(SegmentAppender):
         if self.failed is not None:
             raise LogFailedError(f"the log writer has failed: {self.failed}")
         tables = self._tables
-        rec = _time()
-        if rec < tables.last_recorded:
-            rec = tables.last_recorded
+        rec = self._recorded_now()
         kid = tables.key_ids.get(key)
         new_key = kid is None
         if kid is None:
@@ -371,9 +375,7 @@ class LogWriter(SegmentAppender):
                 self._rotate(first)              # (commit_batch would too)
                 room = self._segment_bytes - self.offset - 16 - len(self._session_payload)
             count = max(1, fitting(keys, sizes, width, room, self.MAX_BATCH_BODY))
-        rec = _time()
-        if rec < tables.last_recorded:
-            rec = tables.last_recorded
+        rec = self._recorded_now()
         known = tables.keys
         kids = key_ids_for(keys[:count], tables.key_ids, known, tables.next_key_id())
         count = len(kids)
